@@ -1,0 +1,168 @@
+"""The assignment's file formats: noise folders, PNGs, image splits with CSVs, label CSVs.
+
+Every write goes to a temporary file in the target folder and is renamed into place, so an
+interrupted or failed run never leaves a half-written output.
+"""
+import contextlib
+import csv
+import os
+import tempfile
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image, UnidentifiedImageError
+
+from hw2rt.errors import Hw2rtError
+
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp")
+CSV_HEADER = ["image_name", "label"]
+
+
+@contextlib.contextmanager
+def atomic_path(path):
+    """Yield a temporary path beside `path`; rename it onto `path` only if the block succeeds."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp" + path.suffix, dir=path.parent)
+    os.close(fd)
+    try:
+        yield Path(tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        raise
+
+
+def _existing_dir(path, what: str) -> Path:
+    path = Path(path)
+    if not path.is_dir():
+        raise Hw2rtError(f"{path}: {what} folder not found")
+    return path
+
+
+# --- noise -------------------------------------------------------------------------------------------
+
+def read_noise(path) -> torch.Tensor:
+    """One noise file as float32 [1,3,H,W]; [3,H,W] is accepted; any float dtype is accepted."""
+    path = Path(path)
+    try:
+        x = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:
+        raise Hw2rtError(f"{path}: not a readable tensor file: {str(exc).splitlines()[0][:120] if str(exc) else exc}") from None
+    if not isinstance(x, torch.Tensor):
+        raise Hw2rtError(f"{path}: expected a tensor, found {type(x).__name__}")
+    if not x.is_floating_point():
+        raise Hw2rtError(f"{path}: noise must be a float tensor, found {x.dtype}")
+    if x.dim() == 3:
+        x = x[None]
+    if x.dim() != 4 or x.shape[0] != 1 or x.shape[1] != 3:
+        raise Hw2rtError(f"{path}: noise must have shape [1,3,H,W] or [3,H,W], found {list(x.shape)}")
+    if not torch.isfinite(x).all():
+        raise Hw2rtError(f"{path}: noise contains NaN or Inf")
+    return x.float()
+
+
+def read_noise_dir(folder) -> tuple[list[str], torch.Tensor]:
+    """All `*.pt` of a folder, sorted by name: (stems, float32 [N,3,H,W]). Shapes must agree."""
+    folder = _existing_dir(folder, "noise")
+    files = sorted(folder.glob("*.pt"))
+    if not files:
+        raise Hw2rtError(f"{folder}: no .pt noise files in the folder")
+    tensors = [read_noise(f) for f in files]
+    for f, x in zip(files, tensors):
+        if x.shape != tensors[0].shape:
+            raise Hw2rtError(f"{f}: shape {list(x.shape)} differs from {files[0].name}'s {list(tensors[0].shape)}")
+    return [f.stem for f in files], torch.cat(tensors)
+
+
+# --- images ------------------------------------------------------------------------------------------
+
+def to_uint8_minmax(x: torch.Tensor) -> np.ndarray:
+    """[3,H,W] float -> [H,W,3] uint8 with one min and one max per image: floor(v*255 + 0.5)."""
+    x = x.detach().float().cpu()
+    lo, hi = x.min(), x.max()
+    v = (x - lo) / (hi - lo) if hi > lo else torch.zeros_like(x)
+    return torch.floor(v * 255 + 0.5).clamp(0, 255).to(torch.uint8).permute(1, 2, 0).numpy()
+
+
+def to_uint8_signed(x: torch.Tensor) -> np.ndarray:
+    """[3,H,W] in [-1,1] -> [H,W,3] uint8 via (x+1)/2, clamped (the DDPM digits' convention)."""
+    v = ((x.detach().float().cpu() + 1) / 2).clamp(0, 1)
+    return torch.floor(v * 255 + 0.5).to(torch.uint8).permute(1, 2, 0).numpy()
+
+
+def write_png(array: np.ndarray, path):
+    with atomic_path(path) as tmp:
+        Image.fromarray(array).save(tmp, format="PNG")
+
+
+def read_image(path) -> np.ndarray:
+    """An image file as uint8 [H,W,3]; grayscale is repeated to 3 channels."""
+    path = Path(path)
+    if not path.is_file():
+        raise Hw2rtError(f"{path}: image not found")
+    try:
+        with Image.open(path) as im:
+            im.load()
+            return np.asarray(im.convert("RGB"))
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
+        raise Hw2rtError(f"{path}: not a readable image (corrupt or truncated?): {exc}") from None
+
+
+def list_images(folder) -> list[Path]:
+    folder = _existing_dir(folder, "image")
+    files = sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES and not p.name.startswith("."))
+    if not files:
+        raise Hw2rtError(f"{folder}: no images in the folder")
+    return files
+
+
+def mse_255(a: np.ndarray, b: np.ndarray) -> float:
+    """The assignment's grading: both images as float on the 0..255 scale, mean over H*W*3."""
+    if a.shape != b.shape:
+        raise ValueError(f"image shapes differ: {a.shape} vs {b.shape}")
+    return float(np.mean((a.astype(np.float64) - b.astype(np.float64)) ** 2))
+
+
+# --- CSVs --------------------------------------------------------------------------------------------
+
+def read_labels_csv(path, data_dir=None) -> list[tuple[str, int]]:
+    """Rows of an `image_name,label` CSV; with `data_dir`, every named file must exist there."""
+    path = Path(path)
+    if not path.is_file():
+        raise Hw2rtError(f"{path}: CSV not found")
+    with open(path, newline="") as f:
+        reader = csv.reader(f)
+        header = next(reader, None)
+        if header is None or [h.strip() for h in header[:2]] != CSV_HEADER:
+            raise Hw2rtError(f"{path}: CSV must start with the header 'image_name,label', found {header}")
+        rows = []
+        for line_no, row in enumerate(reader, start=2):
+            if not row:
+                continue
+            try:
+                rows.append((row[0].strip(), int(row[1])))
+            except (IndexError, ValueError):
+                raise Hw2rtError(f"{path}: line {line_no}: expected 'image_name,label', found {row}") from None
+    if data_dir is not None:
+        for name, _ in rows:
+            if not (Path(data_dir) / name).is_file():
+                raise Hw2rtError(f"{path}: names {name}, which is not in {data_dir}")
+    return rows
+
+
+def read_split(domain_dir, split: str) -> list[tuple[Path, int]]:
+    """`<domain>/data/` + `<domain>/<split>.csv` (HW2 layout) -> [(image path, label)]."""
+    domain_dir = _existing_dir(domain_dir, "domain")
+    data = domain_dir / "data"
+    rows = read_labels_csv(domain_dir / f"{split}.csv", data_dir=data)
+    return [(data / name, label) for name, label in rows]
+
+
+def write_labels_csv(path, rows):
+    with atomic_path(path) as tmp, open(tmp, "w", newline="") as f:
+        w = csv.writer(f, lineterminator="\n")
+        w.writerow(CSV_HEADER)
+        w.writerows((name, int(label)) for name, label in rows)

@@ -1,0 +1,165 @@
+"""Bad input: one-line errors naming the file, nothing half-written."""
+import pickle
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from hw2rt.checkpoints import load_model
+from hw2rt.errors import Hw2rtError
+from hw2rt.io import (atomic_path, read_image, read_labels_csv, read_noise_dir, read_split, to_uint8_minmax,
+                      write_labels_csv, write_png)
+from hw2rt.models import build_model
+
+
+def _save_noise(folder, name, x):
+    folder.mkdir(exist_ok=True)
+    torch.save(x, folder / name)
+
+
+def test_noise_dir_reads_sorted_float32(tmp_path):
+    _save_noise(tmp_path, "01.pt", torch.randn(3, 8, 8, dtype=torch.float64))
+    _save_noise(tmp_path, "00.pt", torch.randn(1, 3, 8, 8, dtype=torch.float16))
+    names, x = read_noise_dir(tmp_path)
+    assert names == ["00", "01"] and x.shape == (2, 3, 8, 8) and x.dtype == torch.float32
+
+
+@pytest.mark.parametrize("tensor, message", [
+    (torch.randn(2, 3, 8, 8), "shape"),
+    (torch.randn(1, 4, 8, 8), "shape"),
+    (torch.randn(8, 8), "shape"),
+    (torch.randint(0, 9, (1, 3, 8, 8)), "float"),
+    (torch.full((1, 3, 8, 8), float("nan")), "NaN"),
+    (torch.full((1, 3, 8, 8), float("inf")), "NaN or Inf"),
+    ({"x": torch.randn(1, 3, 8, 8)}, "expected a tensor"),
+])
+def test_bad_noise_named_in_error(tmp_path, tensor, message):
+    _save_noise(tmp_path, "00.pt", tensor)
+    with pytest.raises(Hw2rtError, match=message) as err:
+        read_noise_dir(tmp_path)
+    assert "00.pt" in str(err.value) and "\n" not in str(err.value)
+
+
+def test_noise_dir_missing_empty_and_mismatched(tmp_path):
+    with pytest.raises(Hw2rtError, match="not found"):
+        read_noise_dir(tmp_path / "nope")
+    with pytest.raises(Hw2rtError, match="no .pt"):
+        read_noise_dir(tmp_path)
+    _save_noise(tmp_path, "00.pt", torch.randn(1, 3, 8, 8))
+    _save_noise(tmp_path, "01.pt", torch.randn(1, 3, 16, 16))
+    with pytest.raises(Hw2rtError, match="01.pt.*differs"):
+        read_noise_dir(tmp_path)
+
+
+def test_truncated_noise_file(tmp_path):
+    _save_noise(tmp_path, "00.pt", torch.randn(1, 3, 8, 8))
+    data = (tmp_path / "00.pt").read_bytes()
+    (tmp_path / "00.pt").write_bytes(data[: len(data) // 2])
+    with pytest.raises(Hw2rtError, match="00.pt"):
+        read_noise_dir(tmp_path)
+
+
+def test_png_minmax_normalisation_and_rounding(tmp_path):
+    x = torch.tensor([-2.0, -1.0, 0.0, 2.0]).reshape(1, 2, 2).repeat(3, 1, 1)
+    x[1] += 0.5  # one min and one max over all channels together
+    img = to_uint8_minmax(x)
+    lo, hi = x.min(), x.max()
+    expected = torch.floor((x - lo) / (hi - lo) * 255 + 0.5).permute(1, 2, 0).numpy().astype(np.uint8)
+    assert np.array_equal(img, expected) and img.min() == 0 and img.max() == 255
+    write_png(img, tmp_path / "00.png")
+    assert np.array_equal(read_image(tmp_path / "00.png"), img)
+    assert [p.name for p in tmp_path.iterdir()] == ["00.png"]  # no temporary file left
+
+
+def test_atomic_path_leaves_nothing_on_failure(tmp_path):
+    with pytest.raises(RuntimeError):
+        with atomic_path(tmp_path / "out.csv") as tmp:
+            tmp.write_text("half")
+            raise RuntimeError("interrupted")
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_corrupt_and_truncated_png(tmp_path):
+    Image.fromarray(np.zeros((28, 28, 3), np.uint8)).save(tmp_path / "a.png")
+    data = (tmp_path / "a.png").read_bytes()
+    (tmp_path / "b.png").write_bytes(data[: len(data) // 2])
+    (tmp_path / "c.png").write_bytes(b"not an image at all")
+    assert read_image(tmp_path / "a.png").shape == (28, 28, 3)
+    for name in ("b.png", "c.png"):
+        with pytest.raises(Hw2rtError, match=name):
+            read_image(tmp_path / name)
+
+
+def test_grayscale_image_becomes_three_channels(tmp_path):
+    Image.fromarray(np.full((28, 28), 77, np.uint8), mode="L").save(tmp_path / "g.png")
+    img = read_image(tmp_path / "g.png")
+    assert img.shape == (28, 28, 3) and (img == 77).all()
+
+
+def test_csv_without_header_or_naming_missing_file(tmp_path):
+    data = tmp_path / "data"
+    data.mkdir()
+    Image.fromarray(np.zeros((28, 28, 3), np.uint8)).save(data / "00000.png")
+    (tmp_path / "train.csv").write_text("name,digit\n00000.png,3\n")
+    with pytest.raises(Hw2rtError, match="train.csv.*image_name,label"):
+        read_split(tmp_path, "train")
+    (tmp_path / "train.csv").write_text("image_name,label\n00000.png,3\n00001.png,4\n")
+    with pytest.raises(Hw2rtError, match="train.csv: names 00001.png"):
+        read_split(tmp_path, "train")
+    (tmp_path / "train.csv").write_text("image_name,label\n00000.png,three\n")
+    with pytest.raises(Hw2rtError, match="line 2"):
+        read_split(tmp_path, "train")
+
+
+def test_labels_csv_round_trip(tmp_path):
+    write_labels_csv(tmp_path / "out.csv", [("a.png", 3), ("b.png", 9)])
+    assert (tmp_path / "out.csv").read_text() == "image_name,label\na.png,3\nb.png,9\n"
+    assert read_labels_csv(tmp_path / "out.csv") == [("a.png", 3), ("b.png", 9)]
+
+
+def test_checkpoint_of_another_model(tmp_path):
+    torch.save(build_model("digit_classifier").state_dict(), tmp_path / "clf.pt")
+    with pytest.raises(Hw2rtError, match="clf.pt: holds a digit_classifier checkpoint, but this needs a face_unet"):
+        load_model(tmp_path / "clf.pt", "face_unet")
+
+
+def test_checkpoint_missing_unexpected_and_shape_mismatch(tmp_path):
+    sd = build_model("face_unet", {"base": 32}).state_dict()
+    del sd["up23.resblocks.conv2.bias"]
+    sd["extra.weight"] = torch.zeros(1)
+    sd["out.2.weight"] = torch.zeros(4, 32, 3, 3)
+    torch.save(sd, tmp_path / "UNet.pt")
+    with pytest.raises(Hw2rtError) as err:
+        load_model(tmp_path / "UNet.pt", "face_unet")
+    msg = str(err.value)
+    assert msg.startswith(str(tmp_path / "UNet.pt"))
+    assert "1 missing: up23.resblocks.conv2.bias" in msg and "1 unexpected: extra.weight" in msg
+    assert "out.2.weight: (4, 32, 3, 3) vs (3, 32, 3, 3)" in msg and "\n" not in msg
+
+
+def test_truncated_checkpoint(tmp_path):
+    torch.save(build_model("digit_classifier").state_dict(), tmp_path / "c.pt")
+    data = (tmp_path / "c.pt").read_bytes()
+    (tmp_path / "c.pt").write_bytes(data[:1000])
+    with pytest.raises(Hw2rtError, match="c.pt: not a readable checkpoint"):
+        load_model(tmp_path / "c.pt")
+
+
+class Evil:
+    def __reduce__(self):
+        return (print, ("pwned",))
+
+
+def test_pickle_of_arbitrary_objects_is_refused(tmp_path, capsys):
+    with open(tmp_path / "evil.pt", "wb") as f:
+        pickle.dump({"state_dict": Evil()}, f)
+    with pytest.raises(Hw2rtError, match="evil.pt: refused"):
+        load_model(tmp_path / "evil.pt")
+    assert "pwned" not in capsys.readouterr().out
+
+
+def test_state_dict_that_is_not_tensors(tmp_path):
+    torch.save({"a": 1, "b": [1, 2]}, tmp_path / "x.pt")
+    with pytest.raises(Hw2rtError, match="x.pt: not a state dict"):
+        load_model(tmp_path / "x.pt")

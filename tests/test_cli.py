@@ -1,0 +1,30 @@
+"""The command line: help, usage errors, one-line errors with exit status 1."""
+import torch
+from click.testing import CliRunner
+
+from hw2rt.cli import main
+from hw2rt.models import build_model
+
+
+def test_help_lists_commands():
+    result = CliRunner().invoke(main, ["--help"])
+    assert result.exit_code == 0
+    for command in ("inspect",):
+        assert command in result.output
+
+
+def test_usage_errors():
+    runner = CliRunner()
+    assert runner.invoke(main, ["no-such-command"]).exit_code == 2
+    assert runner.invoke(main, ["inspect"]).exit_code == 2  # missing argument
+    assert runner.invoke(main, ["inspect", "x", "--bogus"]).exit_code == 2
+
+
+def test_inspect_and_one_line_error(tmp_path):
+    torch.save({"state_dict": build_model("digit_classifier").state_dict()}, tmp_path / "Classifier.pth")
+    runner = CliRunner()
+    ok = runner.invoke(main, ["inspect", str(tmp_path / "Classifier.pth")])
+    assert ok.exit_code == 0 and '"model": "digit_classifier"' in ok.output
+    bad = runner.invoke(main, ["inspect", str(tmp_path / "Classifier.pth"), "--model", "face_unet"])
+    assert bad.exit_code == 1
+    assert bad.output.strip().count("\n") == 0 and "Classifier.pth" in bad.output
