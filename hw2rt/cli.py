@@ -65,3 +65,128 @@ def synth(out, mnist_idx, seed, n_mnistm, n_usps, n_svhn, n_faces, noise_size, o
     except (ValueError, FileNotFoundError, FileExistsError) as exc:
         raise Hw2rtError(str(exc)) from None
     click.echo(format_summary(summary))
+
+
+# --- the sampler commands ------------------------------------------------------------------------
+
+def _engine_options(f):
+    f = click.option("--threads", type=click.IntRange(min=1), default=None,
+                     help="CPU threads for the engine (default: the library's choice).")(f)
+    f = click.option("--precision", type=click.Choice(["fp32", "fp16"]), default="fp32", show_default=True)(f)
+    f = click.option("--backend", type=click.Choice(["torch", "ort", "trt", "auto"]), default="torch",
+                     show_default=True, help="auto: the fastest backend available here.")(f)
+    return f
+
+
+def _open_engine(model, checkpoint, backend, precision, threads, **dims):
+    from hw2rt.checkpoints import resolve_checkpoint
+    from hw2rt.engines import open_engine
+
+    path = resolve_checkpoint(checkpoint, model)
+    return open_engine(model, path, backend=backend, precision=precision, threads=threads, dims=dims or None)
+
+
+def _noise_dims(noise_dir):
+    from hw2rt.io import read_noise_dir
+
+    _, x = read_noise_dir(noise_dir)
+    return {"height": x.shape[2], "width": x.shape[3]}
+
+
+def _report(summary, what):
+    rate = f", {summary['images_per_s']:.2f} images/s" if "images_per_s" in summary else ""
+    click.echo(f"{what}: wrote {summary.get('images', '')} images to {summary.get('out_dir', summary.get('out', ''))}"
+               f" in {summary.get('seconds', 0):.1f} s{rate}")
+
+
+@main.command()
+@click.option("--noise-dir", required=True, type=click.Path(path_type=Path), help="Folder of NN.pt noise tensors.")
+@click.option("--out", required=True, type=click.Path(file_okay=False, path_type=Path), help="Output folder (NN.png).")
+@click.option("--checkpoint", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="Face UNet: the assignment's UNet.pt or an hw2rt .safetensors (default: bundled).")
+@click.option("--eta", type=float, default=0.0, show_default=True)
+@click.option("--steps", type=int, default=50, show_default=True, help="DDIM steps: timesteps i*(1000//steps)+1.")
+@click.option("--batch-size", type=click.IntRange(min=1), default=10, show_default=True)
+@click.option("--gt-dir", type=click.Path(file_okay=False, path_type=Path), default=None,
+              help="Reference NN.png: print per-image and mean MSE (0-255 scale) and write mse.json.")
+@click.option("--seed", type=int, default=0, show_default=True, help="Seeds the eta > 0 noise (image i: seed + i).")
+@click.option("--eta-grid", type=str, default=None, help="e.g. 0,0.25,0.5,0.75,1: also write the report grid.")
+@click.option("--grid", type=click.Path(dir_okay=False, path_type=Path), default=None, help="Where the eta grid goes.")
+@_engine_options
+def ddim(noise_dir, out, checkpoint, eta, steps, batch_size, gt_dir, seed, eta_grid, grid, backend, precision, threads):
+    """DDIM faces from a noise folder (HW2 Problem 2): NN.pt -> NN.png."""
+    from hw2rt.runtime import jobs
+
+    etas = _parse_floats(eta_grid, "--eta-grid") if eta_grid else None
+    if (etas is None) != (grid is None):
+        raise click.UsageError("--eta-grid and --grid go together")
+    jobs.check_ddim_args(steps, [eta] + (etas or []))
+    with _open_engine("face_unet", checkpoint, backend, precision, threads, **_noise_dims(noise_dir)) as engine:
+        summary = jobs.face_job(engine, noise_dir, out, steps=steps, eta=eta, batch_size=batch_size, seed=seed,
+                                gt_dir=gt_dir)
+        _report(summary, f"ddim ({engine.name}, {steps} steps, eta {eta:g})")
+        if "mse" in summary:
+            for name, value in summary["mse"]["per_image"].items():
+                click.echo(f"  {name}: MSE {value:.4f}")
+            click.echo(f"  mean MSE {summary['mse']['mean']:.4f} (written to {Path(out) / 'mse.json'})")
+        if etas:
+            g = jobs.eta_grid(engine, noise_dir, grid, etas, steps=steps, batch_size=batch_size, seed=seed)
+            click.echo(f"eta grid (rows {', '.join(g['rows'])}; eta {', '.join(f'{e:g}' for e in etas)}): {grid}")
+
+
+def _parse_floats(text, option):
+    try:
+        return [float(v) for v in text.split(",") if v.strip()]
+    except ValueError:
+        raise click.BadParameter(f"{text!r} is not a comma-separated list of numbers", param_hint=option) from None
+
+
+@main.command()
+@click.option("--noise-dir", required=True, type=click.Path(path_type=Path))
+@click.option("--pair", default="00,01", show_default=True, help="Two noise names from the folder.")
+@click.option("--mode", type=click.Choice(["slerp", "lerp", "both"]), default="both", show_default=True)
+@click.option("--out", required=True, type=click.Path(dir_okay=False, path_type=Path), help="The PNG to write.")
+@click.option("--checkpoint", type=click.Path(dir_okay=False, path_type=Path), default=None)
+@click.option("--steps", type=int, default=50, show_default=True)
+@_engine_options
+def interp(noise_dir, pair, mode, out, checkpoint, steps, backend, precision, threads):
+    """Interpolate two noises (alpha = 0, 0.1, ..., 1) and sample each: one row of 11 per mode."""
+    from hw2rt.runtime import jobs
+
+    names = [p.strip() for p in pair.split(",")]
+    if len(names) != 2:
+        raise click.BadParameter(f"{pair!r} must name two noises, e.g. 00,01", param_hint="--pair")
+    jobs.check_ddim_args(steps, [0.0])
+    modes = ("slerp", "lerp") if mode == "both" else (mode,)
+    with _open_engine("face_unet", checkpoint, backend, precision, threads, **_noise_dims(noise_dir)) as engine:
+        s = jobs.interp_job(engine, noise_dir, out, pair=tuple(names), modes=modes, steps=steps)
+    click.echo(f"interp: {' / '.join(modes)} rows of 11 ({names[0]} -> {names[1]}): {out}")
+    return s
+
+
+@main.command()
+@click.option("--out", required=True, type=click.Path(file_okay=False, path_type=Path))
+@click.option("--checkpoint", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="Digit UNet (default: bundled).")
+@click.option("--per-digit", type=click.IntRange(min=1), default=100, show_default=True)
+@click.option("--w", type=float, default=2.0, show_default=True, help="Classifier-free guidance weight.")
+@click.option("--steps", type=click.IntRange(min=2), default=1000, show_default=True,
+              help="T of the DDPM schedule; must be the T the model was trained with.")
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--batch-size", type=click.IntRange(min=1), default=250, show_default=True,
+              help="Images per sampler call (the engine sees twice this, for guidance).")
+@click.option("--grid", type=click.Path(dir_okay=False, path_type=Path), default=None, help="10x10 report grid.")
+@click.option("--frames", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="Six reverse-process frames of the first 0.")
+@_engine_options
+def ddpm(out, checkpoint, per_digit, w, steps, seed, batch_size, grid, frames, backend, precision, threads):
+    """Guided DDPM digits (HW2 Problem 1): {d}_{i:03d}.png for d = 0..9, i = 1..per-digit."""
+    from hw2rt.runtime import jobs
+
+    with _open_engine("digit_unet", checkpoint, backend, precision, threads) as engine:
+        s = jobs.digit_job(engine, out, per_digit=per_digit, w=w, T=steps, seed=seed, batch_size=batch_size,
+                           grid_path=grid, frames_path=frames)
+        _report(s, f"ddpm ({engine.name}, T={steps}, w={w:g})")
+    for key in ("grid", "frames"):
+        if key in s:
+            click.echo(f"  {key}: {s[key]}")

@@ -9,7 +9,7 @@ from hw2rt.models import build_model
 def test_help_lists_commands():
     result = CliRunner().invoke(main, ["--help"])
     assert result.exit_code == 0
-    for command in ("inspect",):
+    for command in ("inspect", "ddim", "ddpm", "interp", "data"):
         assert command in result.output
 
 

@@ -1,0 +1,154 @@
+"""The assignment's jobs around an engine: noise folder -> faces, digits per class, report figures.
+
+A job sees only engines (`engine.run(feeds) -> outputs`, DESIGN.md); the samplers see only
+the denoiser callables built here. Files are written atomically; a tqdm bar tracks the steps.
+"""
+import json
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from hw2rt.errors import Hw2rtError
+from hw2rt.io import atomic_path, read_image, read_noise_dir, to_uint8_minmax, to_uint8_signed, write_png, mse_255
+from hw2rt.runtime.ddim import ddim_sample
+from hw2rt.runtime.ddpm import ddpm_sample, frame_timesteps, guided_denoiser
+from hw2rt.runtime.images import make_grid
+from hw2rt.runtime.interpolate import interpolate
+from hw2rt.runtime.schedules import ddim_timesteps
+
+
+def face_denoiser(engine):
+    return lambda x, t: engine.run({"x": x, "t": t})["eps"]
+
+
+def digit_model_fn(engine):
+    return lambda x, c, t, mask: engine.run({"x": x, "c": c, "t": t, "mask": mask})["eps"]
+
+
+def check_ddim_args(steps: int, etas) -> None:
+    """Refuse a step count the timestep rule cannot serve, or a negative eta, before any work."""
+    try:
+        ddim_timesteps(steps)
+    except (ValueError, TypeError) as exc:
+        raise Hw2rtError(f"--steps {steps}: {exc}") from None
+    bad = [e for e in etas if not e >= 0]
+    if bad:
+        raise Hw2rtError(f"--eta must be >= 0 (got {bad[0]:g})")
+
+
+def sample_faces(engine, x: torch.Tensor, *, steps=50, eta=0.0, seeds=None, batch_size=10, desc="ddim", progress=True):
+    """DDIM over `x` [N,3,H,W] in chunks of `batch_size`; image i's eta-noise comes from seeds[i] alone."""
+    check_ddim_args(steps, [eta])
+    seeds = list(seeds) if seeds is not None else list(range(len(x)))
+    outs = []
+    with tqdm(total=-(-len(x) // batch_size) * steps, desc=desc, unit="step", disable=not progress) as bar:
+        for i in range(0, len(x), batch_size):
+            chunk = x[i:i + batch_size]
+            outs.append(ddim_sample(face_denoiser(engine), chunk, steps=steps, eta=eta,
+                                    seeds=seeds[i:i + batch_size] if eta > 0 else None,
+                                    callback=lambda *_: bar.update()))
+    return torch.cat(outs)
+
+
+def face_job(engine, noise_dir, out_dir, *, steps=50, eta=0.0, batch_size=10, seed=0, gt_dir=None, progress=True):
+    """`NN.pt` -> `NN.png` (HW2 naming and min-max normalisation); with `gt_dir`, the graded MSE."""
+    names, x = read_noise_dir(noise_dir)
+    if gt_dir is not None:
+        gt = {n: read_image(Path(gt_dir) / f"{n}.png") for n in names}  # fail before sampling, not after
+    start = time.perf_counter()
+    images = sample_faces(engine, x, steps=steps, eta=eta, seeds=[seed + i for i in range(len(names))],
+                          batch_size=batch_size, progress=progress)
+    seconds = time.perf_counter() - start
+    out_dir = Path(out_dir)
+    arrays = [to_uint8_minmax(img) for img in images]
+    for name, arr in zip(names, arrays):
+        write_png(arr, out_dir / f"{name}.png")
+    summary = {"images": len(names), "out_dir": str(out_dir), "seconds": seconds, "images_per_s": len(names) / seconds}
+    if gt_dir is not None:
+        per_image = {}
+        for name, arr in zip(names, arrays):
+            if gt[name].shape != arr.shape:
+                raise Hw2rtError(f"{Path(gt_dir) / (name + '.png')}: size {gt[name].shape[:2]} differs from the "
+                                 f"generated {arr.shape[:2]}")
+            per_image[name] = mse_255(arr, gt[name])
+        summary["mse"] = {"per_image": per_image, "mean": float(np.mean(list(per_image.values())))}
+        with atomic_path(out_dir / "mse.json") as tmp:
+            tmp.write_text(json.dumps(summary["mse"], indent=2))
+    return summary
+
+
+def eta_grid(engine, noise_dir, grid_path, etas, *, rows=4, steps=50, batch_size=10, seed=0, progress=True):
+    """The report grid: the first `rows` noises (rows) x `etas` (columns)."""
+    check_ddim_args(steps, etas)
+    names, x = read_noise_dir(noise_dir)
+    x = x[:rows]
+    batch = x.repeat_interleave(len(etas), dim=0)  # row-major: noise, then eta
+    columns = []
+    for j, eta in enumerate(etas):
+        idx = list(range(j, len(batch), len(etas)))
+        columns.append(sample_faces(engine, batch[idx], steps=steps, eta=eta, seeds=[seed + i for i in range(len(x))],
+                                    batch_size=batch_size, desc=f"eta={eta:g}", progress=progress))
+    tiles = [to_uint8_minmax(columns[j][i]) for i in range(len(x)) for j in range(len(etas))]
+    write_png(make_grid(tiles, ncol=len(etas)), grid_path)
+    return {"grid": str(grid_path), "rows": names[:rows], "etas": list(etas)}
+
+
+def interp_job(engine, noise_dir, out_path, *, pair=("00", "01"), modes=("slerp", "lerp"), steps=50, batch_size=11,
+               progress=True):
+    """One row of 11 images (alpha = 0, 0.1, ..., 1) per interpolation mode."""
+    names, x = read_noise_dir(noise_dir)
+    missing = [p for p in pair if p not in names]
+    if missing:
+        raise Hw2rtError(f"{noise_dir}: no noise file {missing[0]}.pt for --pair")
+    x0, x1 = x[names.index(pair[0])][None], x[names.index(pair[1])][None]
+    tiles = []
+    for mode in modes:
+        imgs = sample_faces(engine, interpolate(x0, x1, 11, mode), steps=steps, batch_size=batch_size, desc=mode,
+                            progress=progress)
+        tiles += [to_uint8_minmax(img) for img in imgs]
+    write_png(make_grid(tiles, ncol=11), out_path)
+    return {"out": str(out_path), "pair": list(pair), "modes": list(modes)}
+
+
+def digit_job(engine, out_dir, *, per_digit=100, w=2.0, T=1000, seed=0, batch_size=250, grid_path=None,
+              frames_path=None, progress=True):
+    """`{d}_{i:03d}.png` for d = 0..9, i = 1..per_digit; the 10x10 grid; six frames of the first "0"."""
+    if per_digit < 1:
+        raise Hw2rtError(f"--per-digit must be >= 1 (got {per_digit})")
+    labels = torch.arange(10).repeat_interleave(per_digit)
+    names = [f"{d}_{i:03d}.png" for d in range(10) for i in range(1, per_digit + 1)]
+    # One generator per image draws its starting noise and then every z: results do not depend on batching.
+    gens = [torch.Generator().manual_seed(seed * 1_000_003 + k) for k in range(len(labels))]
+    x_T = torch.cat([torch.randn(1, 3, 28, 28, generator=g) for g in gens])
+    keep = set(frame_timesteps(T))
+    frames = []
+    denoiser = guided_denoiser(digit_model_fn(engine), w, T)
+    start = time.perf_counter()
+    outs = []
+    with tqdm(total=-(-len(labels) // batch_size) * T, desc="ddpm", unit="step", disable=not progress) as bar:
+        for i in range(0, len(labels), batch_size):
+            def callback(step, t, x, first=(i == 0)):
+                bar.update()
+                if first and t in keep:  # image 0 is the first "0"
+                    frames.append(to_uint8_signed(x[0]))
+            outs.append(ddpm_sample(denoiser, x_T[i:i + batch_size], labels[i:i + batch_size], T=T,
+                                    seeds=gens[i:i + batch_size], callback=callback))
+    seconds = time.perf_counter() - start
+    images = [to_uint8_signed(img) for img in torch.cat(outs)]
+    out_dir = Path(out_dir)
+    for name, arr in zip(names, images):
+        write_png(arr, out_dir / name)
+    summary = {"images": len(names), "out_dir": str(out_dir), "seconds": seconds, "images_per_s": len(names) / seconds,
+               "w": w, "T": T}
+    if grid_path is not None:
+        cols = min(10, per_digit)
+        write_png(make_grid([images[d * per_digit + j] for d in range(10) for j in range(cols)], ncol=cols), grid_path)
+        summary["grid"] = str(grid_path)
+    if frames_path is not None:
+        write_png(make_grid(frames, ncol=len(frames)), frames_path)
+        summary["frames"] = str(frames_path)
+        summary["frame_timesteps"] = sorted(keep, reverse=True)
+    return summary
