@@ -190,3 +190,28 @@ def ddpm(out, checkpoint, per_digit, w, steps, seed, batch_size, grid, frames, b
     for key in ("grid", "frames"):
         if key in s:
             click.echo(f"  {key}: {s[key]}")
+
+
+@main.command()
+@click.option("--images", required=True, type=click.Path(path_type=Path), help="Folder of digit images.")
+@click.option("--out", required=True, type=click.Path(dir_okay=False, path_type=Path), help="CSV to write.")
+@click.option("--checkpoint", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="DANN checkpoint (default: bundled).")
+@click.option("--batch-size", type=click.IntRange(min=1), default=512, show_default=True)
+@click.option("--features", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="Also save the 512-d features (.npz: names, features, labels), e.g. for t-SNE.")
+@_engine_options
+def classify(images, out, checkpoint, batch_size, features, backend, precision, threads):
+    """DANN inference (HW2 Problem 3): image_name,label for every image of a folder.
+
+    Grayscale images are repeated to 3 channels; images that are not 28x28 are resized to 28x28
+    (bilinear), as the assignment's transforms do, and the count is reported.
+    """
+    from hw2rt.runtime import jobs
+
+    with _open_engine("dann", checkpoint, backend, precision, threads) as engine:
+        s = jobs.classify_job(engine, images, out, batch_size=batch_size, features_path=features)
+        click.echo(f"classify ({engine.name}): {s['images']} images -> {out} in {s['seconds']:.2f} s "
+                   f"({s['images_per_s']:.0f} images/s)" + (f"; {s['resized']} resized to 28x28" if s["resized"] else ""))
+    if features:
+        click.echo(f"  features: {features}")

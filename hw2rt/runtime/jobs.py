@@ -152,3 +152,46 @@ def digit_job(engine, out_dir, *, per_digit=100, w=2.0, T=1000, seed=0, batch_si
         summary["frames"] = str(frames_path)
         summary["frame_timesteps"] = sorted(keep, reverse=True)
     return summary
+
+
+def load_digit_images(paths, size: int = 28) -> tuple[torch.Tensor, int]:
+    """Images -> float [N,3,size,size] in [0,1] (grayscale repeated); other sizes resized bilinearly.
+
+    Returns the batch and how many images needed resizing, so a caller can say so.
+    """
+    from PIL import Image
+
+    arrays, resized = [], 0
+    for p in paths:
+        a = read_image(p)
+        if a.shape[:2] != (size, size):
+            a = np.asarray(Image.fromarray(a).resize((size, size), Image.BILINEAR))
+            resized += 1
+        arrays.append(a)
+    x = torch.from_numpy(np.stack(arrays)).permute(0, 3, 1, 2).float() / 255.0
+    return x, resized
+
+
+def classify_job(engine, images_dir, out_csv, *, batch_size=512, features_path=None, progress=True):
+    """The assignment's DANN inference: `image_name,label` for every image of the folder."""
+    from hw2rt.io import list_images, write_labels_csv
+
+    paths = list_images(images_dir)
+    start = time.perf_counter()
+    x, resized = load_digit_images(paths)
+    labels, feats = [], []
+    for i in tqdm(range(0, len(x), batch_size), desc="classify", unit="batch", disable=not progress):
+        out = engine.run({"x": x[i:i + batch_size]})
+        labels.append(out["log_probs"].argmax(1).cpu())
+        feats.append(out["features"].float().cpu())
+    labels = torch.cat(labels).tolist()
+    seconds = time.perf_counter() - start
+    write_labels_csv(out_csv, [(p.name, y) for p, y in zip(paths, labels)])
+    summary = {"images": len(paths), "out": str(out_csv), "resized": resized, "seconds": seconds,
+               "images_per_s": len(paths) / seconds}
+    if features_path is not None:
+        with atomic_path(features_path) as tmp, open(tmp, "wb") as f:
+            np.savez(f, names=np.array([p.name for p in paths]), features=torch.cat(feats).numpy(),
+                     labels=np.array(labels))
+        summary["features"] = str(features_path)
+    return summary
