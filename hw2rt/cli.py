@@ -215,3 +215,16 @@ def classify(images, out, checkpoint, batch_size, features, backend, precision, 
                    f"({s['images_per_s']:.0f} images/s)" + (f"; {s['resized']} resized to 28x28" if s["resized"] else ""))
     if features:
         click.echo(f"  features: {features}")
+
+
+@main.command()
+@click.option("--out", type=click.Path(file_okay=False, path_type=Path), default=Path("outputs/demo"), show_default=True)
+@click.option("--quick", is_flag=True, help="Tiny sizes: a smoke run in seconds.")
+@click.option("--backend", type=click.Choice(["torch", "ort", "auto"]), default="auto", show_default=True)
+@click.option("--threads", type=click.IntRange(min=1), default=None)
+def demo(out, quick, backend, threads):
+    """The main job on the bundled defaults: data, engines, parity, faces, digits, DANN -> report.html."""
+    from hw2rt.demo import run_demo
+
+    report = run_demo(out, quick=quick, backend=backend, threads=threads, log=click.echo)
+    click.echo(f"report: {report.resolve()}")
