@@ -228,3 +228,51 @@ def demo(out, quick, backend, threads):
 
     report = run_demo(out, quick=quick, backend=backend, threads=threads, log=click.echo)
     click.echo(f"report: {report.resolve()}")
+
+
+_MODEL_NAMES = ["face_unet", "digit_unet", "dann", "digit_classifier"]
+
+
+@main.command()
+@click.option("--model", required=True, type=click.Choice(_MODEL_NAMES))
+@click.option("--checkpoint", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="Default: the bundled model.")
+@click.option("--out", required=True, type=click.Path(dir_okay=False, path_type=Path), help="The .onnx to write.")
+@click.option("--precision", type=click.Choice(["fp32", "fp16"]), default="fp32", show_default=True,
+              help="fp16: fp16 graph with fp32 islands (timestep embedding, GroupNorm statistics, softmax).")
+@click.option("--opset", type=click.IntRange(min=18), default=None, help="ONNX opset (default: hw2rt's, >= 18).")
+@click.option("--size", type=click.IntRange(min=32), default=None,
+              help="face_unet: the H = W to trace with (the graph stays dynamic in H and W).")
+def export(model, checkpoint, out, precision, opset, size):
+    """Export a network to ONNX from its I/O spec: named inputs, dynamic batch, hw2rt metadata."""
+    from hw2rt.checkpoints import resolve_checkpoint
+    from hw2rt.export import DEFAULT_OPSET, export_checkpoint
+
+    dims = {"height": size, "width": size} if size and model == "face_unet" else None
+    path = export_checkpoint(resolve_checkpoint(checkpoint, model), out, model=model, precision=precision,
+                             opset=opset or DEFAULT_OPSET, dims=dims)
+    click.echo(f"export: {model} ({precision}, opset {opset or DEFAULT_OPSET}) -> {path}")
+
+
+@main.command()
+@click.option("--model", required=True, type=click.Choice(_MODEL_NAMES))
+@click.option("--checkpoint", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="Default: a seeded random model of a small configuration (damped diffusion models).")
+@click.option("--backend", type=click.Choice(["ort", "torch", "trt", "auto"]), default="ort", show_default=True)
+@click.option("--precision", type=click.Choice(["fp32", "fp16"]), default="fp32", show_default=True)
+@click.option("--device", default="cpu", show_default=True, help="cpu or cuda.")
+@click.option("--threads", type=click.IntRange(min=1), default=None)
+@click.option("--steps", type=click.IntRange(min=2), default=None, help="End-to-end sampler steps (DDIM) or T (DDPM).")
+@click.option("--size", type=click.IntRange(min=32), default=None, help="face_unet: H = W of the inputs.")
+@click.option("--no-e2e", is_flag=True, help="Per-call comparison only.")
+@click.option("--json", "json_path", type=click.Path(dir_okay=False, path_type=Path), default=None)
+def parity(model, checkpoint, backend, precision, device, threads, steps, size, no_e2e, json_path):
+    """Compare an engine with the torch fp32 reference; exit status 1 when over budget."""
+    from hw2rt.parity import format_report, run_parity
+
+    dims = {"height": size, "width": size} if size and model == "face_unet" else None
+    report = run_parity(model, checkpoint, backend=backend, precision=precision, device=device, threads=threads,
+                        dims=dims, steps=steps, e2e=not no_e2e, json_path=json_path)
+    click.echo(format_report(report))
+    if not report["passed"]:
+        raise SystemExit(1)
