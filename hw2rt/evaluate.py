@@ -1,0 +1,187 @@
+"""Evaluation: the assignment's digit grading (`eval-digits`) and the DANN t-SNE figures.
+
+`digit_accuracy` grades a folder of generated digits the way the assignment does: the label
+is the first character of each file name, the image is RGB in [0,1], the grader is the LeNet
+of `Classifier.pth` (or any DigitClassifier checkpoint / module).
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+from hw2rt.errors import Hw2rtError
+from hw2rt.io import atomic_path, list_images, read_image
+
+DIGIT_SIZE = 28
+
+
+def _first_output(out):
+    return out[0] if isinstance(out, (tuple, list)) else out
+
+
+@torch.no_grad()
+def predict(module: nn.Module, images_u8: torch.Tensor, *, batch_size: int = 1024, device=None) -> torch.Tensor:
+    """Class predictions (int64 [N], on the CPU) of a classifier for uint8 [N,3,H,W] images.
+
+    The module gets RGB in [0,1]; its first output (logits or log-probabilities) is arg-maxed.
+    """
+    if device is None:
+        device = next(module.parameters()).device
+    was_training = module.training
+    module.eval()
+    preds = []
+    for i in range(0, len(images_u8), batch_size):
+        x = images_u8[i:i + batch_size].to(device).float().div_(255.0)
+        preds.append(_first_output(module(x)).argmax(1).cpu())
+    module.train(was_training)
+    return torch.cat(preds) if preds else torch.empty(0, dtype=torch.int64)
+
+
+def dataset_accuracy(module: nn.Module, images_u8: torch.Tensor, labels: torch.Tensor, *, batch_size: int = 1024) -> float:
+    preds = predict(module, images_u8, batch_size=batch_size)
+    return float((preds == labels.cpu()).float().mean().item())
+
+
+def _load_classifier(classifier, device: torch.device) -> tuple[nn.Module, str]:
+    if isinstance(classifier, nn.Module):
+        return classifier.to(device).eval(), type(classifier).__name__
+    from hw2rt.checkpoints import load_model
+
+    net, _, _ = load_model(classifier, "digit_classifier")
+    return net.to(device), str(classifier)
+
+
+def digit_accuracy(images_dir, classifier, *, batch_size: int = 500, device: str = "auto") -> dict:
+    """Grade a folder of digit images: per-digit and overall accuracy.
+
+    classifier: a path (the assignment's `Classifier.pth`, a plain state dict, or hw2rt
+    safetensors of a digit_classifier) or an nn.Module taking RGB [0,1] [B,3,28,28].
+    Every image's name must start with its digit; images must be 28x28 (the grader's input).
+    """
+    from hw2rt.training.loop import pick_device
+
+    dev = pick_device(device)
+    files = list_images(images_dir)
+    labels = []
+    for f in files:
+        if not f.name[0].isdigit() or not f.name[0].isascii():
+            raise Hw2rtError(f"{f}: the file name must start with the digit the image shows "
+                             "(the grader's label is the first character, e.g. 3_017.png)")
+        labels.append(int(f.name[0]))
+    arrays = []
+    for f in files:
+        arr = read_image(f)
+        if arr.shape[:2] != (DIGIT_SIZE, DIGIT_SIZE):
+            raise Hw2rtError(f"{f}: image is {arr.shape[1]}x{arr.shape[0]}, the grader takes 28x28")
+        arrays.append(arr)
+    images = torch.from_numpy(np.stack(arrays)).permute(0, 3, 1, 2).contiguous()
+    net, name = _load_classifier(classifier, dev)
+    preds = predict(net, images, batch_size=batch_size, device=dev)
+    truth = torch.tensor(labels)
+    hit = preds == truth
+    per_digit = {}
+    for d in range(10):
+        sel = truth == d
+        n = int(sel.sum())
+        c = int(hit[sel].sum())
+        per_digit[str(d)] = {"n": n, "correct": c, "accuracy": c / n if n else None}
+    return {
+        "images_dir": str(images_dir), "classifier": name, "n": len(files), "correct": int(hit.sum()),
+        "accuracy": float(hit.float().mean()), "per_digit": per_digit,
+    }
+
+
+def _subsample(n: int, k: int, seed: int, salt: int) -> np.ndarray:
+    if k >= n:
+        return np.arange(n)
+    return np.sort(np.random.default_rng([seed, salt]).choice(n, size=k, replace=False))
+
+
+def _save_figure(fig, path: Path):
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png", dpi=120, bbox_inches="tight")
+
+
+def tsne(
+    dann_checkpoint,
+    source_dir,
+    target_dir,
+    out_prefix,
+    *,
+    n_per_domain: int = 1000,
+    split: str = "val",
+    perplexity: float = 30.0,
+    seed: int = 0,
+    device: str = "auto",
+) -> dict:
+    """t-SNE of the DANN features (the 512-d CNN output) of both domains' `split` images.
+
+    Writes `<out_prefix>_digit.png` (coloured by class) and `<out_prefix>_domain.png` (coloured
+    by domain); up to `n_per_domain` images per domain, a seeded random subset.
+    """
+    import matplotlib
+    from matplotlib.figure import Figure  # a bare Figure renders with Agg; no pyplot, no GUI backend
+    from sklearn.manifold import TSNE
+
+    from hw2rt.checkpoints import load_model
+    from hw2rt.training.data import DigitsDataset, resolve_digit_domain
+    from hw2rt.training.loop import pick_device
+
+    dev = pick_device(device)
+    net, _, _ = load_model(dann_checkpoint, "dann")
+    net = net.to(dev).eval()
+    domains = [resolve_digit_domain(source_dir), resolve_digit_domain(target_dir)]
+    feats, digits, dom = [], [], []
+    for k, d in enumerate(domains):
+        ds = DigitsDataset(d, split)
+        idx = torch.from_numpy(_subsample(len(ds), n_per_domain, seed, k))
+        with torch.no_grad():
+            for i in range(0, len(idx), 1024):
+                x = ds.images[idx[i:i + 1024]].to(dev).float().div_(255.0)
+                feats.append(net(x)[1].float().cpu())
+        digits.append(ds.labels[idx].numpy())
+        dom.append(np.full(len(idx), k))
+    x = torch.cat(feats).numpy().astype(np.float64)
+    digits, dom = np.concatenate(digits), np.concatenate(dom)
+    n = len(x)
+    if n < 4:
+        raise Hw2rtError(f"{source_dir} + {target_dir}: t-SNE needs at least 4 images, found {n}")
+    perp = min(perplexity, (n - 1) / 3.0)
+    emb = TSNE(n_components=2, perplexity=perp, init="pca", learning_rate="auto", random_state=seed).fit_transform(x)
+
+    out_prefix = Path(out_prefix)
+    names = [Path(d).name for d in domains]
+    paths = {"digit_png": Path(f"{out_prefix}_digit.png"), "domain_png": Path(f"{out_prefix}_domain.png")}
+    from hw2rt.training.loop import stand_in_note
+
+    note = " [stand-in data]" if (stand_in_note(domains[0]) or stand_in_note(domains[1])) else ""
+    title = f"t-SNE of DANN features ({names[0]} -> {names[1]}, {split}){note}"
+
+    fig = Figure(figsize=(7, 6))
+    ax = fig.add_subplot()
+    for c in range(10):
+        sel = digits == c
+        ax.scatter(emb[sel, 0], emb[sel, 1], s=4, color=matplotlib.colormaps["tab10"](c), label=str(c))
+    ax.legend(markerscale=3, fontsize=8, title="digit", loc="best")
+    ax.set_title(f"{title}: by digit")
+    ax.set_xticks([])
+    ax.set_yticks([])
+    _save_figure(fig, paths["digit_png"])
+
+    fig = Figure(figsize=(7, 6))
+    ax = fig.add_subplot()
+    for k, color in ((0, "tab:blue"), (1, "tab:red")):
+        sel = dom == k
+        ax.scatter(emb[sel, 0], emb[sel, 1], s=4, color=color, label=f"{['source', 'target'][k]}: {names[k]}")
+    ax.legend(markerscale=3, fontsize=8, loc="best")
+    ax.set_title(f"{title}: by domain")
+    ax.set_xticks([])
+    ax.set_yticks([])
+    _save_figure(fig, paths["domain_png"])
+
+    return {**{k: str(v) for k, v in paths.items()}, "n_source": int((dom == 0).sum()),
+            "n_target": int((dom == 1).sum()), "perplexity": perp, "split": split,
+            "source": str(domains[0]), "target": str(domains[1])}

@@ -1,0 +1,413 @@
+"""The loop every trainer shares: seeding, precision, progress, metrics, checkpoints, resume, Ctrl-C.
+
+A trainer describes one run as a `Task` (model, optimizer, a per-step loss, optional epoch-end
+evaluation) and hands it to `fit`, which owns everything around the step:
+
+- `<out>/checkpoint.pt`: the resumable state, a `torch.save`d dict of tensors and plain
+  containers only, so `torch.load(path, weights_only=True)` opens it (format below).
+  Written atomically at every epoch end, every `save_every` steps, on Ctrl-C and at the end.
+- `<out>/metrics.jsonl`: one JSON object a line: training lines (step, epoch, loss, lr,
+  img_per_s, ...) every `log_every` steps, and `"event": "eval"` lines at epoch ends.
+- `<out>/summary.json`: the dict `fit` returns.
+- the exported model (hw2rt safetensors), written by the task's `export`.
+
+Checkpoint format (`"format": "hw2rt-train-1"`)::
+
+    {"format", "kind", "config": {...}, "step": int, "epoch": int, "elapsed_s": float,
+     "model": state_dict, "optimizer": state_dict, "scaler": dict, "scheduler": dict | None,
+     "ema": state_dict | None, "best": {"metric", "key", "value", "epoch", "step", "model"} | None,
+     "rng": {"torch": ByteTensor, "cuda": [ByteTensor, ...]}}
+
+Ctrl-C does not tear a step in half: the first one asks the loop to stop after the current
+step, save the checkpoint and raise KeyboardInterrupt; a second one aborts at once.
+"""
+from __future__ import annotations
+
+import contextlib
+import copy
+import json
+import math
+import signal
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from torch import nn
+from tqdm import tqdm
+
+from hw2rt.errors import Hw2rtError
+from hw2rt.io import atomic_path
+
+CHECKPOINT = "checkpoint.pt"
+METRICS = "metrics.jsonl"
+SUMMARY = "summary.json"
+FORMAT = "hw2rt-train-1"
+PRECISIONS = ("auto", "fp32", "fp16", "bf16")
+
+
+# ---------------------------------------------------------------------------------- devices
+
+
+def pick_device(device: str | torch.device = "auto") -> torch.device:
+    if str(device) == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    dev = torch.device(device)
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise Hw2rtError(f"--device {device}: CUDA is not available on this machine")
+    return dev
+
+
+def pick_precision(precision: str, device: torch.device) -> str:
+    """auto = fp16 autocast + GradScaler on CUDA (the seed's recipe), fp32 on CPU.
+
+    bf16 autocast is accepted on a CPU but is not a speed-up for *training* with torch 2.13's CPU
+    build: its backward falls back to `_slow_conv2d` (measured 10x slower than fp32 on the
+    DigitUNet), unlike bf16 inference. Keep fp32 for CPU training.
+    """
+    if precision not in PRECISIONS:
+        raise Hw2rtError(f"--precision {precision}: expected one of {', '.join(PRECISIONS)}")
+    if precision == "auto":
+        return "fp16" if device.type == "cuda" else "fp32"
+    if precision == "fp16" and device.type != "cuda":
+        raise Hw2rtError("--precision fp16 needs CUDA (on a CPU use bf16 or fp32)")
+    return precision
+
+
+def seed_everything(seed: int):
+    """Seed torch's global generator: call before building the model (its init draws from it)."""
+    if isinstance(seed, bool) or int(seed) != seed or seed < 0:
+        raise Hw2rtError(f"--seed {seed!r}: must be a non-negative integer")
+    torch.manual_seed(int(seed))
+
+
+def autocast(device: torch.device, precision: str):
+    if precision == "fp32":
+        return contextlib.nullcontext()
+    dtype = torch.float16 if precision == "fp16" else torch.bfloat16
+    return torch.autocast(device.type, dtype=dtype)
+
+
+# ---------------------------------------------------------------------------------- EMA
+
+
+class EMA:
+    """An exponential moving average of a model's parameters (buffers are copied).
+
+    The decay warms up as min(decay, (1+step)/(10+step)) so short runs are not dominated
+    by the random initialisation.
+    """
+
+    def __init__(self, model: nn.Module, decay: float):
+        if not 0.0 < decay < 1.0:
+            raise Hw2rtError(f"--ema-decay {decay}: must be between 0 and 1 (exclusive)")
+        self.decay = decay
+        self.module = copy.deepcopy(model).eval().requires_grad_(False)
+
+    @torch.no_grad()
+    def update(self, model: nn.Module, step: int):
+        d = min(self.decay, (1 + step) / (10 + step))
+        ema_p = [p for p in self.module.parameters()]
+        src_p = [p.detach() for p in model.parameters()]
+        torch._foreach_lerp_(ema_p, src_p, 1.0 - d)
+        for b_ema, b in zip(self.module.buffers(), model.buffers()):
+            b_ema.copy_(b)
+
+
+# ---------------------------------------------------------------------------------- interrupts
+
+
+class _StopFlag:
+    requested = False
+
+
+@contextlib.contextmanager
+def graceful_interrupt():
+    """The first SIGINT sets `.requested` (the loop stops cleanly); a second one raises at once."""
+    flag = _StopFlag()
+    if threading.current_thread() is not threading.main_thread():
+        yield flag  # signals are only delivered to the main thread
+        return
+    previous = signal.getsignal(signal.SIGINT)
+
+    def handler(signum, frame):
+        if flag.requested:
+            signal.signal(signal.SIGINT, previous)
+            raise KeyboardInterrupt
+        flag.requested = True
+        tqdm.write("interrupt: saving a checkpoint after this step (Ctrl-C again to abort without saving)")
+
+    signal.signal(signal.SIGINT, handler)
+    try:
+        yield flag
+    finally:
+        signal.signal(signal.SIGINT, previous)
+
+
+# ---------------------------------------------------------------------------------- checkpoints
+
+
+def save_state(path, state: dict):
+    with atomic_path(path) as tmp:
+        torch.save(state, tmp)
+
+
+def load_state(path) -> dict:
+    """A resumable checkpoint, opened with weights_only=True; Hw2rtError naming the file on failure."""
+    path = Path(path)
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # noqa: BLE001 -- torch raises many types for truncated/corrupt/unsafe files
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else exc.__class__.__name__
+        raise Hw2rtError(f"{path}: not a readable training checkpoint: {first[:160]}") from None
+    if not isinstance(state, dict) or state.get("format") != FORMAT:
+        raise Hw2rtError(f"{path}: not an hw2rt training checkpoint (format {FORMAT})")
+    return state
+
+
+def _cpu_state(module: nn.Module) -> dict:
+    return {k: v.detach().to("cpu", copy=True) for k, v in module.state_dict().items()}
+
+
+# ---------------------------------------------------------------------------------- the task
+
+
+@dataclass
+class Task:
+    """One training run, as the loop sees it.
+
+    loss_fn(step) -> (loss, extras): the loss of global step `step` (0-based), computed under
+    autocast; extras are scalars (floats or 0-d tensors) logged with the loss.
+    evaluate(module) -> dict of floats, run at every epoch end on the module that would be
+    exported (the EMA when enabled); `best_key` (maximised) selects what gets exported.
+    export(module, summary) -> dict of written paths, run once at the end.
+    """
+
+    kind: str
+    model: nn.Module
+    optimizer: torch.optim.Optimizer
+    loss_fn: Callable[[int], tuple[torch.Tensor, dict]]
+    total_steps: int
+    steps_per_epoch: int
+    batch_size: int
+    config: dict
+    export: Callable[[nn.Module, dict], dict]
+    resume_keys: tuple = ()
+    lr_at: Callable[[int], float] | None = None
+    scheduler: object | None = None
+    evaluate: Callable[[nn.Module], dict] | None = None
+    best_key: str | None = None
+    ema_decay: float | None = None
+    grad_clip: float | None = None
+    summary_extra: dict = field(default_factory=dict)
+
+
+def _scalar(v) -> float:
+    return float(v.detach().float().item()) if isinstance(v, torch.Tensor) else float(v)
+
+
+def _check_resume(path, state: dict, task: Task):
+    if state.get("kind") != task.kind:
+        raise Hw2rtError(f"{path}: a {state.get('kind')} checkpoint cannot resume {task.kind} training")
+    for key in ("model", *task.resume_keys):
+        old, new = state["config"].get(key), task.config.get(key)
+        if old != new:
+            raise Hw2rtError(f"{path}: was trained with {key}={old}, this run asks for {key}={new} "
+                             "(resume with the same settings, or start over in another folder)")
+
+
+def fit(
+    task: Task,
+    out_dir,
+    *,
+    device: torch.device,
+    precision: str,
+    seed: int,
+    resume: bool = False,
+    overwrite: bool = False,
+    progress: bool = True,
+    log_every: int = 50,
+    save_every: int = 1000,
+    on_step: Callable[[int, dict], None] | None = None,
+) -> dict:
+    """Train `task` to `task.total_steps` steps; returns the summary dict (also in summary.json)."""
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    ckpt, metrics_path = out / CHECKPOINT, out / METRICS
+    if ckpt.exists() and not (resume or overwrite):
+        raise Hw2rtError(f"{ckpt}: a training run exists here: resume it, or pass overwrite to start over")
+    if task.total_steps < 1:
+        raise Hw2rtError(f"{task.kind}: nothing to train (0 steps); give more steps/epochs or more data")
+
+    # The trainer seeded torch before building the model (see `seed_everything`); seeding again
+    # here keeps the step randomness independent of how many draws the model's init made.
+    torch.manual_seed(seed)
+    model = task.model.to(device)
+    ema = EMA(model, task.ema_decay) if task.ema_decay else None
+    scaler = torch.amp.GradScaler(device.type, enabled=precision == "fp16")
+    step, elapsed0, best, resumed_from, last_loss = 0, 0.0, None, None, math.nan
+
+    if resume and ckpt.exists():
+        state = load_state(ckpt)
+        _check_resume(ckpt, state, task)
+        model.load_state_dict(state["model"])
+        task.optimizer.load_state_dict(state["optimizer"])
+        if state["scaler"] and scaler.is_enabled():
+            scaler.load_state_dict(state["scaler"])
+        if task.scheduler is not None and state.get("scheduler"):
+            task.scheduler.load_state_dict(state["scheduler"])
+        if ema is not None:
+            ema.module.load_state_dict(state["ema"] if state.get("ema") else state["model"])
+        best = state.get("best")
+        torch.set_rng_state(state["rng"]["torch"])
+        if device.type == "cuda" and len(state["rng"]["cuda"]) == torch.cuda.device_count():
+            torch.cuda.set_rng_state_all(state["rng"]["cuda"])
+        step, elapsed0, resumed_from = int(state["step"]), float(state["elapsed_s"]), int(state["step"])
+        last_loss = float(state.get("last_loss", math.nan))
+    elif resume:
+        tqdm.write(f"{ckpt}: no checkpoint to resume, starting a new run")
+
+    def export_module() -> nn.Module:
+        return ema.module if ema is not None else model
+
+    def state_dict_now() -> dict:
+        return {
+            "format": FORMAT, "kind": task.kind, "config": task.config,
+            "step": step, "epoch": step // task.steps_per_epoch, "elapsed_s": elapsed0 + (time.perf_counter() - t0),
+            "last_loss": last_loss,
+            "model": model.state_dict(), "optimizer": task.optimizer.state_dict(), "scaler": scaler.state_dict(),
+            "scheduler": task.scheduler.state_dict() if task.scheduler is not None else None,
+            "ema": ema.module.state_dict() if ema is not None else None, "best": best,
+            "rng": {"torch": torch.get_rng_state(),
+                    "cuda": torch.cuda.get_rng_state_all() if device.type == "cuda" else []},
+        }
+
+    t0 = time.perf_counter()
+    start_step = step
+    window_loss, window_n, window_t = None, 0, time.perf_counter()
+    extras: dict = {}
+    mode = "a" if resumed_from is not None else "w"
+    with open(metrics_path, mode) as log, graceful_interrupt() as stop, \
+            tqdm(total=task.total_steps, initial=step, desc=f"train {task.kind}", unit="step",
+                 disable=not progress, dynamic_ncols=True) as bar:
+
+        def write(record: dict):
+            log.write(json.dumps(record) + "\n")
+            log.flush()
+
+        while step < task.total_steps:
+            if task.lr_at is not None:
+                for g in task.optimizer.param_groups:
+                    g["lr"] = task.lr_at(step)
+            model.train()
+            with autocast(device, precision):
+                loss, extras = task.loss_fn(step)
+            task.optimizer.zero_grad(set_to_none=True)
+            scaler.scale(loss).backward()
+            if task.grad_clip:
+                scaler.unscale_(task.optimizer)
+                nn.utils.clip_grad_norm_(model.parameters(), task.grad_clip)
+            scaler.step(task.optimizer)
+            scaler.update()
+            if ema is not None:
+                ema.update(model, step)
+            step += 1
+            d = loss.detach().float()
+            window_loss = d if window_loss is None else window_loss + d
+            window_n += 1
+            bar.update(1)
+
+            if step % log_every == 0 or step == task.total_steps:
+                last_loss = _scalar(window_loss) / window_n
+                if not math.isfinite(last_loss):
+                    raise Hw2rtError(f"{task.kind}: the loss became {last_loss} by step {step} "
+                                     f"(last good checkpoint: {ckpt}); try a lower lr")
+                now = time.perf_counter()
+                record = {"step": step, "epoch": step / task.steps_per_epoch, "loss": last_loss,
+                          "lr": task.optimizer.param_groups[0]["lr"],
+                          "img_per_s": window_n * task.batch_size / max(now - window_t, 1e-9),
+                          **{k: _scalar(v) for k, v in extras.items()}}
+                write(record)
+                bar.set_postfix(loss=f"{last_loss:.4f}")
+                window_loss, window_n, window_t = None, 0, now
+
+            if step % task.steps_per_epoch == 0:
+                epoch = step // task.steps_per_epoch
+                if task.evaluate is not None:
+                    result = task.evaluate(export_module())
+                    write({"event": "eval", "step": step, "epoch": epoch, **result})
+                    value = result[task.best_key]
+                    if best is None or value > best["value"]:
+                        best = {"key": task.best_key, "value": value, "epoch": epoch, "step": step,
+                                "metric": dict(result), "model": _cpu_state(export_module())}
+                    bar.set_postfix(loss=f"{last_loss:.4f}", **{task.best_key: f"{value:.4f}"})
+                if task.scheduler is not None:
+                    task.scheduler.step()
+                save_state(ckpt, state_dict_now())
+            elif save_every and step % save_every == 0:
+                save_state(ckpt, state_dict_now())
+
+            if on_step is not None:
+                on_step(step, extras)
+            if stop.requested and step < task.total_steps:
+                save_state(ckpt, state_dict_now())
+                tqdm.write(f"interrupted at step {step}: resumable checkpoint {ckpt}")
+                raise KeyboardInterrupt
+
+        save_state(ckpt, state_dict_now())
+
+    run_s = time.perf_counter() - t0
+    final = export_module()
+    if best is not None:
+        final = copy.deepcopy(final)
+        final.load_state_dict(best["model"])
+    summary = {
+        "kind": task.kind, "out_dir": str(out), "checkpoint": str(ckpt), "metrics": str(metrics_path),
+        "steps": step, "epochs": step / task.steps_per_epoch, "steps_per_epoch": task.steps_per_epoch,
+        "batch_size": task.batch_size, "resumed_from_step": resumed_from,
+        "final_loss": last_loss if math.isfinite(last_loss) else None, "seed": seed, "device": str(device), "precision": precision,
+        "ema_decay": task.ema_decay, "elapsed_s": elapsed0 + run_s,
+        "images_per_s": (step - start_step) * task.batch_size / run_s if step > start_step else None,
+        "best": {k: v for k, v in best.items() if k != "model"} if best else None,
+        **task.summary_extra,
+    }
+    summary["exported"] = {k: str(v) for k, v in task.export(final.eval(), summary).items()}
+    with atomic_path(out / SUMMARY) as tmp:
+        tmp.write_text(json.dumps(summary, indent=2) + "\n")
+    return summary
+
+
+def format_summary(summary: dict) -> str:
+    """A few lines for the CLI to print after training."""
+    head = (f"{summary['kind']}: {summary['steps']} steps ({summary['epochs']:.2f} epochs) "
+            f"on {summary['device']} ({summary['precision']}), {summary['elapsed_s']:.0f} s")
+    lines = [head]
+    if summary.get("final_loss") is not None:
+        lines.append(f"  final loss {summary['final_loss']:.5f}")
+    if summary.get("best"):
+        b = summary["best"]
+        lines.append(f"  best {b['key']} {b['value']:.4f} (epoch {b['epoch']})")
+    if summary.get("images_per_s"):
+        lines.append(f"  {summary['images_per_s']:.0f} images/s")
+    for what, path in summary.get("exported", {}).items():
+        lines.append(f"  {what}: {path}")
+    lines.append(f"  resumable checkpoint: {summary['checkpoint']}")
+    return "\n".join(lines)
+
+
+def stand_in_note(path) -> str | None:
+    """'stand-in' when the data lies inside a tree made by `hw2rt data synth` (its README says so)."""
+    try:
+        from hw2rt.training.synth import README_MARKER
+    except ImportError:  # pragma: no cover
+        return None
+    p = Path(path).resolve()
+    for folder in (p, *list(p.parents)[:4]):
+        readme = folder / "README.txt"
+        if readme.is_file():
+            with contextlib.suppress(OSError):
+                if readme.read_text(errors="replace").startswith(README_MARKER):
+                    return "stand-in"
+    return None

@@ -1,0 +1,120 @@
+"""The assignment's LeNet grader (DigitClassifier), trained on an MNIST-M-layout domain.
+
+The user normally brings the assignment's `Classifier.pth`; this trainer makes a stand-in
+grader (and a `Classifier.pth` in the assignment's format, for compatibility tests).
+Cross-entropy on logits, AdamW; the best epoch by validation accuracy is exported.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+from hw2rt.checkpoints import save_checkpoint
+from hw2rt.evaluate import dataset_accuracy
+from hw2rt.io import atomic_path
+from hw2rt.models.digit_classifier import DigitClassifier
+from hw2rt.training.data import (
+    DigitsDataset,
+    effective_batch,
+    epoch_batches,
+    resolve_digit_domain,
+    steps_per_epoch,
+    to_unit,
+)
+from hw2rt.training.loop import Task, fit, pick_device, pick_precision, seed_everything, stand_in_note
+
+EXPORT_NAME = "digit_classifier.safetensors"
+ASSIGNMENT_NAME = "Classifier.pth"
+
+
+def _cpu(obj):
+    if isinstance(obj, torch.Tensor):
+        return obj.detach().cpu().clone()
+    if isinstance(obj, dict):
+        return {k: _cpu(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return type(obj)(_cpu(v) for v in obj)
+    return obj
+
+
+def write_assignment_classifier(net: nn.Module, path, optimizer_state: dict | None = None):
+    """`Classifier.pth` as the assignment ships it: {"state_dict": ..., "optimizer": ...}, fp32 on the CPU
+    (so a plain `torch.load` opens it on a machine without CUDA)."""
+    sd = {k: v.float() if v.is_floating_point() else v for k, v in _cpu(net.state_dict()).items()}
+    with atomic_path(path) as tmp:
+        torch.save({"state_dict": sd, "optimizer": _cpu(optimizer_state or {})}, tmp)
+
+
+def train_classifier(
+    data_dir,
+    out_dir,
+    *,
+    epochs: int = 10,
+    batch_size: int = 128,
+    lr: float = 1e-3,
+    weight_decay: float = 1e-5,
+    seed: int = 0,
+    device: str = "auto",
+    precision: str = "auto",
+    assignment_pth: bool = True,
+    resume: bool = False,
+    overwrite: bool = False,
+    log_every: int = 50,
+    save_every: int = 1000,
+    progress: bool = True,
+    on_step=None,
+) -> dict:
+    """Train the LeNet grader on `data_dir` (a digit domain, or a hw2_data root: digits/mnistm).
+    Writes `<out_dir>/digit_classifier.safetensors` and, with `assignment_pth`, `<out_dir>/Classifier.pth`."""
+    dev = pick_device(device)
+    prec = pick_precision(precision, dev)
+    domain = resolve_digit_domain(data_dir)
+    train, val = DigitsDataset(domain, "train"), DigitsDataset(domain, "val")
+    images, labels = train.images.to(dev), train.labels.to(dev)
+    n = len(labels)
+    b = effective_batch(n, batch_size)
+    spe = steps_per_epoch(n, b)
+    seed_everything(seed)
+    model = DigitClassifier()
+    opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=weight_decay)
+    order: dict = {}
+
+    def loss_fn(step: int):
+        epoch, i = divmod(step, spe)
+        if order.get("epoch") != epoch:
+            order.update(epoch=epoch, batches=epoch_batches(n, b, seed, epoch).to(dev))
+        idx = order["batches"][i]
+        return F.cross_entropy(model(to_unit(images[idx])).float(), labels[idx]), {}
+
+    def evaluate(module):
+        return {"val_acc": dataset_accuracy(module, val.images, val.labels)}
+
+    config = {"model": {}, "batch_size": b, "lr": lr, "weight_decay": weight_decay, "data": str(domain),
+              "n_images": n, "seed": seed}
+    note = stand_in_note(domain)
+    meta = {"data_dir": str(domain), "seed": seed, "lr": lr, "batch_size": b, "trainer": "hw2rt train classifier",
+            **({"data_note": note} if note else {})}
+
+    def export(module, summary):
+        out = Path(out_dir)
+        best = summary["best"] or {}
+        paths = {"digit_classifier": out / EXPORT_NAME}
+        save_checkpoint(module, "digit_classifier", paths["digit_classifier"], half=True,
+                        extra_meta={**meta, "steps": summary["steps"], "val_acc": best.get("value"),
+                                    "best_epoch": best.get("epoch")})
+        if assignment_pth:
+            paths["assignment_pth"] = out / ASSIGNMENT_NAME
+            write_assignment_classifier(module, paths["assignment_pth"], opt.state_dict())
+        return paths
+
+    task = Task(
+        kind="classifier", model=model, optimizer=opt, loss_fn=loss_fn, total_steps=epochs * spe,
+        steps_per_epoch=spe, batch_size=b, config=config, export=export,
+        resume_keys=("batch_size", "data", "n_images"), evaluate=evaluate, best_key="val_acc",
+        summary_extra={"data": str(domain), "n_images": n, "n_val": len(val), "data_note": note},
+    )
+    return fit(task, out_dir, device=dev, precision=prec, seed=seed, resume=resume, overwrite=overwrite,
+               progress=progress, log_every=log_every, save_every=save_every, on_step=on_step)

@@ -1,0 +1,124 @@
+"""A narrow FaceUNet as an unconditional DDPM, so hw2rt can bundle a face model that works with
+the DDIM sampler of Problem 2 (the assignment's own `UNet.pt` is the user's to bring).
+
+The schedule is Problem 2's: betas = linspace(1e-4, 2e-2, 1000) in float64, abar = cumprod
+(`ddim_alphas_cumprod`), cast to fp32 tables; t uniform in 0..999 passed to the model as the
+raw integer timestep; loss = MSE on eps. Images in [-1,1], random horizontal flips.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+from torch.nn import functional as F
+
+from hw2rt.checkpoints import save_checkpoint
+from hw2rt.errors import Hw2rtError
+from hw2rt.models.face_unet import FaceUNet
+from hw2rt.runtime.schedules import DDIM_T, ddim_alphas_cumprod
+from hw2rt.training.data import (
+    FacesDataset,
+    effective_batch,
+    epoch_batches,
+    resolve_faces_dir,
+    steps_per_epoch,
+    to_signed,
+)
+from hw2rt.training.loop import Task, fit, pick_device, pick_precision, seed_everything, stand_in_note
+from hw2rt.training.train_ddpm import lr_schedule
+
+EXPORT_NAME = "face_unet.safetensors"
+
+
+def train_face(
+    faces_dir,
+    out_dir,
+    *,
+    steps: int = 20000,
+    batch_size: int = 64,
+    size: int = 32,
+    base: int = 32,
+    norm_groups: int = 8,
+    dropout: float = 0.1,
+    lr: float = 2e-4,
+    weight_decay: float = 0.0,
+    lr_schedule_kind: str = "constant",
+    warmup_steps: int = 0,
+    ema_decay: float | None = 0.999,
+    grad_clip: float | None = 1.0,
+    flip: bool = True,
+    seed: int = 0,
+    device: str = "auto",
+    precision: str = "auto",
+    resume: bool = False,
+    overwrite: bool = False,
+    log_every: int = 50,
+    save_every: int = 1000,
+    progress: bool = True,
+    on_step=None,
+) -> dict:
+    """Train an unconditional face DDPM on a folder of images (or a hw2_data root: face/faces).
+    Writes `<out_dir>/face_unet.safetensors` (fp16 params, config base/norm_groups) and returns the summary."""
+    if size % 32:
+        raise Hw2rtError(f"--size {size}: the face UNet needs a multiple of 32 (five downsamplings)")
+    if base < 2 or base % 2 or base % norm_groups:
+        raise Hw2rtError(f"--base {base} / --norm-groups {norm_groups}: base must be even and divisible by "
+                         "norm_groups (every width is a multiple of base)")
+    dev = pick_device(device)
+    prec = pick_precision(precision, dev)
+    folder = resolve_faces_dir(faces_dir)
+    data = FacesDataset(folder, size)
+    images = data.images.to(dev)
+    n = len(images)
+    b = effective_batch(n, batch_size)
+    spe = steps_per_epoch(n, b)
+    abar = ddim_alphas_cumprod(DDIM_T)
+    sqrt_ab = abar.sqrt().float().to(dev)
+    sqrt_1mab = (1.0 - abar).sqrt().float().to(dev)
+
+    seed_everything(seed)
+    model = FaceUNet(base=base, norm_groups=norm_groups, dropout=dropout)
+    opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=weight_decay)
+    order: dict = {}
+
+    def loss_fn(step: int):
+        epoch, i = divmod(step, spe)
+        if order.get("epoch") != epoch:
+            order.update(epoch=epoch, batches=epoch_batches(n, b, seed, epoch).to(dev))
+        x0 = to_signed(images[order["batches"][i]])
+        if flip:
+            flips = torch.rand(b, device=dev) < 0.5
+            x0 = torch.where(flips[:, None, None, None], x0.flip(3), x0)
+        t = torch.randint(0, DDIM_T, (b,), device=dev)
+        eps = torch.randn_like(x0)
+        x_t = sqrt_ab[t, None, None, None] * x0 + sqrt_1mab[t, None, None, None] * eps
+        return F.mse_loss(model(x_t, t).float(), eps), {}
+
+    config = {
+        "model": dict(model.config), "size": size, "batch_size": b, "lr": lr, "weight_decay": weight_decay,
+        "lr_schedule": lr_schedule_kind, "ema_decay": ema_decay, "flip": flip, "data": str(folder),
+        "n_images": n, "seed": seed, "dropout": dropout,
+    }
+    meta = {"data_dir": str(folder), "seed": seed, "lr": lr, "batch_size": b, "image_size": size,
+            "schedule": "linspace(1e-4,2e-2,1000) float64, t raw integer 0..999",
+            "ema_decay": ema_decay, "trainer": "hw2rt train face"}
+    note = stand_in_note(folder)
+    if note:
+        meta["data_note"] = note
+
+    def export(module, summary):
+        path = Path(out_dir) / EXPORT_NAME
+        save_checkpoint(module, "face_unet", path, half=True,
+                        extra_meta={**meta, "steps": summary["steps"], "final_loss": summary["final_loss"],
+                                    "exported_weights": "ema" if ema_decay else "model"})
+        return {"face_unet": path}
+
+    task = Task(
+        kind="face", model=model, optimizer=opt, loss_fn=loss_fn, total_steps=steps, steps_per_epoch=spe,
+        batch_size=b, config=config, export=export, resume_keys=("size", "batch_size", "data", "n_images"),
+        lr_at=lr_schedule(lr_schedule_kind, lr, steps, warmup_steps), ema_decay=ema_decay, grad_clip=grad_clip,
+        summary_extra={"data": str(folder), "n_images": n, "base": base, "norm_groups": norm_groups,
+                       "size": size, "data_note": note},
+    )
+    return fit(task, out_dir, device=dev, precision=prec, seed=seed, resume=resume, overwrite=overwrite,
+               progress=progress, log_every=log_every, save_every=save_every, on_step=on_step)
