@@ -1,0 +1,129 @@
+"""The one Engine interface every backend implements (Polygraphy's runner, kept small).
+
+    engine.inputs / engine.outputs   TensorSpecs from the model registry (dynamic axes named)
+    engine.run({name: tensor})       -> {name: tensor}; torch tensors on engine.device out,
+                                        torch tensors (any device) or numpy arrays in
+    engine(*tensors)                 positional shorthand in spec order: one output -> a tensor,
+                                        several -> a tuple. This is the `denoiser`/`model_fn`
+                                        callable the samplers take.
+    engine.max_batch                 largest batch one call accepts (None: no limit)
+    engine.device, engine.precision, engine.backend, engine.close(), `with engine: ...`
+
+Feeds are validated against the spec before any backend sees them, so a wrong name, dtype,
+rank or size is one readable Hw2rtError instead of a backend's stack trace.
+"""
+from collections.abc import Mapping
+
+import numpy as np
+import torch
+
+from hw2rt.errors import Hw2rtError
+
+
+class Engine:
+    """Base class: spec bookkeeping, feed validation and the positional call. Subclasses set
+    `backend`, and implement `_run(feeds) -> dict` (feeds already validated, on `device`)."""
+
+    backend = "?"
+
+    def __init__(self, model: str, inputs: tuple, outputs: tuple, *, device: str | torch.device = "cpu",
+                 precision: str = "fp32", max_batch: int | None = None, source: str = ""):
+        self.model = model
+        self.inputs = tuple(inputs)
+        self.outputs = tuple(outputs)
+        self.device = torch.device(device)
+        self.precision = precision
+        self.max_batch = max_batch
+        self.source = source  # what it was built from (a file), for error messages
+        self.closed = False
+
+    @property
+    def name(self) -> str:
+        return f"{self.model} ({self.backend} {self.precision} {self.device.type}{', ' + self.source if self.source else ''})"
+
+    def run(self, feeds: Mapping) -> dict:
+        if self.closed:
+            raise Hw2rtError(f"{self.name}: engine is closed")
+        feeds = check_feeds(self.inputs, feeds, max_batch=self.max_batch, where=self.name)
+        return self._run({k: v.to(self.device) for k, v in feeds.items()})
+
+    def __call__(self, *args):
+        if len(args) != len(self.inputs):
+            names = ", ".join(s.name for s in self.inputs)
+            raise Hw2rtError(f"{self.name}: expected {len(self.inputs)} inputs ({names}), got {len(args)}")
+        out = self.run({s.name: a for s, a in zip(self.inputs, args)})
+        values = tuple(out[s.name] for s in self.outputs)
+        return values[0] if len(values) == 1 else values
+
+    def _run(self, feeds: dict) -> dict:
+        raise NotImplementedError
+
+    def close(self):
+        self.closed = True
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+    def __repr__(self):
+        return f"<{type(self).__name__} {self.name}>"
+
+
+def _as_tensor(value, name: str, where: str) -> torch.Tensor:
+    if isinstance(value, torch.Tensor):
+        return value
+    if isinstance(value, np.ndarray):
+        return torch.from_numpy(np.ascontiguousarray(value))
+    raise Hw2rtError(f"{where}: input {name!r} must be a torch tensor or numpy array, got {type(value).__name__}")
+
+
+def check_feeds(inputs: tuple, feeds: Mapping, *, max_batch: int | None = None, where: str = "engine") -> dict:
+    """Validate `feeds` against the input specs; returns {name: torch.Tensor} in spec order.
+
+    Checks: exactly the spec's names; dtype equal to the spec's (no silent casts: an fp64 or
+    int32 feed is a caller bug); rank; fixed sizes; one size per named axis across all inputs
+    (every input has the same batch); 1 <= batch <= max_batch.
+    """
+    if not isinstance(feeds, Mapping):
+        raise Hw2rtError(f"{where}: feeds must be a dict of name -> tensor, got {type(feeds).__name__}")
+    expected = [s.name for s in inputs]
+    missing = [n for n in expected if n not in feeds]
+    extra = [n for n in feeds if n not in expected]
+    if missing or extra:
+        parts = ([f"missing {', '.join(map(repr, missing))}"] if missing else []) + \
+                ([f"unexpected {', '.join(map(repr, extra))}"] if extra else [])
+        raise Hw2rtError(f"{where}: {'; '.join(parts)} (inputs are {', '.join(expected)})")
+    out, sizes = {}, {}
+    for s in inputs:
+        t = _as_tensor(feeds[s.name], s.name, where)
+        if t.dtype != s.dtype:
+            raise Hw2rtError(f"{where}: input {s.name!r} has dtype {t.dtype}, expected {s.dtype}")
+        want = "[" + ", ".join(map(str, s.shape)) + "]"
+        if t.dim() != len(s.shape):
+            raise Hw2rtError(f"{where}: input {s.name!r} has shape {list(t.shape)}, expected {want}")
+        for axis, (n, d) in enumerate(zip(t.shape, s.shape)):
+            if isinstance(d, str):
+                if sizes.setdefault(d, (n, s.name))[0] != n:
+                    other_n, other = sizes[d]
+                    raise Hw2rtError(f"{where}: input {s.name!r} has {d} {n} but {other!r} has {other_n}")
+            elif n != d:
+                raise Hw2rtError(f"{where}: input {s.name!r} has shape {list(t.shape)}, expected {want}")
+        out[s.name] = t
+    batch = sizes.get("batch", (1, ""))[0]
+    if batch < 1:
+        raise Hw2rtError(f"{where}: empty batch")
+    if max_batch is not None and batch > max_batch:
+        raise Hw2rtError(f"{where}: batch {batch} exceeds this engine's max_batch {max_batch}")
+    return out
+
+
+def output_shapes(inputs: tuple, outputs: tuple, feeds: dict) -> dict:
+    """Concrete output shapes from the named axes of validated feeds (for preallocated outputs)."""
+    dims = {}
+    for s in inputs:
+        for n, d in zip(feeds[s.name].shape, s.shape):
+            if isinstance(d, str):
+                dims[d] = int(n)
+    return {s.name: s.concrete_shape(dims) for s in outputs}

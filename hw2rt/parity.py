@@ -1,0 +1,238 @@
+"""Parity: the same seeded inputs through the torch fp32 reference and a candidate engine.
+
+Polygraphy's comparator, for hw2rt's models. Two levels:
+
+- per call: `spec.example_inputs(batch, seed)` through both engines; per output the max and
+  mean absolute error, MSE, cosine similarity, the output scale (max |ref|) and the relative
+  tolerance the candidate needs (max abs error / scale). Budget: max abs error <= budget x scale,
+  with budget 1e-4 for fp32 (reassociation and fused kernels only) and 1e-2 for fp16 (fp16 has an
+  11-bit mantissa, relative step 4.9e-4; a few dozen layers of rounding land at ~1e-3 of the
+  scale, measured; 1e-2 leaves 5-10x headroom while a real bug, such as a lost fp32 island or a
+  dropped layer, is off by 1e-1 or more).
+- end to end (the diffusion models): the whole sampler on both engines from the same noise,
+  images saved as the assignment saves them (faces: per-image min-max, digits: (x+1)/2), and the
+  image MSE on the 0..255 scale as the assignment grades it (mean over images). Budgets: fp32 0.05,
+  fp16 0.3 (an image MSE of 0.3 is a tenth of a grey level on average).
+
+Without a checkpoint, parity uses a seeded random model of a small configuration. A random UNet
+makes a multi-step trajectory chaotic (tiny differences grow into different images), so its last
+conv is scaled down ("damped"), and the report says so. For DDPM (digits) x 0.1 is enough. DDIM
+amplifies eps errors by sqrt(1-abar)/sqrt(abar) (~150 at t=951) through the x0 prediction, and
+a random model's eps is not a consistent denoiser, so for the small face UNet (base 32, 32x32)
+x 0.1 was still chaotic, measured: ORT fp32 vs torch fp32 (1e-6 relative per call) gave an image
+MSE of 0.006 at 20 steps and 565 at 50 steps; ORT fp16 gave 16 at 20 steps. With x 0.02 the
+model still shapes the image (eps x 0.9 moves it by an image MSE of ~5-90, eps = 0 by hundreds)
+while fp32 and fp16 land well inside their budgets.
+"""
+import json
+import math
+import time
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from hw2rt.engines import Engine, TorchEngine, open_engine, resolve_source
+from hw2rt.io import atomic_path, mse_255, to_uint8_minmax, to_uint8_signed
+from hw2rt.models import build_model, get_spec
+
+BUDGETS = {
+    "fp32": {"per_call_rel_max_abs": 1e-4, "e2e_image_mse_255": 0.05},
+    "fp16": {"per_call_rel_max_abs": 1e-2, "e2e_image_mse_255": 0.3},
+}
+# Small configurations for parity of random models (CPU-friendly): (config, dims).
+SMALL = {
+    "face_unet": ({"base": 32, "norm_groups": 32}, {"height": 32, "width": 32}),
+    "digit_unet": ({"n_feat": 32}, {}),
+    "dann": ({}, {}),
+    "digit_classifier": ({}, {}),
+}
+# The last conv of each diffusion model: scaled by DAMP in random models (see the module docstring).
+LAST_CONV = {"face_unet": "out.2", "digit_unet": "out.3"}
+DAMP = {"face_unet": 0.02, "digit_unet": 0.1}
+# Default end-to-end settings: DDIM steps for faces, DDPM T for digits.
+E2E_STEPS = {"face_unet": 20, "digit_unet": 50}
+
+
+def random_model(model: str, config: dict | None = None, *, seed: int = 0, damp: float | None = None) -> nn.Module:
+    """A seeded random network (eval mode); diffusion models get their last conv scaled by `damp`
+    (default DAMP[model]; 1.0 leaves it as initialised). Leaves torch's global RNG as it was."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        net = build_model(model, config).eval()
+    damp = DAMP.get(model) if damp is None else damp
+    if damp is not None and damp != 1.0 and model in LAST_CONV:
+        conv = net.get_submodule(LAST_CONV[model])
+        with torch.no_grad():
+            conv.weight.mul_(damp)
+            conv.bias.mul_(damp)
+    return net
+
+
+def compare_outputs(ref: dict, cand: dict, rel_budget: float) -> dict:
+    """Per-output statistics of `cand` against `ref` (float64), and whether each meets the budget."""
+    stats = {}
+    for name, r in ref.items():
+        r = r.detach().to("cpu", torch.float64)
+        c = cand[name].detach().to("cpu", torch.float64)
+        d = (c - r).abs()
+        finite = bool(torch.isfinite(c).all())
+        scale = float(r.abs().max())
+        max_abs = float(d.max()) if finite else math.inf
+        rf, cf = r.flatten(), c.flatten()
+        denom = float(rf.norm() * cf.norm())
+        cosine = float(rf @ cf) / denom if denom > 0 and finite else (1.0 if rf.equal(cf) else 0.0)
+        stats[name] = {
+            "shape": list(r.shape),
+            "max_abs": max_abs,
+            "mean_abs": float(d.mean()) if finite else math.inf,
+            "mse": float((d ** 2).mean()) if finite else math.inf,
+            "cosine": cosine,
+            "scale": scale,
+            "required_rtol": max_abs / scale if scale > 0 else max_abs,
+            "required_atol": max_abs,
+            "budget_rtol": rel_budget,
+            "passed": finite and max_abs <= rel_budget * max(scale, 1e-12),
+        }
+    return stats
+
+
+def per_call(reference: Engine, candidate: Engine, *, batch: int = 4, seed: int = 0, dims: dict | None = None,
+             rel_budget: float) -> dict:
+    spec = get_spec(reference.model)
+    feeds = spec.example_inputs(batch, seed, **(dims or {}))
+    outputs = compare_outputs(reference.run(feeds), candidate.run(feeds), rel_budget)
+    return {"batch": batch, "seed": seed, "dims": dims or {}, "outputs": outputs,
+            "passed": all(o["passed"] for o in outputs.values())}
+
+
+def _sample(model: str, engine: Engine, x: torch.Tensor, *, steps: int, seed: int, guidance: float):
+    if model == "face_unet":
+        from hw2rt.runtime.ddim import ddim_sample
+        return ddim_sample(engine, x, steps=steps, eta=0.0)
+    from hw2rt.runtime.ddpm import ddpm_sample, guided_denoiser
+    c = torch.arange(x.shape[0], dtype=torch.int64) % 10
+    seeds = [seed * 1000 + i for i in range(x.shape[0])]
+    return ddpm_sample(guided_denoiser(engine, guidance, T=steps), x, c, T=steps, seeds=seeds)
+
+
+def end_to_end(reference: Engine, candidate: Engine, *, images: int = 2, seed: int = 0, dims: dict | None = None,
+               steps: int | None = None, guidance: float = 2.0, budget: float) -> dict | None:
+    """The full sampler on both engines from the same noise; image MSE (0..255) per image.
+    None for the classifiers, which have no sampler."""
+    model = reference.model
+    if model not in E2E_STEPS:
+        return None
+    spec = get_spec(model)
+    steps = steps or E2E_STEPS[model]
+    x_shape = spec.inputs[0].concrete_shape({**spec.default_dims, **(dims or {}), "batch": images})
+    x = torch.randn(x_shape, generator=torch.Generator().manual_seed(seed))
+    to_uint8 = to_uint8_minmax if model == "face_unet" else to_uint8_signed
+    result = {"sampler": "ddim eta=0" if model == "face_unet" else f"ddpm cfg w={guidance}",
+              "steps": steps, "images": images, "seed": seed}
+    pics, secs = [], []
+    for engine in (reference, candidate):
+        t0 = time.perf_counter()
+        out = _sample(model, engine, x.to(engine.device), steps=steps, seed=seed, guidance=guidance).cpu()
+        secs.append(time.perf_counter() - t0)
+        pics.append([to_uint8(img) for img in out])
+    mses = [mse_255(a, b) for a, b in zip(*pics)]
+    mean = sum(mses) / len(mses)
+    result.update({"image_mse_255": mses, "mean_image_mse_255": mean, "max_image_mse_255": max(mses),
+                   "budget_image_mse_255": budget, "seconds": {"reference": secs[0], "candidate": secs[1]},
+                   "passed": mean <= budget})
+    return result
+
+
+def parity_report(reference: Engine, candidate: Engine, *, batch: int = 4, seed: int = 0, dims: dict | None = None,
+                  e2e: bool = True, e2e_images: int = 2, steps: int | None = None, source: dict | None = None) -> dict:
+    """Compare `candidate` with `reference` (the torch fp32 engine of the same weights)."""
+    budgets = BUDGETS[candidate.precision]
+    report = {
+        "model": reference.model,
+        "source": source or {},
+        "reference": {"backend": reference.backend, "precision": reference.precision, "device": str(reference.device)},
+        "candidate": {"backend": candidate.backend, "precision": candidate.precision, "device": str(candidate.device),
+                      "name": candidate.name},
+        "budgets": budgets,
+        "per_call": per_call(reference, candidate, batch=batch, seed=seed, dims=dims,
+                             rel_budget=budgets["per_call_rel_max_abs"]),
+        "end_to_end": end_to_end(reference, candidate, images=e2e_images, seed=seed, dims=dims, steps=steps,
+                                 budget=budgets["e2e_image_mse_255"]) if e2e else None,
+    }
+    report["passed"] = report["per_call"]["passed"] and (report["end_to_end"] or {}).get("passed", True)
+    return report
+
+
+def run_parity(model: str, checkpoint=None, *, backend: str = "ort", precision: str = "fp32", device: str = "cpu",
+               threads: int | None = None, cache_dir=None, batch: int = 4, seed: int = 0, dims: dict | None = None,
+               e2e: bool = True, e2e_images: int = 2, steps: int | None = None, json_path=None) -> dict:
+    """`hw2rt parity`: the torch fp32 CPU reference against `backend`/`precision` on `device`.
+
+    With `checkpoint`, its weights (and the model's default dims unless `dims` is given);
+    without, a seeded random model of the small configuration in SMALL, damped (see above).
+    Writes the report as JSON to `json_path` when given. Returns the report dict.
+    """
+    spec = get_spec(model)
+    if checkpoint is None:
+        config, small_dims = SMALL[spec.name]
+        net = random_model(spec.name, config, seed=seed)
+        dims = {**small_dims, **(dims or {})}
+        source = {"checkpoint": None, "random_seed": seed, "config": net.config,
+                  "damped": f"{LAST_CONV[spec.name]} x {DAMP[spec.name]}" if spec.name in LAST_CONV else None,
+                  "note": "seeded random weights" + (
+                      f"; last conv {LAST_CONV[spec.name]} scaled by {DAMP[spec.name]} so the multi-step"
+                      " trajectory is not chaotic" if spec.name in LAST_CONV else "")}
+        cand_source = net
+    else:
+        net, sha, label = resolve_source(spec.name, checkpoint)
+        source = {"checkpoint": label, "sha256": sha, "config": net.config}
+        cand_source = checkpoint
+    reference = TorchEngine(net, spec.name, precision="fp32", device="cpu", threads=threads, source=source.get("checkpoint") or "")
+    candidate = open_engine(spec.name, cand_source, backend=backend, precision=precision, device=device,
+                            threads=threads, cache_dir=cache_dir, dims=dims)
+    try:
+        report = parity_report(reference, candidate, batch=batch, seed=seed, dims=dims, e2e=e2e,
+                               e2e_images=e2e_images, steps=steps, source=source)
+    finally:
+        candidate.close()
+        reference.close()
+    if json_path is not None:
+        with atomic_path(json_path) as tmp:
+            Path(tmp).write_text(json.dumps(report, indent=2) + "\n")
+    return report
+
+
+def _g(v: float) -> str:
+    return f"{v:.3g}" if math.isfinite(v) else str(v)
+
+
+def format_report(report: dict) -> str:
+    """A readable table of a parity report (markdown-compatible)."""
+    def ok(b):
+        return "ok" if b else "FAIL"
+
+    c, r = report["candidate"], report["reference"]
+    src = report["source"]
+    head = (f"parity {report['model']}: {c['backend']} {c['precision']} {c['device']} vs "
+            f"{r['backend']} {r['precision']} {r['device']}: {'PASSED' if report['passed'] else 'FAILED'}")
+    lines = [head]
+    if src.get("checkpoint"):
+        lines.append(f"weights: {src['checkpoint']} (sha256 {src.get('sha256', '')[:12]})")
+    elif src:
+        lines.append(f"weights: {src.get('note', 'random')}, config {json.dumps(src.get('config', {}))}")
+    pc = report["per_call"]
+    lines += ["", f"per call (batch {pc['batch']}, seed {pc['seed']}{', dims ' + json.dumps(pc['dims']) if pc['dims'] else ''}):",
+              "| output | max abs | mean abs | MSE | cosine | scale | needs rtol | budget rtol | |",
+              "|---|---|---|---|---|---|---|---|---|"]
+    for name, s in pc["outputs"].items():
+        lines.append(f"| {name} | {_g(s['max_abs'])} | {_g(s['mean_abs'])} | {_g(s['mse'])} | {s['cosine']:.7f} | "
+                     f"{_g(s['scale'])} | {_g(s['required_rtol'])} | {_g(s['budget_rtol'])} | {ok(s['passed'])} |")
+    e = report.get("end_to_end")
+    if e:
+        line = (f"end to end ({e['sampler']}, {e['steps']} steps, {e['images']} images, seed {e['seed']}): "
+                f"image MSE (0..255) mean {_g(e['mean_image_mse_255'])}, max {_g(e['max_image_mse_255'])}, "
+                f"budget {_g(e['budget_image_mse_255'])}: {ok(e['passed'])}  "
+                f"[{e['seconds']['reference']:.1f}s reference, {e['seconds']['candidate']:.1f}s candidate]")
+        lines += ["", line]
+    return "\n".join(lines)
