@@ -70,6 +70,8 @@ def synth(out, mnist_idx, seed, n_mnistm, n_usps, n_svhn, n_faces, noise_size, o
 # --- the sampler commands ------------------------------------------------------------------------
 
 def _engine_options(f):
+    f = click.option("--device", default="auto", show_default=True,
+                     help="cpu, cuda or auto (cuda when torch sees a GPU). On cuda, engines run behind CUDA graphs.")(f)
     f = click.option("--threads", type=click.IntRange(min=1), default=None,
                      help="CPU threads for the engine (default: the library's choice).")(f)
     f = click.option("--precision", type=click.Choice(["fp32", "fp16"]), default="fp32", show_default=True)(f)
@@ -78,12 +80,17 @@ def _engine_options(f):
     return f
 
 
-def _open_engine(model, checkpoint, backend, precision, threads, **dims):
-    from hw2rt.checkpoints import resolve_checkpoint
-    from hw2rt.engines import open_engine
+def _open_engine(model, checkpoint, backend, precision, threads, device, **dims):
+    import torch
 
+    from hw2rt.checkpoints import resolve_checkpoint
+    from hw2rt.runtime.batching import open_batched_engine
+
+    if device == "auto":
+        device = "cuda" if torch.cuda.is_available() else "cpu"
     path = resolve_checkpoint(checkpoint, model)
-    return open_engine(model, path, backend=backend, precision=precision, threads=threads, dims=dims or None)
+    return open_batched_engine(model, path, backend=backend, precision=precision, device=device, threads=threads,
+                               dims=dims or None)
 
 
 def _noise_dims(noise_dir):
@@ -113,7 +120,8 @@ def _report(summary, what):
 @click.option("--eta-grid", type=str, default=None, help="e.g. 0,0.25,0.5,0.75,1: also write the report grid.")
 @click.option("--grid", type=click.Path(dir_okay=False, path_type=Path), default=None, help="Where the eta grid goes.")
 @_engine_options
-def ddim(noise_dir, out, checkpoint, eta, steps, batch_size, gt_dir, seed, eta_grid, grid, backend, precision, threads):
+def ddim(noise_dir, out, checkpoint, eta, steps, batch_size, gt_dir, seed, eta_grid, grid, backend, precision, threads,
+         device):
     """DDIM faces from a noise folder (HW2 Problem 2): NN.pt -> NN.png."""
     from hw2rt.runtime import jobs
 
@@ -121,7 +129,7 @@ def ddim(noise_dir, out, checkpoint, eta, steps, batch_size, gt_dir, seed, eta_g
     if (etas is None) != (grid is None):
         raise click.UsageError("--eta-grid and --grid go together")
     jobs.check_ddim_args(steps, [eta] + (etas or []))
-    with _open_engine("face_unet", checkpoint, backend, precision, threads, **_noise_dims(noise_dir)) as engine:
+    with _open_engine("face_unet", checkpoint, backend, precision, threads, device, **_noise_dims(noise_dir)) as engine:
         summary = jobs.face_job(engine, noise_dir, out, steps=steps, eta=eta, batch_size=batch_size, seed=seed,
                                 gt_dir=gt_dir)
         _report(summary, f"ddim ({engine.name}, {steps} steps, eta {eta:g})")
@@ -149,7 +157,7 @@ def _parse_floats(text, option):
 @click.option("--checkpoint", type=click.Path(dir_okay=False, path_type=Path), default=None)
 @click.option("--steps", type=int, default=50, show_default=True)
 @_engine_options
-def interp(noise_dir, pair, mode, out, checkpoint, steps, backend, precision, threads):
+def interp(noise_dir, pair, mode, out, checkpoint, steps, backend, precision, threads, device):
     """Interpolate two noises (alpha = 0, 0.1, ..., 1) and sample each: one row of 11 per mode."""
     from hw2rt.runtime import jobs
 
@@ -158,7 +166,7 @@ def interp(noise_dir, pair, mode, out, checkpoint, steps, backend, precision, th
         raise click.BadParameter(f"{pair!r} must name two noises, e.g. 00,01", param_hint="--pair")
     jobs.check_ddim_args(steps, [0.0])
     modes = ("slerp", "lerp") if mode == "both" else (mode,)
-    with _open_engine("face_unet", checkpoint, backend, precision, threads, **_noise_dims(noise_dir)) as engine:
+    with _open_engine("face_unet", checkpoint, backend, precision, threads, device, **_noise_dims(noise_dir)) as engine:
         s = jobs.interp_job(engine, noise_dir, out, pair=tuple(names), modes=modes, steps=steps)
     click.echo(f"interp: {' / '.join(modes)} rows of 11 ({names[0]} -> {names[1]}): {out}")
     return s
@@ -179,11 +187,11 @@ def interp(noise_dir, pair, mode, out, checkpoint, steps, backend, precision, th
 @click.option("--frames", type=click.Path(dir_okay=False, path_type=Path), default=None,
               help="Six reverse-process frames of the first 0.")
 @_engine_options
-def ddpm(out, checkpoint, per_digit, w, steps, seed, batch_size, grid, frames, backend, precision, threads):
+def ddpm(out, checkpoint, per_digit, w, steps, seed, batch_size, grid, frames, backend, precision, threads, device):
     """Guided DDPM digits (HW2 Problem 1): {d}_{i:03d}.png for d = 0..9, i = 1..per-digit."""
     from hw2rt.runtime import jobs
 
-    with _open_engine("digit_unet", checkpoint, backend, precision, threads) as engine:
+    with _open_engine("digit_unet", checkpoint, backend, precision, threads, device) as engine:
         s = jobs.digit_job(engine, out, per_digit=per_digit, w=w, T=steps, seed=seed, batch_size=batch_size,
                            grid_path=grid, frames_path=frames)
         _report(s, f"ddpm ({engine.name}, T={steps}, w={w:g})")
@@ -201,7 +209,7 @@ def ddpm(out, checkpoint, per_digit, w, steps, seed, batch_size, grid, frames, b
 @click.option("--features", type=click.Path(dir_okay=False, path_type=Path), default=None,
               help="Also save the 512-d features (.npz: names, features, labels), e.g. for t-SNE.")
 @_engine_options
-def classify(images, out, checkpoint, batch_size, features, backend, precision, threads):
+def classify(images, out, checkpoint, batch_size, features, backend, precision, threads, device):
     """DANN inference (HW2 Problem 3): image_name,label for every image of a folder.
 
     Grayscale images are repeated to 3 channels; images that are not 28x28 are resized to 28x28
@@ -209,7 +217,7 @@ def classify(images, out, checkpoint, batch_size, features, backend, precision, 
     """
     from hw2rt.runtime import jobs
 
-    with _open_engine("dann", checkpoint, backend, precision, threads) as engine:
+    with _open_engine("dann", checkpoint, backend, precision, threads, device) as engine:
         s = jobs.classify_job(engine, images, out, batch_size=batch_size, features_path=features)
         click.echo(f"classify ({engine.name}): {s['images']} images -> {out} in {s['seconds']:.2f} s "
                    f"({s['images_per_s']:.0f} images/s)" + (f"; {s['resized']} resized to 28x28" if s["resized"] else ""))

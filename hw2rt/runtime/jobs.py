@@ -46,10 +46,10 @@ def sample_faces(engine, x: torch.Tensor, *, steps=50, eta=0.0, seeds=None, batc
     outs = []
     with tqdm(total=-(-len(x) // batch_size) * steps, desc=desc, unit="step", disable=not progress) as bar:
         for i in range(0, len(x), batch_size):
-            chunk = x[i:i + batch_size]
+            chunk = x[i:i + batch_size].to(engine.device)  # the loop runs where the engine runs
             outs.append(ddim_sample(face_denoiser(engine), chunk, steps=steps, eta=eta,
                                     seeds=seeds[i:i + batch_size] if eta > 0 else None,
-                                    callback=lambda *_: bar.update()))
+                                    callback=lambda *_: bar.update()).cpu())
     return torch.cat(outs)
 
 
@@ -134,8 +134,9 @@ def digit_job(engine, out_dir, *, per_digit=100, w=2.0, T=1000, seed=0, batch_si
                 bar.update()
                 if first and t in keep:  # image 0 is the first "0"
                     frames.append(to_uint8_signed(x[0]))
-            outs.append(ddpm_sample(denoiser, x_T[i:i + batch_size], labels[i:i + batch_size], T=T,
-                                    seeds=gens[i:i + batch_size], callback=callback))
+            outs.append(ddpm_sample(denoiser, x_T[i:i + batch_size].to(engine.device),
+                                    labels[i:i + batch_size].to(engine.device), T=T,
+                                    seeds=gens[i:i + batch_size], callback=callback).cpu())
     seconds = time.perf_counter() - start
     images = [to_uint8_signed(img) for img in torch.cat(outs)]
     out_dir = Path(out_dir)
