@@ -178,8 +178,10 @@ def interp(noise_dir, pair, mode, out, checkpoint, steps, backend, precision, th
               help="Digit UNet (default: bundled).")
 @click.option("--per-digit", type=click.IntRange(min=1), default=100, show_default=True)
 @click.option("--w", type=float, default=2.0, show_default=True, help="Classifier-free guidance weight.")
+@click.option("--sampler", type=click.Choice(["ancestral", "ddim"]), default="ancestral", show_default=True,
+              help="ancestral: the assignment's DDPM; ddim: deterministic DDIM over the T = 1000 schedule.")
 @click.option("--steps", type=click.IntRange(min=2), default=1000, show_default=True,
-              help="T of the DDPM schedule; must be the T the model was trained with.")
+              help="ancestral: T (the model's training T); ddim: the number of DDIM steps (<= 1000).")
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--batch-size", type=click.IntRange(min=1), default=250, show_default=True,
               help="Images per sampler call (the engine sees twice this, for guidance).")
@@ -187,14 +189,15 @@ def interp(noise_dir, pair, mode, out, checkpoint, steps, backend, precision, th
 @click.option("--frames", type=click.Path(dir_okay=False, path_type=Path), default=None,
               help="Six reverse-process frames of the first 0.")
 @_engine_options
-def ddpm(out, checkpoint, per_digit, w, steps, seed, batch_size, grid, frames, backend, precision, threads, device):
+def ddpm(out, checkpoint, per_digit, w, sampler, steps, seed, batch_size, grid, frames, backend, precision, threads,
+         device):
     """Guided DDPM digits (HW2 Problem 1): {d}_{i:03d}.png for d = 0..9, i = 1..per-digit."""
     from hw2rt.runtime import jobs
 
     with _open_engine("digit_unet", checkpoint, backend, precision, threads, device) as engine:
-        s = jobs.digit_job(engine, out, per_digit=per_digit, w=w, T=steps, seed=seed, batch_size=batch_size,
-                           grid_path=grid, frames_path=frames)
-        _report(s, f"ddpm ({engine.name}, T={steps}, w={w:g})")
+        s = jobs.digit_job(engine, out, per_digit=per_digit, w=w, sampler=sampler, steps=steps, seed=seed,
+                           batch_size=batch_size, grid_path=grid, frames_path=frames)
+        _report(s, f"ddpm ({engine.name}, {sampler} {s['steps']} steps of T={s['T']}, w={w:g})")
     for key in ("grid", "frames"):
         if key in s:
             click.echo(f"  {key}: {s[key]}")

@@ -119,3 +119,17 @@ def test_ddim_mismatched_noise_and_wrong_checkpoint(face_files, tmp_path):
     r = run("ddim", "--noise-dir", face_files / "noise", "--out", tmp_path / "out", "--checkpoint", tmp_path / "clf.pt")
     assert r.exit_code == 1 and "clf.pt: holds a digit_classifier checkpoint, but this needs a face_unet" in r.output
     assert not (tmp_path / "out").exists()
+
+
+def test_ddpm_fast_ddim_sampler(tmp_path):
+    torch.manual_seed(0)
+    torch.save(build_model("digit_unet", {"n_feat": 16}).state_dict(), tmp_path / "digits.pt")
+    r = run("ddpm", "--out", tmp_path / "out", "--checkpoint", tmp_path / "digits.pt", "--per-digit", "1",
+            "--sampler", "ddim", "--steps", "6", "--frames", tmp_path / "frames.png")
+    assert r.exit_code == 0, r.output
+    assert "ddim 6 steps of T=1000" in r.output
+    assert len(list((tmp_path / "out").glob("*.png"))) == 10
+    assert Image.open(tmp_path / "frames.png").size == (6 * 30 + 2, 30 + 2)
+    bad = run("ddpm", "--out", tmp_path / "o2", "--checkpoint", tmp_path / "digits.pt", "--sampler", "ddim",
+              "--steps", "1001")
+    assert bad.exit_code == 1 and "between 1 and T=1000" in bad.output and not (tmp_path / "o2").exists()

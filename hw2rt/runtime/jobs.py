@@ -12,12 +12,20 @@ import torch
 from tqdm import tqdm
 
 from hw2rt.errors import Hw2rtError
-from hw2rt.io import atomic_path, read_image, read_noise_dir, to_uint8_minmax, to_uint8_signed, write_png, mse_255
+from hw2rt.io import (
+    atomic_path,
+    mse_255,
+    read_image,
+    read_noise_dir,
+    to_uint8_minmax,
+    to_uint8_signed,
+    write_png,
+)
 from hw2rt.runtime.ddim import ddim_sample
-from hw2rt.runtime.ddpm import ddpm_sample, frame_timesteps, guided_denoiser
+from hw2rt.runtime.ddpm import ddim_sample_guided, ddim_timesteps_for_ddpm, ddpm_sample, guided_denoiser
 from hw2rt.runtime.images import make_grid
 from hw2rt.runtime.interpolate import interpolate
-from hw2rt.runtime.schedules import ddim_timesteps
+from hw2rt.runtime.schedules import DDPM_T, ddim_timesteps
 
 
 def face_denoiser(engine):
@@ -113,37 +121,55 @@ def interp_job(engine, noise_dir, out_path, *, pair=("00", "01"), modes=("slerp"
     return {"out": str(out_path), "pair": list(pair), "modes": list(modes)}
 
 
-def digit_job(engine, out_dir, *, per_digit=100, w=2.0, T=1000, seed=0, batch_size=250, grid_path=None,
-              frames_path=None, progress=True):
-    """`{d}_{i:03d}.png` for d = 0..9, i = 1..per_digit; the 10x10 grid; six frames of the first "0"."""
+def digit_job(engine, out_dir, *, per_digit=100, w=2.0, sampler="ancestral", steps=1000, seed=0, batch_size=250,
+              grid_path=None, frames_path=None, progress=True):
+    """`{d}_{i:03d}.png` for d = 0..9, i = 1..per_digit; the 10x10 grid; six frames of the first "0".
+
+    sampler "ancestral": the assignment's DDPM with T = `steps` (the T the model was trained with);
+    "ddim": `steps` deterministic DDIM steps over the T = 1000 schedule (the fast path on a CPU).
+    """
     if per_digit < 1:
         raise Hw2rtError(f"--per-digit must be >= 1 (got {per_digit})")
+    if sampler == "ancestral":
+        timesteps = list(range(steps, 0, -1))
+    elif sampler == "ddim":
+        try:
+            timesteps = ddim_timesteps_for_ddpm(steps, DDPM_T)
+        except ValueError as exc:
+            raise Hw2rtError(f"--steps {steps}: {exc}") from None
+    else:
+        raise Hw2rtError(f"unknown sampler {sampler!r}: ancestral or ddim")
+    T = steps if sampler == "ancestral" else DDPM_T
     labels = torch.arange(10).repeat_interleave(per_digit)
     names = [f"{d}_{i:03d}.png" for d in range(10) for i in range(1, per_digit + 1)]
     # One generator per image draws its starting noise and then every z: results do not depend on batching.
     gens = [torch.Generator().manual_seed(seed * 1_000_003 + k) for k in range(len(labels))]
     x_T = torch.cat([torch.randn(1, 3, 28, 28, generator=g) for g in gens])
-    keep = set(frame_timesteps(T))
+    keep = {timesteps[round(k * (len(timesteps) - 1) / 5)] for k in range(6)}  # six frames, first and last included
     frames = []
     denoiser = guided_denoiser(digit_model_fn(engine), w, T)
     start = time.perf_counter()
     outs = []
-    with tqdm(total=-(-len(labels) // batch_size) * T, desc="ddpm", unit="step", disable=not progress) as bar:
+    with tqdm(total=-(-len(labels) // batch_size) * len(timesteps), desc=sampler, unit="step",
+              disable=not progress) as bar:
         for i in range(0, len(labels), batch_size):
             def callback(step, t, x, first=(i == 0)):
                 bar.update()
                 if first and t in keep:  # image 0 is the first "0"
                     frames.append(to_uint8_signed(x[0]))
-            outs.append(ddpm_sample(denoiser, x_T[i:i + batch_size].to(engine.device),
-                                    labels[i:i + batch_size].to(engine.device), T=T,
-                                    seeds=gens[i:i + batch_size], callback=callback).cpu())
+            x, c = x_T[i:i + batch_size].to(engine.device), labels[i:i + batch_size].to(engine.device)
+            if sampler == "ancestral":
+                out = ddpm_sample(denoiser, x, c, T=T, seeds=gens[i:i + batch_size], callback=callback)
+            else:
+                out = ddim_sample_guided(denoiser, x, c, steps=steps, T=T, callback=callback)
+            outs.append(out.cpu())
     seconds = time.perf_counter() - start
     images = [to_uint8_signed(img) for img in torch.cat(outs)]
     out_dir = Path(out_dir)
     for name, arr in zip(names, images):
         write_png(arr, out_dir / name)
     summary = {"images": len(names), "out_dir": str(out_dir), "seconds": seconds, "images_per_s": len(names) / seconds,
-               "w": w, "T": T}
+               "w": w, "sampler": sampler, "steps": len(timesteps), "T": T}
     if grid_path is not None:
         cols = min(10, per_digit)
         write_png(make_grid([images[d * per_digit + j] for d in range(10) for j in range(cols)], ncol=cols), grid_path)
