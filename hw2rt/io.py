@@ -15,6 +15,8 @@ from PIL import Image, UnidentifiedImageError
 
 from hw2rt.errors import Hw2rtError
 
+_UMASK = os.umask(0o022)
+os.umask(_UMASK)
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp")
 CSV_HEADER = ["image_name", "label"]
 
@@ -28,6 +30,7 @@ def atomic_path(path):
     os.close(fd)
     try:
         yield Path(tmp)
+        os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp makes 0600; the result should look like any other file
         os.replace(tmp, path)
     except BaseException:
         with contextlib.suppress(FileNotFoundError):

@@ -163,3 +163,15 @@ def test_state_dict_that_is_not_tensors(tmp_path):
     torch.save({"a": 1, "b": [1, 2]}, tmp_path / "x.pt")
     with pytest.raises(Hw2rtError, match="x.pt: not a state dict"):
         load_model(tmp_path / "x.pt")
+
+
+def test_atomic_writes_get_ordinary_permissions(tmp_path):
+    write_labels_csv(tmp_path / "out.csv", [("a.png", 1)])
+    assert (tmp_path / "out.csv").stat().st_mode & 0o777 == 0o666 & ~_current_umask()
+
+
+def _current_umask():
+    import os
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
