@@ -132,14 +132,23 @@ def save_checkpoint(net: nn.Module, name: str, path, *, half: bool = True, extra
 
 
 def bundled_checkpoint(name: str) -> Path:
-    """The embedded default for a model: hw2rt/assets/<name>.safetensors."""
+    """A bundled model by name: hw2rt/assets/<name>.safetensors (see hw2rt/assets/MODEL_CARDS.md)."""
     path = ASSETS / f"{name}.safetensors"
     if not path.is_file():
         raise Hw2rtError(f"{path}: no bundled {name} model in this install; pass --checkpoint")
     return path
 
 
-def resolve_checkpoint(path, name: str) -> Path:
-    return Path(path) if path else bundled_checkpoint(name)
+def resolve_checkpoint(path, default: str) -> Path:
+    """`path` if given (a bare name such as `dann_svhn` means that bundled model), else the bundled `default`."""
+    if path is None:
+        return bundled_checkpoint(default)
+    path = Path(path)
+    if not path.exists() and path.parent == Path(".") and (ASSETS / f"{path.name}.safetensors").is_file():
+        return ASSETS / f"{path.name}.safetensors"
+    return path
 
 
+def default_dann(images_dir) -> str:
+    """The assignment's convention: the target domain is named in the path (svhn, else usps)."""
+    return "dann_svhn" if "svhn" in str(images_dir).lower() else "dann_usps"

@@ -80,7 +80,7 @@ def _engine_options(f):
     return f
 
 
-def _open_engine(model, checkpoint, backend, precision, threads, device, **dims):
+def _open_engine(model, checkpoint, backend, precision, threads, device, default=None, **dims):
     import torch
 
     from hw2rt.checkpoints import resolve_checkpoint
@@ -88,7 +88,7 @@ def _open_engine(model, checkpoint, backend, precision, threads, device, **dims)
 
     if device == "auto":
         device = "cuda" if torch.cuda.is_available() else "cpu"
-    path = resolve_checkpoint(checkpoint, model)
+    path = resolve_checkpoint(checkpoint, default or model)
     return open_batched_engine(model, path, backend=backend, precision=precision, device=device, threads=threads,
                                dims=dims or None)
 
@@ -207,7 +207,8 @@ def ddpm(out, checkpoint, per_digit, w, sampler, steps, seed, batch_size, grid, 
 @click.option("--images", required=True, type=click.Path(path_type=Path), help="Folder of digit images.")
 @click.option("--out", required=True, type=click.Path(dir_okay=False, path_type=Path), help="CSV to write.")
 @click.option("--checkpoint", type=click.Path(dir_okay=False, path_type=Path), default=None,
-              help="DANN checkpoint (default: bundled).")
+              help="DANN checkpoint, or a bundled name (default: dann_svhn if 'svhn' is in the images path, "
+                   "else dann_usps, the assignment's convention).")
 @click.option("--batch-size", type=click.IntRange(min=1), default=512, show_default=True)
 @click.option("--features", type=click.Path(dir_okay=False, path_type=Path), default=None,
               help="Also save the 512-d features (.npz: names, features, labels), e.g. for t-SNE.")
@@ -220,7 +221,9 @@ def classify(images, out, checkpoint, batch_size, features, backend, precision, 
     """
     from hw2rt.runtime import jobs
 
-    with _open_engine("dann", checkpoint, backend, precision, threads, device) as engine:
+    from hw2rt.checkpoints import default_dann
+
+    with _open_engine("dann", checkpoint, backend, precision, threads, device, default=default_dann(images)) as engine:
         s = jobs.classify_job(engine, images, out, batch_size=batch_size, features_path=features)
         click.echo(f"classify ({engine.name}): {s['images']} images -> {out} in {s['seconds']:.2f} s "
                    f"({s['images_per_s']:.0f} images/s)" + (f"; {s['resized']} resized to 28x28" if s["resized"] else ""))

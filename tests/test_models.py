@@ -152,3 +152,20 @@ def test_digit_unet_mask_drops_the_class():
         cond = net(x, torch.tensor([1, 7]), t, torch.zeros(2))
     assert torch.equal(dropped, same)  # a dropped class carries no information
     assert not torch.allclose(dropped, cond)
+
+
+def test_bundled_models_load_and_resolve_by_name(tmp_path, monkeypatch):
+    from hw2rt.checkpoints import ASSETS, default_dann, resolve_checkpoint
+    from hw2rt.errors import Hw2rtError
+
+    for path in ASSETS.glob("*.safetensors"):
+        net, name, _ = load_model(path)
+        assert name in MODELS and sum(p.numel() for p in net.parameters()) > 0
+    assert resolve_checkpoint("digit_classifier", "dann") == ASSETS / "digit_classifier.safetensors"
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "mine.pt").write_bytes(b"")
+    assert resolve_checkpoint("mine.pt", "dann") == tmp_path.joinpath("mine.pt").relative_to(tmp_path)
+    with pytest.raises(Hw2rtError, match="no bundled nothing_here model"):
+        resolve_checkpoint(None, "nothing_here")
+    assert default_dann("hw2_data/digits/svhn/data") == "dann_svhn"
+    assert default_dann("hw2_data/digits/usps/data") == "dann_usps"
