@@ -133,3 +133,17 @@ def test_ddpm_fast_ddim_sampler(tmp_path):
     bad = run("ddpm", "--out", tmp_path / "o2", "--checkpoint", tmp_path / "digits.pt", "--sampler", "ddim",
               "--steps", "1001")
     assert bad.exit_code == 1 and "between 1 and T=1000" in bad.output and not (tmp_path / "o2").exists()
+
+
+@pytest.mark.parametrize("precision, budget", [("fp32", 0.05), ("fp16", 0.3)])
+def test_ddim_ort_gives_the_torch_images(face_files, tmp_path, precision, budget):
+    """`hw2rt ddim --backend ort` on an assignment-format UNet.pt: the torch images, within the parity budget."""
+    from hw2rt.io import mse_255, read_image
+
+    common = ["--noise-dir", face_files / "noise", "--checkpoint", face_files / "UNet.pt", "--steps", "10"]
+    assert run("ddim", *common, "--out", tmp_path / "torch", "--backend", "torch").exit_code == 0
+    r = run("ddim", *common, "--out", tmp_path / "ort", "--backend", "ort", "--precision", precision)
+    assert r.exit_code == 0, r.output
+    mses = [mse_255(read_image(tmp_path / "torch" / f"{i:02d}.png"), read_image(tmp_path / "ort" / f"{i:02d}.png"))
+            for i in range(4)]
+    assert sum(mses) / len(mses) <= budget, mses
