@@ -342,7 +342,8 @@ def fit(
                     if best is None or value > best["value"]:
                         best = {"key": task.best_key, "value": value, "epoch": epoch, "step": step,
                                 "metric": dict(result), "model": _cpu_state(export_module())}
-                    bar.set_postfix(loss=f"{last_loss:.4f}", **{task.best_key: f"{value:.4f}"})
+                    shown = {"loss": f"{last_loss:.4f}"} if math.isfinite(last_loss) else {}  # none logged yet
+                    bar.set_postfix(**shown, **{task.best_key: f"{value:.4f}"})
                 if task.scheduler is not None:
                     task.scheduler.step()
                 save_state(ckpt, state_dict_now())
