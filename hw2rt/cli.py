@@ -4,6 +4,7 @@ from pathlib import Path
 
 import click
 
+from hw2rt.bench import bench_command
 from hw2rt.errors import Hw2rtError
 
 
@@ -412,3 +413,6 @@ def tsne(checkpoint, source, target, out, n_per_domain):
 
     r = run_tsne(checkpoint, source, target, out, n_per_domain=n_per_domain)
     click.echo(f"t-SNE: {', '.join(str(v) for k, v in r.items() if str(v).endswith('.png'))}")
+
+
+main.add_command(bench_command)

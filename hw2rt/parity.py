@@ -39,6 +39,8 @@ from hw2rt.models import build_model, get_spec
 BUDGETS = {
     "fp32": {"per_call_rel_max_abs": 1e-4, "e2e_image_mse_255": 0.05},
     "fp16": {"per_call_rel_max_abs": 1e-2, "e2e_image_mse_255": 0.3},
+    # bf16 keeps 8 mantissa bits to fp16's 11: 3x fp16's per-call budget; images graded like fp16.
+    "bf16": {"per_call_rel_max_abs": 3e-2, "e2e_image_mse_255": 0.3},
 }
 # Small configurations for parity of random models (CPU-friendly): (config, dims).
 SMALL = {

@@ -10,7 +10,7 @@ def test_help_lists_commands():
     result = CliRunner().invoke(main, ["--help"])
     assert result.exit_code == 0
     for command in ("inspect", "ddim", "ddpm", "interp", "data", "classify", "export", "parity", "demo", "train",
-                    "eval-digits", "tsne"):
+                    "eval-digits", "tsne", "bench"):
         assert command in result.output
 
 

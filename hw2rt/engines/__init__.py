@@ -5,7 +5,7 @@ hw2rt ONNX file, or the bundled default), picks the backend, exports through the
 the backend needs a graph, and returns an Engine.
 
 Backends:
-    torch  eager PyTorch (optionally torch.compile); fp32 anywhere, fp16 on CUDA only
+    torch  eager PyTorch (optionally torch.compile); fp32 and bf16 anywhere, fp16 on CUDA only
     ort    ONNX Runtime: CPU EP; CUDA (+ TensorRT) EPs with I/O binding under onnxruntime-gpu
     trt    native TensorRT (engines/trt.py, issue #5): plans built from the exported graph, cached
     auto   the fastest available: trt on CUDA when present, then ort (CPU, or CUDA EP), then torch
@@ -18,15 +18,17 @@ from torch import nn
 from hw2rt.engines.base import Engine, check_feeds, output_shapes
 from hw2rt.engines.cache import CacheEntry, cache_root, get_or_build, onnx_key_parts
 from hw2rt.engines.ort import OrtEngine, available_providers
-from hw2rt.engines.torch import TorchEngine
+from hw2rt.engines.torch import TORCH_PRECISIONS, TorchEngine
 from hw2rt.errors import Hw2rtError
 from hw2rt.export import DEFAULT_OPSET, PRECISIONS, export_onnx, state_dict_sha256, trace_dims
 from hw2rt.models import get_spec
 
 BACKENDS = ("auto", "torch", "ort", "trt")
+# Every precision some backend serves: the exported graphs' (PRECISIONS) plus torch-only bf16.
+ENGINE_PRECISIONS = (*PRECISIONS, *(p for p in TORCH_PRECISIONS if p not in PRECISIONS))
 
-__all__ = ["BACKENDS", "CacheEntry", "Engine", "OrtEngine", "TorchEngine", "cached_onnx", "check_feeds",
-           "open_engine", "output_shapes", "pick_backend", "resolve_source"]
+__all__ = ["BACKENDS", "ENGINE_PRECISIONS", "CacheEntry", "Engine", "OrtEngine", "TorchEngine", "cached_onnx",
+           "check_feeds", "open_engine", "output_shapes", "pick_backend", "resolve_source"]
 
 
 def _trt_available() -> bool:
@@ -74,12 +76,13 @@ def cached_onnx(model: str, net: nn.Module, source_sha256: str, *, precision: st
 
 def open_engine(model: str, source=None, *, backend: str = "auto", precision: str | None = None,
                 device: str = "cpu", threads: int | None = None, cache_dir=None, dims: dict | None = None,
-                opset: int = DEFAULT_OPSET, compile: bool = False, max_batch: int | None = None) -> Engine:
+                opset: int = DEFAULT_OPSET, compile: bool | dict = False, max_batch: int | None = None) -> Engine:
     """An Engine for `model` ("face_unet", "digit_unet", "dann", "digit_classifier").
 
     source: a checkpoint path (.pt/.pth/.safetensors), an nn.Module of that model, an hw2rt
         ONNX file (.onnx: ort only; its precision is the file's), or None for the bundled one.
-    precision: "fp32" (default) or "fp16" (fp16 graph with fp32 islands; torch: CUDA only).
+    precision: "fp32" (default), "fp16" (fp16 graph with fp32 islands; torch: CUDA only) or
+        "bf16" (torch only: autocast bf16, channels-last; fast only with native bf16 hardware).
     threads: intra-op threads (ORT session option; torch: process-wide torch.set_num_threads).
     cache_dir: where exported graphs are cached (default $HW2RT_CACHE or ~/.cache/hw2rt).
     dims: sizes of the non-batch axes the engine will mostly serve (face_unet height/width):
@@ -89,10 +92,13 @@ def open_engine(model: str, source=None, *, backend: str = "auto", precision: st
     spec = get_spec(model)
     if backend not in BACKENDS:
         raise Hw2rtError(f"unknown backend {backend!r}; choose one of {', '.join(BACKENDS)}")
-    if precision is not None and precision not in PRECISIONS:
-        raise Hw2rtError(f"unknown precision {precision!r}; choose one of {', '.join(PRECISIONS)}")
+    if precision is not None and precision not in ENGINE_PRECISIONS:
+        raise Hw2rtError(f"unknown precision {precision!r}; choose one of {', '.join(ENGINE_PRECISIONS)}")
     if backend == "auto":
-        backend = pick_backend(device)
+        backend = "torch" if precision == "bf16" else pick_backend(device)
+    if precision is not None and precision not in PRECISIONS and backend != "torch":
+        raise Hw2rtError(f"precision {precision} runs on the torch backend only (there is no {precision} ONNX "
+                         f"graph for {backend}); use --backend torch, or fp32/fp16 on {backend}")
     if backend == "trt":  # engines/trt.py: plan of the fp16 (default) or fp32 graph, via the engine cache
         from hw2rt.engines.trt import open_trt_engine
         return open_trt_engine(spec.name, source, precision=precision, device=device, dims=dims,

@@ -1,0 +1,124 @@
+"""hw2rt bench: the quick suite end to end (JSON schema, report files), bf16 plumbing, small helpers.
+Timings are never asserted: only that they are there and well formed."""
+import json
+
+import pytest
+import torch
+from click.testing import CliRunner
+
+from hw2rt import bench
+from hw2rt.engines import open_engine
+from hw2rt.errors import Hw2rtError
+from hw2rt.models import get_spec
+from hw2rt.parity import BUDGETS, compare_outputs, random_model
+
+PER_CALL_KEYS = {"model", "config", "dims", "batch", "backend", "label", "precision", "compute_precision",
+                 "median_ms", "p10_ms", "p90_ms", "n", "first_call_ms", "first_call_memory_mib", "items_per_s", "gflop_per_call",
+                 "achieved_gflops", "peak_gflops", "peak_fraction", "memory_mib", "memory_method", "parity_metric",
+                 "parity_value", "parity_budget", "parity_passed", "speedup_vs_torch", "skipped"}
+SCENARIO_KEYS = {"scenario", "model", "config", "dims", "batch", "images", "steps", "backend", "label", "precision",
+                 "median_s", "p10_s", "p90_s", "n", "per_step_ms", "images_per_s", "speedup_vs_torch",
+                 "parity_metric", "parity_value", "parity_budget", "parity_passed", "skipped"}
+
+
+@pytest.fixture(scope="module")
+def quick_run(tmp_path_factory):
+    out = tmp_path_factory.mktemp("bench")
+    md = out / "RESULTS.md"
+    md.write_text("# Results\n\nprose kept\n\n<!-- hw2rt-bench:begin -->\nold figures\n<!-- hw2rt-bench:end -->\n\ntail kept\n")
+    args = ["--quick", "--json", str(out / "bench.json"), "--md", str(md), "--plot", str(out / "latency.png")]
+    result = CliRunner().invoke(bench.bench_command, args)
+    assert result.exit_code == 0, result.output
+    return out, json.loads((out / "bench.json").read_text()), result.output
+
+
+def test_quick_bench_writes_a_well_formed_json(quick_run):
+    _, data, _ = quick_run
+    assert data["schema"] == bench.SCHEMA and data["quick"] is True
+    assert data["command"].startswith("hw2rt bench") and "--quick" in data["command"]
+    env = data["env"]
+    assert env["threads"] == 1 and env["cpu"] and {"torch", "onnxruntime", "python"} <= set(env["versions"])
+    assert isinstance(env["cpu_flags"]["avx2"], bool) and env["torch_cpu_capability"]
+    assert data["peaks"]["fp32"]["gflops"] > 0 and data["peaks"]["bf16"]["gflops"] > 0
+    assert set(data["runners"]) >= {"torch", "bf16", "ort"}
+
+    rows = data["per_call"]
+    assert rows and all(set(r) == PER_CALL_KEYS for r in rows)
+    assert {r["model"] for r in rows} == {"digit_unet", "face_unet", "dann"}
+    for r in rows:
+        assert r["skipped"] is None, r
+        assert r["median_ms"] > 0 and r["p10_ms"] <= r["median_ms"] <= r["p90_ms"] and r["n"] >= 3
+        assert r["gflop_per_call"] > 0 and r["achieved_gflops"] > 0 and 0 < r["peak_fraction"]
+        assert r["parity_passed"] is True, r  # every runner within its precision's per-call budget
+        if r["backend"] == "torch":
+            assert r["speedup_vs_torch"] == 1.0 and r["parity_value"] == 0.0
+    face = next(r for r in rows if r["model"] == "face_unet" and r["batch"] == 1 and r["backend"] == "torch")
+    assert face["gflop_per_call"] == pytest.approx(bench.flops_per_item("face_unet", face["config"], face["dims"]) / 1e9)
+
+    scenarios = data["scenarios"]
+    assert all(set(s) == SCENARIO_KEYS for s in scenarios)
+    assert {s["scenario"] for s in scenarios} == {"digit_ddim_loop", "face_ddim_loop", "dann_folder"}
+    loops = [s for s in scenarios if s["scenario"] != "dann_folder"]
+    assert {s["backend"] for s in loops} >= {"torch", "ort", "bf16", bench.DIFFUSERS}
+    for s in loops:  # the diffusers loop runs the same math as hw2rt's DDIM: same images
+        assert s["median_s"] > 0 and s["parity_metric"] == "image_mse_255" and s["parity_passed"] is True, s
+    dann = [s for s in scenarios if s["scenario"] == "dann_folder"]
+    assert all(s["images_per_s"] > 0 and 0 <= s["parity_value"] <= 1 for s in dann)
+
+    growth = data["growth"]
+    assert {(g["backend"], g["axis"]) for g in growth} >= {("torch", "images"), ("torch", "steps")}
+    for g in growth:
+        assert len(g["seconds"]) == len(g["values"]) and {"a_s", "b_s", "r2", "linear"} == set(g["fit"])
+    assert [g["target"] for g in data["goals"]] == [2.0, 0.85]
+    assert all(isinstance(g["met"], bool) for g in data["goals"])
+
+
+def test_quick_bench_writes_the_report_and_the_plot(quick_run):
+    out, data, output = quick_run
+    md = (out / "RESULTS.md").read_text()
+    assert md.startswith("# Results\n\nprose kept") and md.rstrip().endswith("tail kept")
+    assert "old figures" not in md and "### Per call" in md and "### End to end" in md and data["command"] in md
+    assert "### Per call" in output
+    assert (out / "latency.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_bf16_on_the_torch_backend_stays_within_its_budget():
+    spec = get_spec("digit_unet")
+    net = random_model("digit_unet", {"n_feat": 16})
+    feeds = spec.example_inputs(3)
+    ref = open_engine("digit_unet", net, backend="torch", precision="fp32").run(feeds)
+    engine = open_engine("digit_unet", net, backend="torch", precision="bf16", threads=1)
+    assert engine.precision == "bf16" and engine.backend == "torch"
+    out = engine.run(feeds)
+    assert out["eps"].dtype == torch.float32 and out["eps"].is_contiguous()
+    stats = compare_outputs(ref, out, BUDGETS["bf16"]["per_call_rel_max_abs"])
+    assert stats["eps"]["passed"] and stats["eps"]["required_rtol"] > 0  # really ran in bf16
+    assert net.init_conv.conv1[1].__class__.__name__ == "BatchNorm2d"  # the caller's module untouched
+    assert open_engine("digit_unet", net, backend="auto", precision="bf16").backend == "torch"
+
+
+@pytest.mark.parametrize("backend", ["ort", "trt"])
+def test_bf16_elsewhere_is_a_clear_error(backend):
+    with pytest.raises(Hw2rtError, match="bf16 runs on the torch backend only"):
+        open_engine("dann", random_model("dann"), backend=backend, precision="bf16")
+
+
+def test_unknown_backend_is_refused():
+    result = CliRunner().invoke(bench.bench_command, ["--backends", "torch,nope"])
+    assert result.exit_code != 0 and "nope" in result.output
+
+
+def test_linear_fit_and_quantile():
+    fit = bench.linear_fit([1, 2, 3, 4], [1.5, 2.5, 3.5, 4.5])
+    assert fit["a_s"] == pytest.approx(0.5) and fit["b_s"] == pytest.approx(1.0) and fit["r2"] == pytest.approx(1.0)
+    assert fit["linear"] is True
+    assert bench.linear_fit([1, 2, 3, 4], [1, 4, 1, 4])["linear"] is False
+    assert bench.quantile([4, 1, 3, 2, 5], 0.5) == 3 and bench.quantile([1, 2], 0.1) == pytest.approx(1.1)
+
+
+def test_alternate_interleaves_and_flips_the_order():
+    calls = []
+    fns = {n: (lambda n=n: calls.append(n)) for n in "abc"}
+    times, _ = bench.alternate(fns, {"a": 3, "b": 1, "c": 2}, "cpu")
+    assert calls == ["a", "b", "c", "c", "a", "a"]
+    assert {n: len(t) for n, t in times.items()} == {"a": 3, "b": 1, "c": 2}
