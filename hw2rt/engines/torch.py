@@ -31,9 +31,11 @@ class TorchEngine(Engine):
 
     def __init__(self, net: nn.Module, model: str, *, precision: str = "fp32", device: str = "cpu",
                  compile: bool | dict = False, threads: int | None = None, max_batch: int | None = None,
-                 source: str = ""):
+                 source: str = "", channels_last: bool | None = None):
         """compile: True for `torch.compile(module)`, or a dict of torch.compile options
-        (e.g. {"dynamic": True}: one compiled graph serves every batch size)."""
+        (e.g. {"dynamic": True}: one compiled graph serves every batch size).
+        channels_last: run a BatchNorm-folded, channels-last copy (default: for bf16 only). In
+        fp32 on a CPU it is a cheap speed-up for some networks (see benchmarks/RESULTS.md)."""
         spec = get_spec(model)
         device = torch.device(device)
         if precision not in TORCH_PRECISIONS:
@@ -47,10 +49,12 @@ class TorchEngine(Engine):
                          max_batch=max_batch, source=source)
         if threads:
             torch.set_num_threads(threads)  # process-wide: torch has no per-module thread count
-        self.channels_last = precision == "bf16"
+        self.channels_last = precision == "bf16" if channels_last is None else channels_last
         if precision == "fp16":
             module = to_fp16(net)
-        elif precision == "bf16":
+            if self.channels_last:
+                module = module.to(memory_format=torch.channels_last)
+        elif self.channels_last:
             module = fold_batchnorm(copy.deepcopy(net).eval()).to(memory_format=torch.channels_last)
         elif any(p.device != self.device for p in net.parameters()):
             module = copy.deepcopy(net)  # never move the caller's module (it may be a CPU reference)
@@ -68,9 +72,9 @@ class TorchEngine(Engine):
                                                     enabled=self.precision == "bf16"):
             out = self._forward(*args)
         out = out if isinstance(out, tuple) else (out,)
-        # Autocast hands back bf16 (or, after channels-last convs, strided) tensors: the
-        # contract is the spec's dtype, contiguous.
-        return {s.name: o.to(s.dtype).contiguous() if self.precision == "bf16" else o
+        # Autocast hands back bf16, and channels-last convs strided, tensors: the contract is
+        # the spec's dtype, contiguous.
+        return {s.name: o.to(s.dtype).contiguous() if self.channels_last or self.precision == "bf16" else o
                 for s, o in zip(self.outputs, out)}
 
     def close(self):
