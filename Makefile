@@ -23,7 +23,8 @@ test: setup
 	$(PY) -m pytest -q
 
 bench: setup
-	$(PY) -m hw2rt.bench --threads 1 --json benchmarks/bench.json --md benchmarks/RESULTS.md --plot benchmarks/bench_latency.png
+	$(VENV)/bin/hw2rt bench --threads 1 --json benchmarks/bench.json --md benchmarks/RESULTS.md \
+		--plot benchmarks/bench_latency.png
 
 clean:
 	rm -rf $(VENV) outputs .pytest_cache

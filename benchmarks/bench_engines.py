@@ -42,8 +42,9 @@ def main(argv=None) -> int:
     ap.add_argument("--quick", action="store_true", help="small models and few repeats (a smoke run)")
     args = ap.parse_args(argv)
 
+    given = sys.argv[1:] if argv is None else argv
     result = bench.run_bench(threads=args.threads, suite=engines_suite(args.quick),
-                             command="benchmarks/bench_engines.py " + " ".join(argv if argv is not None else sys.argv[1:]),
+                             command=" ".join(["benchmarks/bench_engines.py", *given]),
                              log=lambda m: print(m, file=sys.stderr, flush=True))
     result["goals"] = []  # the issue #7 goals do not apply to this two-runner scenario
     print(bench.markdown(result))
@@ -52,7 +53,8 @@ def main(argv=None) -> int:
         goal = GOALS.get((r["model"], r["batch"]))
         if r["backend"] == "ort" and goal is not None and r["speedup_vs_torch"] is not None:
             verdict = "met" if r["speedup_vs_torch"] >= goal else "MISSED"
-            print(f"goal: ort >= {goal}x torch on {r['model']} batch {r['batch']}: {r['speedup_vs_torch']:.2f}x {verdict}")
+            print(f"goal: ort >= {goal}x torch on {r['model']} batch {r['batch']}: "
+                  f"{r['speedup_vs_torch']:.2f}x {verdict}")
             if verdict == "MISSED":
                 missed.append(r)
     if args.json:

@@ -12,20 +12,24 @@ from hw2rt.errors import Hw2rtError
 from hw2rt.models import get_spec
 from hw2rt.parity import BUDGETS, compare_outputs, random_model
 
+# Written out (not taken from bench.CALL_FIELDS) so that a change of the JSON's shape fails here.
 PER_CALL_KEYS = {"model", "config", "dims", "batch", "backend", "label", "precision", "compute_precision",
-                 "median_ms", "p10_ms", "p90_ms", "n", "first_call_ms", "first_call_memory_mib", "items_per_s", "gflop_per_call",
-                 "achieved_gflops", "peak_gflops", "peak_fraction", "memory_mib", "memory_method", "parity_metric",
-                 "parity_value", "parity_budget", "parity_passed", "speedup_vs_torch", "skipped"}
-SCENARIO_KEYS = {"scenario", "model", "config", "dims", "batch", "images", "steps", "backend", "label", "precision",
-                 "median_s", "p10_s", "p90_s", "n", "per_step_ms", "images_per_s", "speedup_vs_torch",
-                 "parity_metric", "parity_value", "parity_budget", "parity_passed", "skipped"}
+                 "median_ms", "p10_ms", "p90_ms", "n", "first_call_ms", "first_call_memory_mib",
+                 "items_per_s", "gflop_per_call", "achieved_gflops", "peak_gflops", "peak_fraction",
+                 "memory_mib", "memory_method", "parity_metric", "parity_value", "parity_budget",
+                 "parity_passed", "speedup_vs_torch", "skipped"}
+SCENARIO_KEYS = {"scenario", "model", "config", "dims", "batch", "images", "steps", "backend", "label",
+                 "precision", "median_s", "p10_s", "p90_s", "n", "per_step_ms", "images_per_s",
+                 "speedup_vs_torch", "parity_metric", "parity_value", "parity_budget", "parity_passed",
+                 "skipped"}
 
 
 @pytest.fixture(scope="module")
 def quick_run(tmp_path_factory):
     out = tmp_path_factory.mktemp("bench")
     md = out / "RESULTS.md"
-    md.write_text("# Results\n\nprose kept\n\n<!-- hw2rt-bench:begin -->\nold figures\n<!-- hw2rt-bench:end -->\n\ntail kept\n")
+    md.write_text("# Results\n\nprose kept\n\n<!-- hw2rt-bench:begin -->\nold figures\n"
+                  "<!-- hw2rt-bench:end -->\n\ntail kept\n")
     args = ["--quick", "--json", str(out / "bench.json"), "--md", str(md), "--plot", str(out / "latency.png")]
     result = CliRunner().invoke(bench.bench_command, args)
     assert result.exit_code == 0, result.output
@@ -78,7 +82,8 @@ def test_quick_bench_writes_the_report_and_the_plot(quick_run):
     out, data, output = quick_run
     md = (out / "RESULTS.md").read_text()
     assert md.startswith("# Results\n\nprose kept") and md.rstrip().endswith("tail kept")
-    assert "old figures" not in md and "### Per call" in md and "### End to end" in md and data["command"] in md
+    assert "old figures" not in md and "### Per call" in md and "### End to end" in md
+    assert data["command"] in md
     assert "### Per call" in output
     assert (out / "latency.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
@@ -111,7 +116,7 @@ def test_unknown_backend_is_refused():
 
 def test_linear_fit_and_quantile():
     fit = bench.linear_fit([1, 2, 3, 4], [1.5, 2.5, 3.5, 4.5])
-    assert fit["a_s"] == pytest.approx(0.5) and fit["b_s"] == pytest.approx(1.0) and fit["r2"] == pytest.approx(1.0)
+    assert (fit["a_s"], fit["b_s"], fit["r2"]) == pytest.approx((0.5, 1.0, 1.0))
     assert fit["linear"] is True
     assert bench.linear_fit([1, 2, 3, 4], [1, 4, 1, 4])["linear"] is False
     assert bench.quantile([4, 1, 3, 2, 5], 0.5) == 3 and bench.quantile([1, 2], 0.1) == pytest.approx(1.1)
