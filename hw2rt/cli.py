@@ -70,12 +70,18 @@ def synth(out, mnist_idx, seed, n_mnistm, n_usps, n_svhn, n_faces, noise_size, o
 
 # --- the sampler commands ------------------------------------------------------------------------
 
+# hw2rt.engines.ENGINE_PRECISIONS, spelled out here so `--help` does not import torch (a test keeps them equal).
+ENGINE_PRECISIONS = ("fp32", "fp16", "bf16")
+PRECISION_HELP = ("fp16: the fp16 graph (ort, trt; torch on CUDA). bf16: torch only (autocast, channels-last); "
+                  "fast only on CPUs/GPUs with native bf16.")
+
 def _engine_options(f):
     f = click.option("--device", default="auto", show_default=True,
                      help="cpu, cuda or auto (cuda when torch sees a GPU). On cuda, engines run behind CUDA graphs.")(f)
     f = click.option("--threads", type=click.IntRange(min=1), default=None,
                      help="CPU threads for the engine (default: the library's choice).")(f)
-    f = click.option("--precision", type=click.Choice(["fp32", "fp16"]), default="fp32", show_default=True)(f)
+    f = click.option("--precision", type=click.Choice(ENGINE_PRECISIONS), default="fp32", show_default=True,
+                     help=PRECISION_HELP)(f)
     f = click.option("--backend", type=click.Choice(["torch", "ort", "trt", "auto"]), default="torch",
                      show_default=True, help="auto: the fastest backend available here.")(f)
     return f
@@ -274,7 +280,8 @@ def export(model, checkpoint, out, precision, opset, size):
 @click.option("--checkpoint", type=click.Path(dir_okay=False, path_type=Path), default=None,
               help="Default: a seeded random model of a small configuration (damped diffusion models).")
 @click.option("--backend", type=click.Choice(["ort", "torch", "trt", "auto"]), default="ort", show_default=True)
-@click.option("--precision", type=click.Choice(["fp32", "fp16"]), default="fp32", show_default=True)
+@click.option("--precision", type=click.Choice(ENGINE_PRECISIONS), default="fp32", show_default=True,
+              help=PRECISION_HELP)
 @click.option("--device", default="cpu", show_default=True, help="cpu or cuda.")
 @click.option("--threads", type=click.IntRange(min=1), default=None)
 @click.option("--steps", type=click.IntRange(min=2), default=None, help="End-to-end sampler steps (DDIM) or T (DDPM).")

@@ -14,6 +14,12 @@ def test_help_lists_commands():
         assert command in result.output
 
 
+def test_precision_choices_match_the_engines():
+    from hw2rt import cli, engines
+
+    assert cli.ENGINE_PRECISIONS == engines.ENGINE_PRECISIONS
+
+
 def test_usage_errors():
     runner = CliRunner()
     assert runner.invoke(main, ["no-such-command"]).exit_code == 2

@@ -135,15 +135,24 @@ def test_ddpm_fast_ddim_sampler(tmp_path):
     assert bad.exit_code == 1 and "between 1 and T=1000" in bad.output and not (tmp_path / "o2").exists()
 
 
-@pytest.mark.parametrize("precision, budget", [("fp32", 0.05), ("fp16", 0.3)])
-def test_ddim_ort_gives_the_torch_images(face_files, tmp_path, precision, budget):
-    """`hw2rt ddim --backend ort` on an assignment-format UNet.pt: the torch images, within the parity budget."""
+@pytest.mark.parametrize("backend, precision, budget", [("ort", "fp32", 0.05), ("ort", "fp16", 0.3),
+                                                       ("torch", "bf16", 0.3)])
+def test_ddim_engines_give_the_torch_images(face_files, tmp_path, backend, precision, budget):
+    """`hw2rt ddim --backend B --precision P` on an assignment-format UNet.pt: the torch fp32 images, within
+    the parity budget of P."""
     from hw2rt.io import mse_255, read_image
 
     common = ["--noise-dir", face_files / "noise", "--checkpoint", face_files / "UNet.pt", "--steps", "10"]
     assert run("ddim", *common, "--out", tmp_path / "torch", "--backend", "torch").exit_code == 0
-    r = run("ddim", *common, "--out", tmp_path / "ort", "--backend", "ort", "--precision", precision)
+    r = run("ddim", *common, "--out", tmp_path / backend, "--backend", backend, "--precision", precision)
     assert r.exit_code == 0, r.output
-    mses = [mse_255(read_image(tmp_path / "torch" / f"{i:02d}.png"), read_image(tmp_path / "ort" / f"{i:02d}.png"))
+    mses = [mse_255(read_image(tmp_path / "torch" / f"{i:02d}.png"), read_image(tmp_path / backend / f"{i:02d}.png"))
             for i in range(4)]
     assert sum(mses) / len(mses) <= budget, mses
+
+
+def test_bf16_is_torch_only(face_files, tmp_path):
+    r = run("ddim", "--noise-dir", face_files / "noise", "--checkpoint", face_files / "UNet.pt", "--steps", "2",
+            "--out", tmp_path / "out", "--backend", "ort", "--precision", "bf16")
+    assert r.exit_code == 1 and r.output.strip().count("\n") == 0
+    assert "bf16 runs on the torch backend only" in r.output and not (tmp_path / "out").exists()
