@@ -140,3 +140,18 @@ def test_channels_last_fp32_torch_engine_matches_the_reference():
     out = TorchEngine(net, "dann", channels_last=True).run(feeds)
     stats = compare_outputs(ref, out, BUDGETS["fp32"]["per_call_rel_max_abs"])
     assert all(s["passed"] for s in stats.values()) and all(v.is_contiguous() for v in out.values())
+
+
+def test_a_case_can_leave_a_runner_out_with_a_reason():
+    """The full CPU suite leaves torch.compile out for the face UNet (minutes of cold compile);
+    naming the network measures it with every runner. A skipped runner is reported, not timed."""
+    face = [c for c in bench.make_suite("cpu").cases if c.model == "face_unet"][0]
+    assert "compile" in face.skip
+    assert bench.make_suite("cpu", model="face_unet").cases[0].skip == {}
+    suite = bench.Suite(cases=[bench.Case("digit_unet", {"n_feat": 16}, {}, (1,), skip={"bf16": "not here"})],
+                        backends=["torch", "bf16"], digit_loop=None, face_loop=None, dann_images=None,
+                        growth=None, point_s=0.05, min_repeats=2, max_repeats=2, peak_budget_s=0.02)
+    rows = bench.run_bench(suite=suite, log=lambda *_: None)["per_call"]
+    by = {r["backend"]: r for r in rows}
+    assert by["bf16"]["skipped"] == "not here" and by["bf16"]["median_ms"] is None
+    assert by["torch"]["skipped"] is None and by["torch"]["median_ms"] > 0
