@@ -15,7 +15,7 @@ from hw2rt.evaluate import digit_accuracy, tsne
 from hw2rt.models.dann import grl_lambda
 from hw2rt.models.digit_classifier import DigitClassifier
 from hw2rt.runtime.ddim import ddim_sample
-from hw2rt.training.data import DigitsDataset, FacesDataset, epoch_batches
+from hw2rt.training.data import DigitsDataset, EpochShuffle, FacesDataset, epoch_batches
 from hw2rt.training.loop import CHECKPOINT, METRICS
 from hw2rt.training.train_classifier import train_classifier, write_assignment_classifier
 from hw2rt.training.train_dann import train_dann
@@ -97,6 +97,15 @@ def test_epoch_batches_are_a_keyed_shuffle():
     a, b = epoch_batches(10, 4, seed=0, epoch=1), epoch_batches(10, 4, seed=0, epoch=1)
     assert torch.equal(a, b) and a.shape == (2, 4) and len(set(a.flatten().tolist())) == 8
     assert not torch.equal(a, epoch_batches(10, 4, seed=0, epoch=2))
+
+
+def test_epoch_shuffle_follows_the_epochs_and_cycles_a_smaller_domain():
+    at = EpochShuffle(10, 4, seed=3, steps_per_epoch=2)  # 10 images, batch 4: two batches an epoch
+    assert torch.equal(at(3), epoch_batches(10, 4, seed=3, epoch=1)[1])
+    assert torch.equal(at(0), epoch_batches(10, 4, seed=3, epoch=0)[0])
+    small = EpochShuffle(5, 4, seed=1, steps_per_epoch=3)  # one batch of its own, three steps an epoch
+    assert torch.equal(small(2), epoch_batches(5, 4, seed=1, epoch=0)[0])
+    assert torch.equal(small(3), epoch_batches(5, 4, seed=1, epoch=1)[0])
 
 
 # ----------------------------------------------------------------------------------------- ddpm

@@ -139,3 +139,20 @@ def epoch_batches(n: int, batch_size: int, seed: int, epoch: int) -> torch.Tenso
     perm = torch.randperm(n, generator=g)
     k = n // b
     return perm[: k * b].view(k, b)
+
+
+class EpochShuffle:
+    """step -> the index batch of that global step: `epoch_batches` of epoch step // steps_per_epoch,
+    made once per epoch. A domain with fewer batches than `steps_per_epoch` cycles through its own."""
+
+    def __init__(self, n: int, batch_size: int, seed: int, steps_per_epoch: int, device=None):
+        self.n, self.batch_size, self.seed, self.steps_per_epoch = n, batch_size, seed, steps_per_epoch
+        self.device = device
+        self._epoch, self._batches = None, None
+
+    def __call__(self, step: int) -> torch.Tensor:
+        epoch, i = divmod(step, self.steps_per_epoch)
+        if epoch != self._epoch:
+            self._epoch = epoch
+            self._batches = epoch_batches(self.n, self.batch_size, self.seed, epoch).to(self.device)
+        return self._batches[i % len(self._batches)]

@@ -398,6 +398,15 @@ def format_summary(summary: dict) -> str:
     return "\n".join(lines)
 
 
+def export_model(module: nn.Module, name: str, path, meta: dict, summary: dict, **extra) -> dict:
+    """Write the trained `module` as hw2rt safetensors (fp16 parameters) with the run's metadata and
+    its steps; returns {name: path} for the summary."""
+    from hw2rt.checkpoints import save_checkpoint
+
+    save_checkpoint(module, name, path, half=True, extra_meta={**meta, "steps": summary["steps"], **extra})
+    return {name: path}
+
+
 def stand_in_note(path) -> str | None:
     """'stand-in' when the data lies inside a tree made by `hw2rt data synth` (its README says so)."""
     try:

@@ -12,19 +12,26 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from hw2rt.checkpoints import save_checkpoint
 from hw2rt.evaluate import dataset_accuracy
 from hw2rt.io import atomic_path
 from hw2rt.models.digit_classifier import DigitClassifier
 from hw2rt.training.data import (
     DigitsDataset,
+    EpochShuffle,
     effective_batch,
-    epoch_batches,
     resolve_digit_domain,
     steps_per_epoch,
     to_unit,
 )
-from hw2rt.training.loop import Task, fit, pick_device, pick_precision, seed_everything, stand_in_note
+from hw2rt.training.loop import (
+    Task,
+    export_model,
+    fit,
+    pick_device,
+    pick_precision,
+    seed_everything,
+    stand_in_note,
+)
 
 EXPORT_NAME = "digit_classifier.safetensors"
 ASSIGNMENT_NAME = "Classifier.pth"
@@ -60,15 +67,11 @@ def train_classifier(
     device: str = "auto",
     precision: str = "auto",
     assignment_pth: bool = True,
-    resume: bool = False,
-    overwrite: bool = False,
-    log_every: int = 50,
-    save_every: int = 1000,
-    progress: bool = True,
-    on_step=None,
+    **run,
 ) -> dict:
     """Train the LeNet grader on `data_dir` (a digit domain, or a hw2_data root: digits/mnistm).
-    Writes `<out_dir>/digit_classifier.safetensors` and, with `assignment_pth`, `<out_dir>/Classifier.pth`."""
+    Writes `<out_dir>/digit_classifier.safetensors` and, with `assignment_pth`, `<out_dir>/Classifier.pth`.
+    `run`: `fit`'s options (resume, overwrite, progress, log_every, save_every, on_step)."""
     dev = pick_device(device)
     prec = pick_precision(precision, dev)
     domain = resolve_digit_domain(data_dir)
@@ -80,13 +83,10 @@ def train_classifier(
     seed_everything(seed)
     model = DigitClassifier()
     opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=weight_decay)
-    order: dict = {}
+    batch_at = EpochShuffle(n, b, seed, spe, dev)
 
     def loss_fn(step: int):
-        epoch, i = divmod(step, spe)
-        if order.get("epoch") != epoch:
-            order.update(epoch=epoch, batches=epoch_batches(n, b, seed, epoch).to(dev))
-        idx = order["batches"][i]
+        idx = batch_at(step)
         return F.cross_entropy(model(to_unit(images[idx])).float(), labels[idx]), {}
 
     def evaluate(module):
@@ -101,10 +101,8 @@ def train_classifier(
     def export(module, summary):
         out = Path(out_dir)
         best = summary["best"] or {}
-        paths = {"digit_classifier": out / EXPORT_NAME}
-        save_checkpoint(module, "digit_classifier", paths["digit_classifier"], half=True,
-                        extra_meta={**meta, "steps": summary["steps"], "val_acc": best.get("value"),
-                                    "best_epoch": best.get("epoch")})
+        paths = export_model(module, "digit_classifier", out / EXPORT_NAME, meta, summary,
+                             val_acc=best.get("value"), best_epoch=best.get("epoch"))
         if assignment_pth:
             paths["assignment_pth"] = out / ASSIGNMENT_NAME
             write_assignment_classifier(module, paths["assignment_pth"], opt.state_dict())
@@ -116,5 +114,4 @@ def train_classifier(
         resume_keys=("batch_size", "data", "n_images"), evaluate=evaluate, best_key="val_acc",
         summary_extra={"data": str(domain), "n_images": n, "n_val": len(val), "data_note": note},
     )
-    return fit(task, out_dir, device=dev, precision=prec, seed=seed, resume=resume, overwrite=overwrite,
-               progress=progress, log_every=log_every, save_every=save_every, on_step=on_step)
+    return fit(task, out_dir, device=dev, precision=prec, seed=seed, **run)

@@ -21,19 +21,26 @@ from pathlib import Path
 import torch
 from torch.nn import functional as F
 
-from hw2rt.checkpoints import save_checkpoint
 from hw2rt.errors import Hw2rtError
 from hw2rt.evaluate import dataset_accuracy
 from hw2rt.models.dann import DANN, DANNClassifier, grl_lambda
 from hw2rt.training.data import (
     DigitsDataset,
+    EpochShuffle,
     effective_batch,
-    epoch_batches,
     resolve_digit_domain,
     steps_per_epoch,
     to_unit,
 )
-from hw2rt.training.loop import Task, fit, pick_device, pick_precision, seed_everything, stand_in_note
+from hw2rt.training.loop import (
+    Task,
+    export_model,
+    fit,
+    pick_device,
+    pick_precision,
+    seed_everything,
+    stand_in_note,
+)
 
 MODES = ("source", "dann", "target")
 EXPORT_NAME = "dann.safetensors"
@@ -74,15 +81,11 @@ def train_dann(
     seed: int = 0,
     device: str = "auto",
     precision: str = "auto",
-    resume: bool = False,
-    overwrite: bool = False,
-    log_every: int = 50,
-    save_every: int = 1000,
-    progress: bool = True,
-    on_step=None,
+    **run,
 ) -> dict:
     """Train DANN (or a bound) from `source_dir` to `target_dir` (digit domain folders).
-    Writes `<out_dir>/dann.safetensors` (the best epoch by target val accuracy); returns the summary."""
+    Writes `<out_dir>/dann.safetensors` (the best epoch by target val accuracy); returns the summary.
+    `run`: `fit`'s options (resume, overwrite, progress, log_every, save_every, on_step)."""
     if mode not in MODES:
         raise Hw2rtError(f"--mode {mode}: expected one of {', '.join(MODES)}")
     dev = pick_device(device)
@@ -106,20 +109,17 @@ def train_dann(
     model = DANN()
     opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=weight_decay)
     scheduler = torch.optim.lr_scheduler.CosineAnnealingWarmRestarts(opt, T_0=t_0, T_mult=t_mult)
-    order: dict = {}
+    batch_at = EpochShuffle(nl, bl, seed, spe, dev)
+    if mode == "dann":  # the target's own shuffle, cycled when it is the smaller domain
+        target_batch_at = EpochShuffle(nt, bt, seed + 7919, spe, dev)
 
     def loss_fn(step: int):
-        epoch, i = divmod(step, spe)
-        if order.get("epoch") != epoch:
-            order.update(epoch=epoch, src=epoch_batches(nl, bl, seed, epoch).to(dev))
-            if mode == "dann":  # the target's own shuffle, cycled when it is the smaller domain
-                order["tgt"] = epoch_batches(nt, bt, seed + 7919, epoch).to(dev)
-        idx = order["src"][i]
+        idx = batch_at(step)
         x, y = to_unit(xl[idx]), yl[idx]
         if mode != "dann":
             label_loss = F.nll_loss(model.label_classifier(model.feature(x)), y)
             return label_loss, {"label_loss": label_loss.detach()}
-        tidx = order["tgt"][i % len(order["tgt"])]
+        tidx = target_batch_at(step)
         lam = grl_lambda(step / total)
         class_lp, domain_lp = model(torch.cat([x, to_unit(xt[tidx])]), lam)
         label_loss = F.nll_loss(class_lp[: len(y)], y)
@@ -142,12 +142,9 @@ def train_dann(
             "batch_size": bl, "trainer": "hw2rt train dann", **({"data_note": note} if note else {})}
 
     def export(module, summary):
-        path = Path(out_dir) / EXPORT_NAME
         best = summary["best"] or {}
-        save_checkpoint(to_classifier(module), "dann", path, half=True,
-                        extra_meta={**meta, "steps": summary["steps"], "epochs": summary["epochs"],
-                                    "best_epoch": best.get("epoch"), "target_val_acc": best.get("value")})
-        return {"dann": path}
+        return export_model(to_classifier(module), "dann", Path(out_dir) / EXPORT_NAME, meta, summary,
+                            epochs=summary["epochs"], best_epoch=best.get("epoch"), target_val_acc=best.get("value"))
 
     task = Task(
         kind="dann", model=model, optimizer=opt, loss_fn=loss_fn, total_steps=total, steps_per_epoch=spe,
@@ -157,5 +154,4 @@ def train_dann(
         summary_extra={"mode": mode, "source": str(src_dir), "target": str(tgt_dir), "data_note": note,
                        "n_train_labelled": nl, "n_target_val": len(target_val)},
     )
-    return fit(task, out_dir, device=dev, precision=prec, seed=seed, resume=resume, overwrite=overwrite,
-               progress=progress, log_every=log_every, save_every=save_every, on_step=on_step)
+    return fit(task, out_dir, device=dev, precision=prec, seed=seed, **run)

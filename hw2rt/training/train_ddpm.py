@@ -17,19 +17,26 @@ from pathlib import Path
 import torch
 from torch.nn import functional as F
 
-from hw2rt.checkpoints import save_checkpoint
 from hw2rt.errors import Hw2rtError
 from hw2rt.models.digit_unet import DigitUNet
 from hw2rt.runtime.schedules import ddpm_schedule
 from hw2rt.training.data import (
     DigitsDataset,
+    EpochShuffle,
     effective_batch,
-    epoch_batches,
     resolve_digit_domain,
     steps_per_epoch,
     to_signed,
 )
-from hw2rt.training.loop import Task, fit, pick_device, pick_precision, seed_everything, stand_in_note
+from hw2rt.training.loop import (
+    Task,
+    export_model,
+    fit,
+    pick_device,
+    pick_precision,
+    seed_everything,
+    stand_in_note,
+)
 
 EXPORT_NAME = "digit_unet.safetensors"
 
@@ -70,15 +77,11 @@ def train_ddpm(
     device: str = "auto",
     precision: str = "auto",
     channels_last: bool = False,
-    resume: bool = False,
-    overwrite: bool = False,
-    log_every: int = 50,
-    save_every: int = 1000,
-    progress: bool = True,
-    on_step=None,
+    **run,
 ) -> dict:
     """Train the conditional digit DDPM on `data_dir` (a digit domain folder, or a hw2_data root:
-    then digits/mnistm). Writes `<out_dir>/digit_unet.safetensors` (fp16 params) and returns the summary."""
+    then digits/mnistm). Writes `<out_dir>/digit_unet.safetensors` (fp16 params) and returns the summary.
+    `run`: `fit`'s options (resume, overwrite, progress, log_every, save_every, on_step)."""
     if n_feat < 8 or n_feat % 8:
         raise Hw2rtError(f"--n-feat {n_feat}: must be a positive multiple of 8 (GroupNorm(8, n_feat))")
     if not 0.0 <= drop_prob < 1.0:
@@ -99,13 +102,10 @@ def train_ddpm(
     if channels_last:
         model = model.to(memory_format=torch.channels_last)
     opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=weight_decay)
-    order: dict = {}
+    batch_at = EpochShuffle(n, b, seed, spe, dev)
 
     def loss_fn(step: int):
-        epoch, i = divmod(step, spe)
-        if order.get("epoch") != epoch:
-            order.update(epoch=epoch, batches=epoch_batches(n, b, seed, epoch).to(dev))
-        idx = order["batches"][i]
+        idx = batch_at(step)
         x0 = to_signed(images[idx])
         c = labels[idx]
         t = torch.randint(1, T + 1, (b,), device=dev)
@@ -129,11 +129,8 @@ def train_ddpm(
         meta["data_note"] = note
 
     def export(module, summary):
-        path = Path(out_dir) / EXPORT_NAME
-        save_checkpoint(module, "digit_unet", path, half=True,
-                        extra_meta={**meta, "steps": summary["steps"], "final_loss": summary["final_loss"],
-                                    "exported_weights": "ema" if ema_decay else "model"})
-        return {"digit_unet": path}
+        return export_model(module, "digit_unet", Path(out_dir) / EXPORT_NAME, meta, summary,
+                            final_loss=summary["final_loss"], exported_weights="ema" if ema_decay else "model")
 
     task = Task(
         kind="ddpm", model=model, optimizer=opt, loss_fn=loss_fn, total_steps=steps, steps_per_epoch=spe,
@@ -141,5 +138,4 @@ def train_ddpm(
         lr_at=lr_schedule(lr_schedule_kind, lr, steps, warmup_steps), ema_decay=ema_decay, grad_clip=grad_clip,
         summary_extra={"data": str(domain), "n_images": n, "n_feat": n_feat, "data_note": note},
     )
-    return fit(task, out_dir, device=dev, precision=prec, seed=seed, resume=resume, overwrite=overwrite,
-               progress=progress, log_every=log_every, save_every=save_every, on_step=on_step)
+    return fit(task, out_dir, device=dev, precision=prec, seed=seed, **run)

@@ -12,19 +12,26 @@ from pathlib import Path
 import torch
 from torch.nn import functional as F
 
-from hw2rt.checkpoints import save_checkpoint
 from hw2rt.errors import Hw2rtError
 from hw2rt.models.face_unet import FaceUNet
 from hw2rt.runtime.schedules import DDIM_T, ddim_alphas_cumprod
 from hw2rt.training.data import (
+    EpochShuffle,
     FacesDataset,
     effective_batch,
-    epoch_batches,
     resolve_faces_dir,
     steps_per_epoch,
     to_signed,
 )
-from hw2rt.training.loop import Task, fit, pick_device, pick_precision, seed_everything, stand_in_note
+from hw2rt.training.loop import (
+    Task,
+    export_model,
+    fit,
+    pick_device,
+    pick_precision,
+    seed_everything,
+    stand_in_note,
+)
 from hw2rt.training.train_ddpm import lr_schedule
 
 EXPORT_NAME = "face_unet.safetensors"
@@ -50,15 +57,11 @@ def train_face(
     seed: int = 0,
     device: str = "auto",
     precision: str = "auto",
-    resume: bool = False,
-    overwrite: bool = False,
-    log_every: int = 50,
-    save_every: int = 1000,
-    progress: bool = True,
-    on_step=None,
+    **run,
 ) -> dict:
     """Train an unconditional face DDPM on a folder of images (or a hw2_data root: face/faces).
-    Writes `<out_dir>/face_unet.safetensors` (fp16 params, config base/norm_groups) and returns the summary."""
+    Writes `<out_dir>/face_unet.safetensors` (fp16 params, config base/norm_groups) and returns the summary.
+    `run`: `fit`'s options (resume, overwrite, progress, log_every, save_every, on_step)."""
     if size % 32:
         raise Hw2rtError(f"--size {size}: the face UNet needs a multiple of 32 (five downsamplings)")
     if base < 2 or base % 2 or base % norm_groups:
@@ -79,13 +82,10 @@ def train_face(
     seed_everything(seed)
     model = FaceUNet(base=base, norm_groups=norm_groups, dropout=dropout)
     opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=weight_decay)
-    order: dict = {}
+    batch_at = EpochShuffle(n, b, seed, spe, dev)
 
     def loss_fn(step: int):
-        epoch, i = divmod(step, spe)
-        if order.get("epoch") != epoch:
-            order.update(epoch=epoch, batches=epoch_batches(n, b, seed, epoch).to(dev))
-        x0 = to_signed(images[order["batches"][i]])
+        x0 = to_signed(images[batch_at(step)])
         if flip:
             flips = torch.rand(b, device=dev) < 0.5
             x0 = torch.where(flips[:, None, None, None], x0.flip(3), x0)
@@ -107,11 +107,8 @@ def train_face(
         meta["data_note"] = note
 
     def export(module, summary):
-        path = Path(out_dir) / EXPORT_NAME
-        save_checkpoint(module, "face_unet", path, half=True,
-                        extra_meta={**meta, "steps": summary["steps"], "final_loss": summary["final_loss"],
-                                    "exported_weights": "ema" if ema_decay else "model"})
-        return {"face_unet": path}
+        return export_model(module, "face_unet", Path(out_dir) / EXPORT_NAME, meta, summary,
+                            final_loss=summary["final_loss"], exported_weights="ema" if ema_decay else "model")
 
     task = Task(
         kind="face", model=model, optimizer=opt, loss_fn=loss_fn, total_steps=steps, steps_per_epoch=spe,
@@ -120,5 +117,4 @@ def train_face(
         summary_extra={"data": str(folder), "n_images": n, "base": base, "norm_groups": norm_groups,
                        "size": size, "data_note": note},
     )
-    return fit(task, out_dir, device=dev, precision=prec, seed=seed, resume=resume, overwrite=overwrite,
-               progress=progress, log_every=log_every, save_every=save_every, on_step=on_step)
+    return fit(task, out_dir, device=dev, precision=prec, seed=seed, **run)
