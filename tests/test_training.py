@@ -207,6 +207,26 @@ def test_dann_grl_schedule_and_mode_check(data, tmp_path):
         train_dann(data / "digits" / "mnistm", data / "digits" / "usps", tmp_path / "x", mode="both", **QUIET)
 
 
+def test_target_statistics_recompute_batchnorm_on_the_target_only():
+    from hw2rt.models.dann import DANN
+    from hw2rt.training.train_dann import target_statistics
+
+    torch.manual_seed(0)
+    net = DANN().eval()
+    before = {k: v.clone() for k, v in net.state_dict().items()}
+    images = torch.randint(0, 256, (20, 3, 28, 28), dtype=torch.uint8)
+    adapted = target_statistics(net, images, batch_size=64)  # one batch: exact statistics
+    conv1 = net.feature.conv[0](images.float() / 255 * 2 - 1)  # the extractor normalises [0,1] to [-1,1]
+    bn = adapted.feature.conv[1]
+    torch.testing.assert_close(bn.running_mean, conv1.mean((0, 2, 3)), atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(bn.running_var, conv1.var((0, 2, 3), unbiased=True), atol=1e-4, rtol=1e-4)
+    assert not adapted.training
+    for k, v in net.state_dict().items():  # the original is untouched; the copy differs in statistics only
+        assert torch.equal(v, before[k])
+        if "running" not in k and "num_batches" not in k:
+            assert torch.equal(adapted.state_dict()[k], v)
+
+
 def test_dann_resume_restores_scheduler(data, tmp_path):
     kw = {"mode": "dann", "batch_size": 4, "log_every": 1, **QUIET}
     train_dann(data / "digits" / "mnistm", data / "digits" / "usps", tmp_path, epochs=1, **kw)

@@ -11,19 +11,26 @@ CosineAnnealingWarmRestarts(T_0=2, T_mult=2) stepped once per epoch. After every
 target's validation accuracy is measured and the best epoch's weights are exported, as the
 DANNClassifier (feature + label_classifier) in hw2rt safetensors.
 
-In `dann` mode the source and target batches go through the network as one batch, so the
-BatchNorm statistics (and the running averages used at test time) cover both domains.
+BatchNorm and domains (the `dann` mode): the source and the target batch go through the
+feature extractor separately, so each is normalised with its own batch statistics, and the
+network that is evaluated and exported carries BatchNorm running statistics recomputed on the
+target's unlabelled training images (`target_statistics`, AdaBN): at test time the target is
+normalised as it was in training. One mixed batch instead (mixed statistics in training and at
+test time) measured worse on the stand-ins: MNIST-M-like -> USPS-like target val 0.596 against
+0.600 trained on the source alone.
 """
 from __future__ import annotations
 
+import copy
 from pathlib import Path
 
 import torch
+from torch import nn
 from torch.nn import functional as F
 
 from hw2rt.errors import Hw2rtError
 from hw2rt.evaluate import dataset_accuracy
-from hw2rt.models.dann import DANN, DANNClassifier, grl_lambda
+from hw2rt.models.dann import DANN, DANNClassifier, grad_reverse, grl_lambda
 from hw2rt.training.data import (
     DigitsDataset,
     EpochShuffle,
@@ -55,6 +62,25 @@ class _LabelHead(torch.nn.Module):
 
     def forward(self, x):
         return self.dann.label_classifier(self.dann.feature(x))
+
+
+def target_statistics(dann: DANN, images_u8: torch.Tensor, batch_size: int = 256) -> DANN:
+    """A copy of `dann` whose BatchNorm running statistics are recomputed on `images_u8` (the
+    target's unlabelled training images; AdaBN): a cumulative average over batches of train-mode
+    forward passes with dropout off. The weights are unchanged."""
+    net = copy.deepcopy(dann).train()
+    for m in net.modules():
+        if isinstance(m, nn.modules.batchnorm._BatchNorm):
+            m.reset_running_stats()
+            m.momentum = None  # cumulative average
+        elif isinstance(m, nn.modules.dropout._DropoutNd):
+            m.eval()
+    with torch.no_grad():
+        for i in range(0, len(images_u8), batch_size):
+            chunk = images_u8[i:i + batch_size]
+            if len(chunk) > 1:  # BatchNorm1d needs two samples in train mode
+                net.label_classifier(net.feature(to_unit(chunk)))
+    return net.eval()
 
 
 def to_classifier(dann: DANN) -> DANNClassifier:
@@ -121,16 +147,21 @@ def train_dann(
             return label_loss, {"label_loss": label_loss.detach()}
         tidx = target_batch_at(step)
         lam = grl_lambda(step / total)
-        class_lp, domain_lp = model(torch.cat([x, to_unit(xt[tidx])]), lam)
-        label_loss = F.nll_loss(class_lp[: len(y)], y)
+        features = torch.cat([model.feature(x), model.feature(to_unit(xt[tidx]))])  # per-domain statistics
+        label_loss = F.nll_loss(model.label_classifier(features[: len(y)]), y)
+        domain_lp = model.domain_classifier(grad_reverse(features, lam))
         domains = torch.cat([torch.zeros(len(y), dtype=torch.long, device=dev),
                              torch.ones(len(tidx), dtype=torch.long, device=dev)])
         domain_loss = F.nll_loss(domain_lp, domains)
         return label_loss + domain_loss, {"label_loss": label_loss.detach(), "domain_loss": domain_loss.detach(),
                                           "grl_lambda": lam}
 
+    def adapted(module):  # the network as it is evaluated and exported
+        return target_statistics(module, xt) if mode == "dann" else module
+
     def evaluate(module):
-        return {"target_val_acc": dataset_accuracy(_LabelHead(module), target_val.images, target_val.labels)}
+        net = adapted(module)
+        return {"target_val_acc": dataset_accuracy(_LabelHead(net), target_val.images, target_val.labels)}
 
     config = {
         "model": {}, "mode": mode, "batch_size": bl, "lr": lr, "weight_decay": weight_decay, "t_0": t_0,
@@ -139,11 +170,12 @@ def train_dann(
     }
     note = stand_in_note(src_dir) or stand_in_note(tgt_dir)
     meta = {"mode": mode, "source": str(src_dir), "target": str(tgt_dir), "seed": seed, "lr": lr,
-            "batch_size": bl, "trainer": "hw2rt train dann", **({"data_note": note} if note else {})}
+            "batch_size": bl, "trainer": "hw2rt train dann", **({"data_note": note} if note else {}),
+            **({"batchnorm_statistics": "target (AdaBN)"} if mode == "dann" else {})}
 
     def export(module, summary):
         best = summary["best"] or {}
-        return export_model(to_classifier(module), "dann", Path(out_dir) / EXPORT_NAME, meta, summary,
+        return export_model(to_classifier(adapted(module)), "dann", Path(out_dir) / EXPORT_NAME, meta, summary,
                             epochs=summary["epochs"], best_epoch=best.get("epoch"), target_val_acc=best.get("value"))
 
     task = Task(
