@@ -414,11 +414,14 @@ def eval_digits(images, classifier):
 @click.option("--target", required=True, type=click.Path(file_okay=False, path_type=Path))
 @click.option("--out", required=True, type=str, help="Prefix: PREFIX_digit.png and PREFIX_domain.png.")
 @click.option("--n-per-domain", type=click.IntRange(min=10), default=1000, show_default=True)
-def tsne(checkpoint, source, target, out, n_per_domain):
+@click.option("--bn-stats", type=click.Choice(["own", "checkpoint"]), default="own", show_default=True,
+              help="own: each domain normalised by BatchNorm statistics of its own training images (as hw2rt's "
+                   "DANN trains); checkpoint: the stored running statistics for both.")
+def tsne(checkpoint, source, target, out, n_per_domain, bn_stats):
     """t-SNE of the validation features (the CNN's 512-d output), by digit and by domain."""
     from hw2rt.evaluate import tsne as run_tsne
 
-    r = run_tsne(checkpoint, source, target, out, n_per_domain=n_per_domain)
+    r = run_tsne(checkpoint, source, target, out, n_per_domain=n_per_domain, bn_stats=bn_stats)
     click.echo(f"t-SNE: {', '.join(str(v) for k, v in r.items() if str(v).endswith('.png'))}")
 
 

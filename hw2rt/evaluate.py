@@ -116,27 +116,37 @@ def tsne(
     perplexity: float = 30.0,
     seed: int = 0,
     device: str = "auto",
+    bn_stats: str = "own",
 ) -> dict:
     """t-SNE of the DANN features (the 512-d CNN output) of both domains' `split` images.
 
     Writes `<out_prefix>_digit.png` (coloured by class) and `<out_prefix>_domain.png` (coloured
     by domain); up to `n_per_domain` images per domain, a seeded random subset.
+    bn_stats: "own": each domain's features under BatchNorm statistics recomputed on that domain's
+    training images, as hw2rt's DANN trains (each domain normalised by its own batches);
+    "checkpoint": the running statistics stored in the checkpoint, for both domains.
     """
     import matplotlib
     from matplotlib.figure import Figure  # a bare Figure renders with Agg; no pyplot, no GUI backend
     from sklearn.manifold import TSNE
 
     from hw2rt.checkpoints import load_model
+    from hw2rt.models.dann import with_batchnorm_statistics
     from hw2rt.training.data import DigitsDataset, resolve_digit_domain
     from hw2rt.training.loop import pick_device
 
+    if bn_stats not in ("own", "checkpoint"):
+        raise Hw2rtError(f"bn_stats {bn_stats!r}: expected own or checkpoint")
     dev = pick_device(device)
-    net, _, _ = load_model(dann_checkpoint, "dann")
-    net = net.to(dev).eval()
+    stored, _, _ = load_model(dann_checkpoint, "dann")
+    stored = stored.float().to(dev).eval()
     domains = [resolve_digit_domain(source_dir), resolve_digit_domain(target_dir)]
     feats, digits, dom = [], [], []
     for k, d in enumerate(domains):
         ds = DigitsDataset(d, split)
+        net = stored
+        if bn_stats == "own":
+            net = with_batchnorm_statistics(stored, DigitsDataset(d, "train").images.to(dev))
         idx = torch.from_numpy(_subsample(len(ds), n_per_domain, seed, k))
         with torch.no_grad():
             for i in range(0, len(idx), 1024):
@@ -158,7 +168,8 @@ def tsne(
     from hw2rt.training.loop import stand_in_note
 
     note = " [stand-in data]" if (stand_in_note(domains[0]) or stand_in_note(domains[1])) else ""
-    title = f"t-SNE of DANN features ({names[0]} -> {names[1]}, {split}){note}"
+    stats = ", own BN statistics" if bn_stats == "own" else ""
+    title = f"t-SNE of DANN features ({names[0]} -> {names[1]}, {split}{stats}){note}"
 
     fig = Figure(figsize=(7, 6))
     ax = fig.add_subplot()

@@ -49,6 +49,11 @@ def test_train_dann_and_tsne(tree, tmp_path):
             "--target", tree / "digits" / "usps", "--out", tmp_path / "t", "--n-per-domain", 12)
     assert r.exit_code == 0, r.output
     assert (tmp_path / "t_digit.png").is_file() and (tmp_path / "t_domain.png").is_file()
+    r = run("tsne", "--checkpoint", tmp_path / "dann" / "dann.safetensors", "--source", tree / "digits" / "mnistm",
+            "--target", tree / "digits" / "usps", "--out", tmp_path / "c", "--n-per-domain", 12,
+            "--bn-stats", "checkpoint")
+    assert r.exit_code == 0, r.output
+    assert (tmp_path / "c_domain.png").read_bytes() != (tmp_path / "t_domain.png").read_bytes()
 
 
 def test_train_bad_data_folder(tmp_path):

@@ -208,14 +208,13 @@ def test_dann_grl_schedule_and_mode_check(data, tmp_path):
 
 
 def test_target_statistics_recompute_batchnorm_on_the_target_only():
-    from hw2rt.models.dann import DANN
-    from hw2rt.training.train_dann import target_statistics
+    from hw2rt.models.dann import DANN, with_batchnorm_statistics
 
     torch.manual_seed(0)
     net = DANN().eval()
     before = {k: v.clone() for k, v in net.state_dict().items()}
     images = torch.randint(0, 256, (20, 3, 28, 28), dtype=torch.uint8)
-    adapted = target_statistics(net, images, batch_size=64)  # one batch: exact statistics
+    adapted = with_batchnorm_statistics(net, images, batch_size=64)  # one batch: exact statistics
     conv1 = net.feature.conv[0](images.float() / 255 * 2 - 1)  # the extractor normalises [0,1] to [-1,1]
     bn = adapted.feature.conv[1]
     torch.testing.assert_close(bn.running_mean, conv1.mean((0, 2, 3)), atol=1e-5, rtol=1e-5)

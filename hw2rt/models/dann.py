@@ -3,6 +3,8 @@
 Inputs are RGB images in [0, 1] (grayscale repeated to 3 channels), normalised inside with
 mean 0.5 / std 0.5 so that every image classifier in hw2rt shares one input contract.
 """
+import copy
+
 import torch
 from torch import nn
 
@@ -89,3 +91,22 @@ class DANNClassifier(nn.Module):
     def forward(self, x):
         f = self.feature(x)
         return self.label_classifier(f), f
+
+
+def with_batchnorm_statistics(net: nn.Module, images_u8: torch.Tensor, batch_size: int = 256) -> nn.Module:
+    """A copy of `net` (DANN or DANNClassifier) whose BatchNorm running statistics are recomputed on
+    `images_u8` (uint8 [N,3,28,28], e.g. one domain's unlabelled training images; AdaBN): a
+    cumulative average over train-mode forward passes with dropout off. The weights are unchanged."""
+    net = copy.deepcopy(net).train()
+    for m in net.modules():
+        if isinstance(m, nn.modules.batchnorm._BatchNorm):
+            m.reset_running_stats()
+            m.momentum = None  # cumulative average
+        elif isinstance(m, nn.modules.dropout._DropoutNd):
+            m.eval()
+    with torch.no_grad():
+        for i in range(0, len(images_u8), batch_size):
+            chunk = images_u8[i:i + batch_size]
+            if len(chunk) > 1:  # BatchNorm1d needs two samples in train mode
+                net.label_classifier(net.feature(chunk.float() / 255.0))
+    return net.eval()
