@@ -239,6 +239,21 @@ def test_dann_resume_restores_scheduler(data, tmp_path):
 # ----------------------------------------------------------------------------------------- classifier
 
 
+def test_random_shift_translates_each_image_by_at_most_max_shift():
+    from hw2rt.training.data import random_shift
+
+    torch.manual_seed(0)
+    x = torch.zeros(64, 1, 9, 9)
+    x[:, :, 4, 4] = 1.0  # one lit pixel in the middle: where it lands is the shift
+    y = random_shift(x, 2)
+    assert y.shape == x.shape and torch.equal(y.sum((1, 2, 3)), torch.ones(64))
+    where = y[:, 0].flatten(1).argmax(1)
+    dy, dx = where // 9 - 4, where % 9 - 4
+    assert dy.abs().max() == 2 and dx.abs().max() == 2  # every offset in range, the extremes drawn
+    assert len(set(zip(dy.tolist(), dx.tolist()))) > 10  # per image, not one shift for the batch
+    assert torch.equal(random_shift(x, 0), x)
+
+
 def test_classifier_trains_and_writes_assignment_pth(data, tmp_path):
     s = train_classifier(data, tmp_path, epochs=1, batch_size=4, **QUIET)
     assert s["steps"] == 2 and 0.0 <= s["best"]["value"] <= 1.0

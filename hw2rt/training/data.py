@@ -156,3 +156,19 @@ class EpochShuffle:
             self._epoch = epoch
             self._batches = epoch_batches(self.n, self.batch_size, self.seed, epoch).to(self.device)
         return self._batches[i % len(self._batches)]
+
+
+def random_shift(x: torch.Tensor, max_shift: int) -> torch.Tensor:
+    """Each image of `x` [B,C,H,W] translated by its own random (dy, dx) in [-max_shift, max_shift]
+    (reflection padding, then a crop): the usual augmentation for small digit classifiers."""
+    if max_shift <= 0:
+        return x
+    b, c, h, w = x.shape
+    padded = torch.nn.functional.pad(x, (max_shift,) * 4, mode="reflect")
+    oy = torch.randint(0, 2 * max_shift + 1, (b,), device=x.device)
+    ox = torch.randint(0, 2 * max_shift + 1, (b,), device=x.device)
+    rows = (oy[:, None] + torch.arange(h, device=x.device))[:, None, :, None]
+    cols = (ox[:, None] + torch.arange(w, device=x.device))[:, None, None, :]
+    batch = torch.arange(b, device=x.device)[:, None, None, None]
+    chan = torch.arange(c, device=x.device)[None, :, None, None]
+    return padded[batch, chan, rows, cols]

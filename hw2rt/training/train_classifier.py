@@ -2,7 +2,8 @@
 
 The user normally brings the assignment's `Classifier.pth`; this trainer makes a stand-in
 grader (and a `Classifier.pth` in the assignment's format, for compatibility tests).
-Cross-entropy on logits, AdamW; the best epoch by validation accuracy is exported.
+Cross-entropy on logits, AdamW; training images shifted by up to `max_shift` pixels (random,
+per image); the best epoch by validation accuracy is exported.
 """
 from __future__ import annotations
 
@@ -19,6 +20,7 @@ from hw2rt.training.data import (
     DigitsDataset,
     EpochShuffle,
     effective_batch,
+    random_shift,
     resolve_digit_domain,
     steps_per_epoch,
     to_unit,
@@ -66,6 +68,7 @@ def train_classifier(
     seed: int = 0,
     device: str = "auto",
     precision: str = "auto",
+    max_shift: int = 2,
     assignment_pth: bool = True,
     **run,
 ) -> dict:
@@ -87,16 +90,17 @@ def train_classifier(
 
     def loss_fn(step: int):
         idx = batch_at(step)
-        return F.cross_entropy(model(to_unit(images[idx])).float(), labels[idx]), {}
+        x = random_shift(to_unit(images[idx]), max_shift)
+        return F.cross_entropy(model(x).float(), labels[idx]), {}
 
     def evaluate(module):
         return {"val_acc": dataset_accuracy(module, val.images, val.labels)}
 
-    config = {"model": {}, "batch_size": b, "lr": lr, "weight_decay": weight_decay, "data": str(domain),
+    config = {"model": {}, "batch_size": b, "max_shift": max_shift, "lr": lr, "weight_decay": weight_decay, "data": str(domain),
               "n_images": n, "seed": seed}
     note = stand_in_note(domain)
-    meta = {"data_dir": str(domain), "seed": seed, "lr": lr, "batch_size": b, "trainer": "hw2rt train classifier",
-            **({"data_note": note} if note else {})}
+    meta = {"data_dir": str(domain), "seed": seed, "lr": lr, "batch_size": b, "max_shift": max_shift,
+            "trainer": "hw2rt train classifier", **({"data_note": note} if note else {})}
 
     def export(module, summary):
         out = Path(out_dir)
