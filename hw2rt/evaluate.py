@@ -139,7 +139,7 @@ def tsne(
         raise Hw2rtError(f"bn_stats {bn_stats!r}: expected own or checkpoint")
     dev = pick_device(device)
     stored, _, _ = load_model(dann_checkpoint, "dann")
-    stored = stored.float().to(dev).eval()
+    stored = stored.to(dev)
     domains = [resolve_digit_domain(source_dir), resolve_digit_domain(target_dir)]
     feats, digits, dom = [], [], []
     for k, d in enumerate(domains):

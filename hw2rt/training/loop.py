@@ -83,6 +83,15 @@ def seed_everything(seed: int):
     torch.manual_seed(int(seed))
 
 
+def start_run(device: str, precision: str, seed: int) -> tuple[torch.device, str]:
+    """Every trainer's first step: the device and training precision to use (pick_device,
+    pick_precision), and torch's global generator seeded (seed_everything) before any model exists."""
+    dev = pick_device(device)
+    prec = pick_precision(precision, dev)
+    seed_everything(seed)
+    return dev, prec
+
+
 def autocast(device: torch.device, precision: str):
     if precision == "fp32":
         return contextlib.nullcontext()

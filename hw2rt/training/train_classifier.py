@@ -25,15 +25,7 @@ from hw2rt.training.data import (
     steps_per_epoch,
     to_unit,
 )
-from hw2rt.training.loop import (
-    Task,
-    export_model,
-    fit,
-    pick_device,
-    pick_precision,
-    seed_everything,
-    stand_in_note,
-)
+from hw2rt.training.loop import Task, export_model, fit, stand_in_note, start_run
 
 EXPORT_NAME = "digit_classifier.safetensors"
 ASSIGNMENT_NAME = "Classifier.pth"
@@ -75,15 +67,13 @@ def train_classifier(
     """Train the LeNet grader on `data_dir` (a digit domain, or a hw2_data root: digits/mnistm).
     Writes `<out_dir>/digit_classifier.safetensors` and, with `assignment_pth`, `<out_dir>/Classifier.pth`.
     `run`: `fit`'s options (resume, overwrite, progress, log_every, save_every, on_step)."""
-    dev = pick_device(device)
-    prec = pick_precision(precision, dev)
+    dev, prec = start_run(device, precision, seed)
     domain = resolve_digit_domain(data_dir)
     train, val = DigitsDataset(domain, "train"), DigitsDataset(domain, "val")
     images, labels = train.images.to(dev), train.labels.to(dev)
     n = len(labels)
     b = effective_batch(n, batch_size)
     spe = steps_per_epoch(n, b)
-    seed_everything(seed)
     model = DigitClassifier()
     opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=weight_decay)
     batch_at = EpochShuffle(n, b, seed, spe, dev)
@@ -96,8 +86,8 @@ def train_classifier(
     def evaluate(module):
         return {"val_acc": dataset_accuracy(module, val.images, val.labels)}
 
-    config = {"model": {}, "batch_size": b, "max_shift": max_shift, "lr": lr, "weight_decay": weight_decay, "data": str(domain),
-              "n_images": n, "seed": seed}
+    config = {"model": {}, "batch_size": b, "max_shift": max_shift, "lr": lr, "weight_decay": weight_decay,
+              "data": str(domain), "n_images": n, "seed": seed}
     note = stand_in_note(domain)
     meta = {"data_dir": str(domain), "seed": seed, "lr": lr, "batch_size": b, "max_shift": max_shift,
             "trainer": "hw2rt train classifier", **({"data_note": note} if note else {})}

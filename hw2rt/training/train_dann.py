@@ -37,15 +37,7 @@ from hw2rt.training.data import (
     steps_per_epoch,
     to_unit,
 )
-from hw2rt.training.loop import (
-    Task,
-    export_model,
-    fit,
-    pick_device,
-    pick_precision,
-    seed_everything,
-    stand_in_note,
-)
+from hw2rt.training.loop import Task, export_model, fit, stand_in_note, start_run
 
 MODES = ("source", "dann", "target")
 EXPORT_NAME = "dann.safetensors"
@@ -93,8 +85,7 @@ def train_dann(
     `run`: `fit`'s options (resume, overwrite, progress, log_every, save_every, on_step)."""
     if mode not in MODES:
         raise Hw2rtError(f"--mode {mode}: expected one of {', '.join(MODES)}")
-    dev = pick_device(device)
-    prec = pick_precision(precision, dev)
+    dev, prec = start_run(device, precision, seed)
     src_dir, tgt_dir = resolve_digit_domain(source_dir), resolve_digit_domain(target_dir)
     target_val = DigitsDataset(tgt_dir, eval_split)
     train_src = DigitsDataset(src_dir, "train") if mode in ("source", "dann") else None
@@ -110,7 +101,6 @@ def train_dann(
         nt = len(xt)
         bt = effective_batch(nt, batch_size)
 
-    seed_everything(seed)
     model = DANN()
     opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=weight_decay)
     scheduler = torch.optim.lr_scheduler.CosineAnnealingWarmRestarts(opt, T_0=t_0, T_mult=t_mult)

@@ -28,15 +28,7 @@ from hw2rt.training.data import (
     steps_per_epoch,
     to_signed,
 )
-from hw2rt.training.loop import (
-    Task,
-    export_model,
-    fit,
-    pick_device,
-    pick_precision,
-    seed_everything,
-    stand_in_note,
-)
+from hw2rt.training.loop import Task, export_model, fit, stand_in_note, start_run
 
 EXPORT_NAME = "digit_unet.safetensors"
 
@@ -86,8 +78,7 @@ def train_ddpm(
         raise Hw2rtError(f"--n-feat {n_feat}: must be a positive multiple of 8 (GroupNorm(8, n_feat))")
     if not 0.0 <= drop_prob < 1.0:
         raise Hw2rtError(f"--drop-prob {drop_prob}: must be in [0, 1)")
-    dev = pick_device(device)
-    prec = pick_precision(precision, dev)
+    dev, prec = start_run(device, precision, seed)
     domain = resolve_digit_domain(data_dir)
     data = DigitsDataset(domain, split)
     images, labels = data.images.to(dev), data.labels.to(dev)
@@ -97,7 +88,6 @@ def train_ddpm(
     sched = ddpm_schedule(T).to(dev)
     sqrtab, sqrtmab = sched.sqrtab, sched.sqrtmab
 
-    seed_everything(seed)
     model = DigitUNet(n_feat=n_feat)
     if channels_last:
         model = model.to(memory_format=torch.channels_last)

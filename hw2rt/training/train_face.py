@@ -23,15 +23,7 @@ from hw2rt.training.data import (
     steps_per_epoch,
     to_signed,
 )
-from hw2rt.training.loop import (
-    Task,
-    export_model,
-    fit,
-    pick_device,
-    pick_precision,
-    seed_everything,
-    stand_in_note,
-)
+from hw2rt.training.loop import Task, export_model, fit, stand_in_note, start_run
 from hw2rt.training.train_ddpm import lr_schedule
 
 EXPORT_NAME = "face_unet.safetensors"
@@ -67,8 +59,7 @@ def train_face(
     if base < 2 or base % 2 or base % norm_groups:
         raise Hw2rtError(f"--base {base} / --norm-groups {norm_groups}: base must be even and divisible by "
                          "norm_groups (every width is a multiple of base)")
-    dev = pick_device(device)
-    prec = pick_precision(precision, dev)
+    dev, prec = start_run(device, precision, seed)
     folder = resolve_faces_dir(faces_dir)
     data = FacesDataset(folder, size)
     images = data.images.to(dev)
@@ -79,7 +70,6 @@ def train_face(
     sqrt_ab = abar.sqrt().float().to(dev)
     sqrt_1mab = (1.0 - abar).sqrt().float().to(dev)
 
-    seed_everything(seed)
     model = FaceUNet(base=base, norm_groups=norm_groups, dropout=dropout)
     opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=weight_decay)
     batch_at = EpochShuffle(n, b, seed, spe, dev)
