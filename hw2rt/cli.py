@@ -186,9 +186,11 @@ def interp(noise_dir, pair, mode, out, checkpoint, steps, backend, precision, th
 @click.option("--per-digit", type=click.IntRange(min=1), default=100, show_default=True)
 @click.option("--w", type=float, default=2.0, show_default=True, help="Classifier-free guidance weight.")
 @click.option("--sampler", type=click.Choice(["ancestral", "ddim"]), default="ancestral", show_default=True,
-              help="ancestral: the assignment's DDPM; ddim: deterministic DDIM over the T = 1000 schedule.")
+              help="ancestral: the assignment's DDPM; ddim: DDIM over the T = 1000 schedule.")
 @click.option("--steps", type=click.IntRange(min=2), default=1000, show_default=True,
               help="ancestral: T (the model's training T); ddim: the number of DDIM steps (<= 1000).")
+@click.option("--eta", type=float, default=0.0, show_default=True,
+              help="ddim only: 0 is deterministic; 1 adds fresh noise every step, like the ancestral sampler.")
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--batch-size", type=click.IntRange(min=1), default=250, show_default=True,
               help="Images per sampler call (the engine sees twice this, for guidance).")
@@ -196,15 +198,16 @@ def interp(noise_dir, pair, mode, out, checkpoint, steps, backend, precision, th
 @click.option("--frames", type=click.Path(dir_okay=False, path_type=Path), default=None,
               help="Six reverse-process frames of the first 0.")
 @_engine_options
-def ddpm(out, checkpoint, per_digit, w, sampler, steps, seed, batch_size, grid, frames, backend, precision, threads,
-         device):
+def ddpm(out, checkpoint, per_digit, w, sampler, steps, eta, seed, batch_size, grid, frames, backend, precision,
+         threads, device):
     """Guided DDPM digits (HW2 Problem 1): {d}_{i:03d}.png for d = 0..9, i = 1..per-digit."""
     from hw2rt.runtime import jobs
 
     with _open_engine("digit_unet", checkpoint, backend, precision, threads, device) as engine:
-        s = jobs.digit_job(engine, out, per_digit=per_digit, w=w, sampler=sampler, steps=steps, seed=seed,
+        s = jobs.digit_job(engine, out, per_digit=per_digit, w=w, sampler=sampler, steps=steps, eta=eta, seed=seed,
                            batch_size=batch_size, grid_path=grid, frames_path=frames)
-        _report(s, f"ddpm ({engine.name}, {sampler} {s['steps']} steps of T={s['T']}, w={w:g})")
+        eta_note = f", eta {eta:g}" if sampler == "ddim" else ""
+        _report(s, f"ddpm ({engine.name}, {sampler} {s['steps']} steps of T={s['T']}{eta_note}, w={w:g})")
     for key in ("grid", "frames"):
         if key in s:
             click.echo(f"  {key}: {s[key]}")

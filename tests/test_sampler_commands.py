@@ -135,6 +135,28 @@ def test_ddpm_fast_ddim_sampler(tmp_path):
     assert bad.exit_code == 1 and "between 1 and T=1000" in bad.output and not (tmp_path / "o2").exists()
 
 
+def test_ddpm_stochastic_ddim_is_seeded_per_image(tmp_path):
+    """--eta 1 draws fresh noise each step from each image's own generator: the images do not depend on
+    the batch layout, and they differ from the deterministic eta = 0 ones."""
+    from hw2rt.io import read_image
+
+    torch.manual_seed(0)
+    torch.save(build_model("digit_unet", {"n_feat": 16}).state_dict(), tmp_path / "digits.pt")
+    common = ["--checkpoint", tmp_path / "digits.pt", "--per-digit", "2", "--sampler", "ddim", "--steps", "5"]
+    outs = {}
+    for name, extra in (("a", ["--eta", "1", "--batch-size", "20"]), ("b", ["--eta", "1", "--batch-size", "3"]),
+                        ("det", ["--eta", "0"])):
+        r = run("ddpm", "--out", tmp_path / name, *common, *extra)
+        assert r.exit_code == 0, r.output
+        outs[name] = np.stack([read_image(p) for p in sorted((tmp_path / name).glob("*.png"))])
+    assert "ddim 5 steps of T=1000, eta 0" in r.output and len(outs["a"]) == 20
+    assert np.array_equal(outs["a"], outs["b"])
+    assert not np.array_equal(outs["a"], outs["det"])
+    bad = run("ddpm", "--out", tmp_path / "o2", "--checkpoint", tmp_path / "digits.pt", "--eta", "1")
+    assert bad.exit_code == 1 and "--eta applies to --sampler ddim" in bad.output
+    assert bad.output.strip().count("\n") == 0 and not (tmp_path / "o2").exists()
+
+
 @pytest.mark.parametrize("backend, precision, budget", [("ort", "fp32", 0.05), ("ort", "fp16", 0.3),
                                                        ("torch", "bf16", 0.3)])
 def test_ddim_engines_give_the_torch_images(face_files, tmp_path, backend, precision, budget):

@@ -121,16 +121,21 @@ def interp_job(engine, noise_dir, out_path, *, pair=("00", "01"), modes=("slerp"
     return {"out": str(out_path), "pair": list(pair), "modes": list(modes)}
 
 
-def digit_job(engine, out_dir, *, per_digit=100, w=2.0, sampler="ancestral", steps=1000, seed=0, batch_size=250,
-              grid_path=None, frames_path=None, progress=True):
+def digit_job(engine, out_dir, *, per_digit=100, w=2.0, sampler="ancestral", steps=1000, eta=0.0, seed=0,
+              batch_size=250, grid_path=None, frames_path=None, progress=True):
     """`{d}_{i:03d}.png` for d = 0..9, i = 1..per_digit; the 10x10 grid; six frames of the first "0".
 
     sampler "ancestral": the assignment's DDPM with T = `steps` (the T the model was trained with);
-    "ddim": `steps` deterministic DDIM steps over the T = 1000 schedule (the fast path on a CPU).
+    "ddim": `steps` DDIM steps over the T = 1000 schedule (the fast path on a CPU); eta = 0 is
+    deterministic, eta = 1 draws fresh noise every step as the ancestral sampler does, over fewer steps.
     """
     if per_digit < 1:
         raise Hw2rtError(f"--per-digit must be >= 1 (got {per_digit})")
+    if not eta >= 0:
+        raise Hw2rtError(f"--eta must be >= 0 (got {eta:g})")
     if sampler == "ancestral":
+        if eta != 0:
+            raise Hw2rtError("--eta applies to --sampler ddim (the ancestral sampler always draws fresh noise)")
         timesteps = list(range(steps, 0, -1))
     elif sampler == "ddim":
         try:
@@ -161,7 +166,8 @@ def digit_job(engine, out_dir, *, per_digit=100, w=2.0, sampler="ancestral", ste
             if sampler == "ancestral":
                 out = ddpm_sample(denoiser, x, c, T=T, seeds=gens[i:i + batch_size], callback=callback)
             else:
-                out = ddim_sample_guided(denoiser, x, c, steps=steps, T=T, callback=callback)
+                out = ddim_sample_guided(denoiser, x, c, steps=steps, T=T, eta=eta, seeds=gens[i:i + batch_size],
+                                         callback=callback)
             outs.append(out.cpu())
     seconds = time.perf_counter() - start
     images = [to_uint8_signed(img) for img in torch.cat(outs)]
@@ -169,7 +175,7 @@ def digit_job(engine, out_dir, *, per_digit=100, w=2.0, sampler="ancestral", ste
     for name, arr in zip(names, images):
         write_png(arr, out_dir / name)
     summary = {"images": len(names), "out_dir": str(out_dir), "seconds": seconds, "images_per_s": len(names) / seconds,
-               "w": w, "sampler": sampler, "steps": len(timesteps), "T": T}
+               "w": w, "sampler": sampler, "steps": len(timesteps), "T": T, "eta": eta}
     if grid_path is not None:
         cols = min(10, per_digit)
         write_png(make_grid([images[d * per_digit + j] for d in range(10) for j in range(cols)], ncol=cols), grid_path)
