@@ -95,12 +95,14 @@ def run_demo(out_dir="outputs/demo", *, quick=False, backend="auto", threads=Non
         jobs.interp_job(face, noise, out / "interp.png", steps=steps)
         figures["interpolation 00 -> 01 (top: slerp, bottom: lerp)"] = [out / "interp.png"]
 
-    # The models learn T = 1000; on a CPU the demo samples them with DDIM over that schedule.
-    stage(f"digits: guided DDIM, {steps} steps of T=1000")
+    # The models learn T = 1000; on a CPU the demo samples them with DDIM over that schedule, eta = 1
+    # (fresh noise every step, as the ancestral sampler): the bundled model's digits grade clearly
+    # better than with deterministic DDIM (model card).
+    stage(f"digits: guided DDIM, {steps} steps of T=1000, eta 1")
     with open_engine("digit_unet", models["digit_unet"][0], backend=backend, threads=threads) as digit:
-        digits = jobs.digit_job(digit, out / "digits", per_digit=per_digit, sampler="ddim", steps=steps,
+        digits = jobs.digit_job(digit, out / "digits", per_digit=per_digit, sampler="ddim", steps=steps, eta=1.0,
                                 grid_path=out / "digit_grid.png", frames_path=out / "frames.png", batch_size=100)
-    figures[f"digits (rows 0-9), DDIM {steps} steps of T=1000, w=2"] = [out / "digit_grid.png"]
+    figures[f"digits (rows 0-9), DDIM {steps} steps of T=1000, eta 1, w=2"] = [out / "digit_grid.png"]
     accuracy["generated digits (grader)"] = digit_accuracy(out / "digits", models["digit_classifier"][0],
                                                            device="cpu")["accuracy"]
     figures["reverse process of the first 0"] = [out / "frames.png"]
@@ -156,10 +158,11 @@ def _html(models, parity, figures, accuracy, timings, faces, digits, backend) ->
         "<h2>Accuracy (stand-in data)</h2><ul>"
         + "".join(f"<li>{k}: {v:.4f}</li>" for k, v in accuracy.items()) + "</ul>",
         (f"<p>Faces: {faces['images']} images, {faces['images_per_s']:.2f} images/s. "
-        f"Digits: {digits['images']} images, {digits['sampler']} {digits['steps']} steps of T={digits['T']}, "
+        f"Digits: {digits['images']} images, {digits['sampler']} {digits['steps']} steps of T={digits['T']} "
+         f"(eta {digits['eta']:g}), "
          f"{digits['images_per_s']:.2f} images/s "
          "(the assignment's 1000-step ancestral DDPM of 1000 digits would take tens of minutes on a CPU; "
-         "the demo samples with DDIM, <code>hw2rt ddpm --sampler ddim</code>).</p>"),
+         "the demo samples with DDIM, <code>hw2rt ddpm --sampler ddim --eta 1</code>).</p>"),
         "<h2>Figures</h2>",
     ]
     for title, paths in figures.items():
