@@ -98,11 +98,12 @@ def run_demo(out_dir="outputs/demo", *, quick=False, backend="auto", threads=Non
     # The models learn T = 1000; on a CPU the demo samples them with DDIM over that schedule, eta = 1
     # (fresh noise every step, as the ancestral sampler): the bundled model's digits grade clearly
     # better than with deterministic DDIM (model card).
-    stage(f"digits: guided DDIM, {steps} steps of T=1000, eta 1")
+    digit_eta = 1.0
+    stage(f"digits: guided DDIM, {steps} steps of T=1000, eta {digit_eta:g}")
     with open_engine("digit_unet", models["digit_unet"][0], backend=backend, threads=threads) as digit:
-        digits = jobs.digit_job(digit, out / "digits", per_digit=per_digit, sampler="ddim", steps=steps, eta=1.0,
+        digits = jobs.digit_job(digit, out / "digits", per_digit=per_digit, sampler="ddim", steps=steps, eta=digit_eta,
                                 grid_path=out / "digit_grid.png", frames_path=out / "frames.png", batch_size=100)
-    figures[f"digits (rows 0-9), DDIM {steps} steps of T=1000, eta 1, w=2"] = [out / "digit_grid.png"]
+    figures[f"digits (rows 0-9), DDIM {steps} steps of T=1000, eta {digit_eta:g}, w=2"] = [out / "digit_grid.png"]
     accuracy["generated digits (grader)"] = digit_accuracy(out / "digits", models["digit_classifier"][0],
                                                            device="cpu")["accuracy"]
     figures["reverse process of the first 0"] = [out / "frames.png"]

@@ -42,6 +42,11 @@ def check_ddim_args(steps: int, etas) -> None:
         ddim_timesteps(steps)
     except (ValueError, TypeError) as exc:
         raise Hw2rtError(f"--steps {steps}: {exc}") from None
+    check_etas(etas)
+
+
+def check_etas(etas) -> None:
+    """Refuse a negative (or NaN) eta before any work."""
     bad = [e for e in etas if not e >= 0]
     if bad:
         raise Hw2rtError(f"--eta must be >= 0 (got {bad[0]:g})")
@@ -131,8 +136,7 @@ def digit_job(engine, out_dir, *, per_digit=100, w=2.0, sampler="ancestral", ste
     """
     if per_digit < 1:
         raise Hw2rtError(f"--per-digit must be >= 1 (got {per_digit})")
-    if not eta >= 0:
-        raise Hw2rtError(f"--eta must be >= 0 (got {eta:g})")
+    check_etas([eta])
     if sampler == "ancestral":
         if eta != 0:
             raise Hw2rtError("--eta applies to --sampler ddim (the ancestral sampler always draws fresh noise)")
