@@ -96,8 +96,8 @@ def run_demo(out_dir="outputs/demo", *, quick=False, backend="auto", threads=Non
         figures["interpolation 00 -> 01 (top: slerp, bottom: lerp)"] = [out / "interp.png"]
 
     # The models learn T = 1000; on a CPU the demo samples them with DDIM over that schedule, eta = 1
-    # (fresh noise every step, as the ancestral sampler): the bundled model's digits grade clearly
-    # better than with deterministic DDIM (model card).
+    # (fresh noise every step, as the ancestral sampler): the previous bundled digit model graded
+    # clearly better with it than with deterministic DDIM (model card).
     digit_eta = 1.0
     stage(f"digits: guided DDIM, {steps} steps of T=1000, eta {digit_eta:g}")
     with open_engine("digit_unet", models["digit_unet"][0], backend=backend, threads=threads) as digit:
