@@ -8,16 +8,16 @@ prints a short table. Every section is guarded: an error is recorded and the nex
 a section that would not fit the time budget is skipped and says so. The JSON is rewritten after
 every section, so a killed run still leaves what it measured.
 
-Backends (each skipped, with the reason, where it cannot run):
+Backends, each `open_engine` with the settings in OPEN (skipped, with the reason, where it cannot run):
     torch-fp32          the reference: eager torch, IEEE fp32 (TF32 off)
-    torch-fp16          eager torch, the exported graph's fp16 module (export/fp16.py islands)
-    torch-fp16+graphs   the same behind per-bucket CUDA graphs (runtime/batching.py)
-    fast-fp16+graphs    fp16, light fp32 islands, BatchNorm folded, channels-last, CUDA graphs
-    fast-bf16+graphs    the same in bf16
-    fast-fp16-compiled+graphs   fast-fp16 through torch.compile (digit job only, budget allowing)
+    torch-fp16          the torch backend's fp16 module (engines/torch.py islands), eager
+    torch-fp16+graphs   the same behind per-bucket CUDA graphs (engines/graphs.py): what the commands run
+    torch-bf16+graphs   the same in bf16
+    torch-fp16-compiled+graphs   torch-fp16+graphs through torch.compile (digit job only, budget allowing)
     ort-cuda-fp16       ONNX Runtime CUDA EP on the fp16 graph (needs onnxruntime-gpu)
     trt-fp16+graphs     native TensorRT plan of the fp16 graph, CUDA graphs (needs tensorrt)
-Random weights, seeded; the diffusion models' last conv is damped x0.1 (hw2rt.parity.random_model)
+The jobs run through the jobs' own loops (hw2rt.runtime.jobs.sample_faces / sample_digits).
+Random weights, seeded; the diffusion models' last conv is damped (hw2rt.parity.random_model, DAMP)
 so that a long trajectory measures the engine and not the chaos of a random network.
 """
 from __future__ import annotations
@@ -38,27 +38,35 @@ from pathlib import Path
 
 import torch
 
-from hw2rt.engines import TorchEngine, open_engine
+from hw2rt.engines import GraphedEngine, open_engine
 from hw2rt.engines.ort import available_providers
 from hw2rt.io import mse_255, to_uint8_minmax, to_uint8_signed
 from hw2rt.models import get_spec
-from hw2rt.parity import BUDGETS, compare_outputs, random_model
-from hw2rt.runtime.batching import GraphedEngine, bucket_sizes, fast_torch_engine
-from hw2rt.runtime.ddim import ddim_sample
-from hw2rt.runtime.ddpm import ddpm_sample, guided_denoiser
+from hw2rt.parity import BUDGETS, DAMP, LAST_CONV, compare_outputs, random_model
+from hw2rt.runtime.jobs import sample_digits, sample_faces
 
 MODELS = ("face_unet", "digit_unet", "dann", "digit_classifier")
 CLASSIFIERS = ("dann", "digit_classifier")
-GPU_BACKENDS = ("torch-fp32", "torch-fp16", "torch-fp16+graphs", "fast-fp16+graphs", "fast-bf16+graphs",
-                "ort-cuda-fp16", "trt-fp16+graphs", "fast-fp16-compiled+graphs")
+# backend name -> open_engine settings
+OPEN = {
+    "torch-fp32": {"backend": "torch", "precision": "fp32", "graphs": False},
+    "torch-fp16": {"backend": "torch", "precision": "fp16", "graphs": False},
+    "torch-fp16+graphs": {"backend": "torch", "precision": "fp16", "graphs": True},
+    "torch-bf16+graphs": {"backend": "torch", "precision": "bf16", "graphs": True},
+    "torch-fp16-compiled+graphs": {"backend": "torch", "precision": "fp16", "graphs": True,
+                                   "compile": {"dynamic": False}},
+    "ort-cuda-fp16": {"backend": "ort", "precision": "fp16", "graphs": False},
+    "ort-cpu-fp16": {"backend": "ort", "precision": "fp16", "graphs": False},
+    "trt-fp16+graphs": {"backend": "trt", "precision": "fp16", "graphs": True},
+}
+GPU_BACKENDS = ("torch-fp32", "torch-fp16", "torch-fp16+graphs", "torch-bf16+graphs", "ort-cuda-fp16",
+                "trt-fp16+graphs", "torch-fp16-compiled+graphs")
 # Backends run in some sections only: torch.compile compiles once per input shape (~1 min each),
 # so the compiled variant runs the digit job alone (one shape), last, when the budget allows.
-ONLY_IN = {"fast-fp16-compiled+graphs": ("digit_job",)}
-MIN_LEFT_S = {"fast-fp16-compiled+graphs": 150.0}
-CPU_BACKENDS = ("torch-fp32", "fast-bf16+graphs", "ort-cpu-fp16", "trt-fp16+graphs")
+ONLY_IN = {"torch-fp16-compiled+graphs": ("digit_job",)}
+MIN_LEFT_S = {"torch-fp16-compiled+graphs": 150.0}
+CPU_BACKENDS = ("torch-fp32", "torch-bf16+graphs", "ort-cpu-fp16", "trt-fp16+graphs")
 REFERENCE = "torch-fp32"
-# bf16 keeps 8 mantissa bits to fp16's 11: its per-call budget is 3x fp16's 1e-2 (hw2rt.parity.BUDGETS).
-BF16_RTOL = 3e-2
 
 # Sizes: the real jobs on a GPU; tiny ones for the CPU smoke run.
 SETTINGS = {
@@ -80,7 +88,7 @@ SETTINGS = {
         "classifier_images": 64, "budget_s": 110.0,
     },
 }
-DAMPED = {"face_unet": "out.2 x 0.1", "digit_unet": "out.3 x 0.1"}
+DAMPED = {m: f"{LAST_CONV[m]} x {DAMP[m]}" for m in LAST_CONV}
 
 
 class Unavailable(Exception):
@@ -264,17 +272,6 @@ class Backends:
         self.failed: dict = {}
         self.setup_s: dict = {}
 
-    def buckets(self, model: str) -> list[int]:
-        s = self.s
-        if model == "face_unet":
-            sizes = {*bucket_sizes(s["face"]["images"]), s["parity_batch"][model]}
-        elif model == "digit_unet":
-            job = 2 * s["digit"]["images"]  # guidance doubles the batch
-            sizes = {*bucket_sizes(job), *s["graph_batches"], s["parity_batch"][model], 2 * s["digit"]["subset"]}
-        else:
-            sizes = {*bucket_sizes(s["classifier_images"]), s["parity_batch"][model]}
-        return sorted(sizes)
-
     def check(self, backend: str):
         """Raise Unavailable when `backend` cannot run on this machine at all."""
         if backend in self.unavailable:
@@ -291,7 +288,7 @@ class Backends:
                 reason = str(exc)
             if reason is None and not cuda:
                 reason = "TensorRT needs a CUDA GPU"
-        elif backend in ("torch-fp16", "torch-fp16+graphs") and not cuda:
+        elif backend.startswith("torch-fp16") and not cuda:
             reason = "torch fp16 runs on CUDA only"
         if reason:
             self.unavailable[backend] = reason
@@ -315,29 +312,11 @@ class Backends:
         return engine
 
     def _make(self, backend: str, model: str):
-        net, dev, buckets = self.nets[model], str(self.device), self.buckets(model)
-        max_batch = max(buckets)
-        # TorchEngine directly: open_engine would hash the weights first (seconds for the face UNet).
-        if backend == "torch-fp32":
-            return TorchEngine(net, model, precision="fp32", device=dev)
-        if backend == "torch-fp16":
-            return TorchEngine(net, model, precision="fp16", device=dev)
-        if backend == "torch-fp16+graphs":
-            return GraphedEngine(TorchEngine(net, model, precision="fp16", device=dev), buckets)
-        if backend.startswith("fast-"):
-            precision = backend.split("-")[1].split("+")[0]
-            return fast_torch_engine(net, model, precision=precision, device=dev, buckets=buckets,
-                                     graphs=backend.endswith("+graphs"), compile="-compiled" in backend)
-        if backend.startswith("ort-"):
-            return open_engine(model, net, backend="ort", precision="fp16", device=dev, cache_dir=self.cache_dir,
-                               threads=self.threads)
-        if backend == "trt-fp16+graphs":
-            from hw2rt.engines.trt import open_trt_engine
-            dims = self.s["face"]["dims"] if model == "face_unet" else None
-            trt = open_trt_engine(model, net, precision="fp16", device=dev, dims=dims, max_batch=max_batch,
-                                  cache_dir=self.cache_dir)
-            return GraphedEngine(trt, buckets)
-        raise ValueError(f"unknown backend {backend}")
+        if backend not in OPEN:
+            raise ValueError(f"unknown backend {backend}")
+        dims = self.s["face"]["dims"] if model == "face_unet" else None
+        return open_engine(model, self.nets[model], device=self.device, dims=dims, cache_dir=self.cache_dir,
+                           threads=self.threads, **OPEN[backend])
 
     def close(self, model: str | None = None):
         for key in [k for k in self.engines if model is None or k[1] == model]:
@@ -386,7 +365,7 @@ def per_call_parity(bk: Backends) -> dict:
 
         def one(b, model=model, feeds=feeds, ref=ref):
             engine = bk.get(b, model)
-            budget = BF16_RTOL if "bf16" in b else BUDGETS["fp16"]["per_call_rel_max_abs"]
+            budget = BUDGETS["bf16" if "bf16" in b else "fp16"]["per_call_rel_max_abs"]
             stats = compare_outputs(ref, engine.run(feeds), budget)
             res = {"outputs": stats, "passed": all(o["passed"] for o in stats.values())}
             if model in CLASSIFIERS:
@@ -398,7 +377,7 @@ def per_call_parity(bk: Backends) -> dict:
             return res
 
         out[model] = {"batch": bk.s["parity_batch"][model],
-                      "budget_rtol": {"fp16": BUDGETS["fp16"]["per_call_rel_max_abs"], "bf16": BF16_RTOL},
+                      "budget_rtol": {p: BUDGETS[p]["per_call_rel_max_abs"] for p in ("fp16", "bf16")},
                       "backends": for_each_backend(bk, one, section="per_call_parity")}
     return out
 
@@ -439,7 +418,7 @@ def cuda_graphs(bk: Backends) -> dict:
     # The reference precision too: graphs around the fp32 engine (no extra engine kept).
     try:
         ref = bk.get(REFERENCE, model)
-        g = GraphedEngine(ref, bk.s["graph_batches"])
+        g = open_engine(model, bk.nets[model], device=bk.device, **{**OPEN[REFERENCE], "graphs": True})
         rows = {}
         for batch in bk.s["graph_batches"]:
             feeds = feeds_for(model, batch, bk.device, bk.s, seed=1)
@@ -450,7 +429,7 @@ def cuda_graphs(bk: Backends) -> dict:
             bk.ctx.log(f"  {REFERENCE + '+graphs':18s} batch {batch:4d}: eager {e_ms:8.3f} ms  graphs {g_ms:8.3f} ms"
                        f"  x{e_ms / g_ms:.2f}")
         out[REFERENCE + "+graphs"] = {"batches": rows, "graph_error": g.runner.graph_error}
-        g.runner.close()
+        g.runner.close()  # not g.close(): that would close the reference's module too
     except Exception as exc:  # noqa: BLE001
         out[REFERENCE + "+graphs"] = {"error": _line(exc)}
     return out
@@ -459,7 +438,7 @@ def cuda_graphs(bk: Backends) -> dict:
 def _face_images(engine, x, steps, device) -> tuple[torch.Tensor, float]:
     sync(device)
     t = time.perf_counter()
-    img = ddim_sample(engine, x, steps=steps, eta=0.0)
+    img = sample_faces(engine, x, steps=steps, eta=0.0, batch_size=len(x), progress=False)
     sync(device)
     return img, time.perf_counter() - t
 
@@ -501,20 +480,15 @@ def face_job(bk: Backends) -> dict:
 
 
 def _digit_run(engine, *, n_all, rows, T, w, device, cap_s, max_steps=None, seed=1234):
-    """DDPM with guidance for the first `rows` of an `n_all`-image job; the noise of row i is the
-    same whatever `rows` is (drawn for all n_all rows, sliced). Stops early at cap_s / max_steps."""
-    g = torch.Generator(device=device).manual_seed(seed)
-    x = torch.randn((n_all, 3, 28, 28), generator=g, device=device)[:rows]
-    labels = (torch.arange(n_all, device=device) % 10)[:rows]  # every subset holds every digit
-
-    def noise_fn(_i):
-        return torch.randn((n_all, 3, 28, 28), generator=g, device=device)[:rows]
-
-    den = guided_denoiser(lambda x, c, t, m: engine.run({"x": x, "c": c, "t": t, "mask": m})["eps"], w, T)
+    """The digit job's loop (`sample_digits`: the guided ancestral DDPM) for the first `rows` of an
+    `n_all`-image job, in one chunk (the engine splits it into its buckets, as it splits the command's
+    250-image chunks); image k's noise depends on k alone, so a subset is the same images. Stops early
+    at cap_s / max_steps."""
+    labels = torch.arange(n_all) % 10  # every subset holds every digit
     state = {"steps": 0}
     check_every = 20 if device.type == "cuda" else 1
 
-    def callback(i, _t, _x):
+    def callback(first, i, _t, _x):
         state["steps"] = i + 1
         if max_steps is not None and i + 1 >= max_steps and i + 1 < T:
             raise StopEarly
@@ -526,13 +500,13 @@ def _digit_run(engine, *, n_all, rows, T, w, device, cap_s, max_steps=None, seed
     sync(device)
     t0 = time.perf_counter()
     try:
-        img = ddpm_sample(den, x, labels, T=T, noise_fn=noise_fn, callback=callback)
+        img = sample_digits(engine, labels[:rows], w=w, sampler="ancestral", steps=T, seed=seed, batch_size=rows,
+                            callback=callback, progress=False)
     except StopEarly:
         img = None
     sync(device)
     secs = time.perf_counter() - t0
-    done = state["steps"]
-    return img, secs, done
+    return img, secs, state["steps"]
 
 
 def digit_job(bk: Backends) -> dict:

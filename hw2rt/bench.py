@@ -49,24 +49,22 @@ if TYPE_CHECKING:
 
 SCHEMA = "hw2rt.bench/1"
 
-# name -> how to open it. "batched": through open_batched_engine (CUDA graphs per batch bucket).
+# name -> the open_engine settings of a runner ("graphs": behind per-bucket CUDA graphs).
 RUNNERS = {
     "torch": {"backend": "torch", "precision": "fp32", "label": "torch eager fp32 (reference)"},
     "compile": {"backend": "torch", "precision": "fp32", "compile": {"dynamic": False},
                 "label": "torch.compile fp32"},
-    "torch-cl": {"backend": "torch", "precision": "fp32", "channels_last": True,
-                 "label": "torch eager fp32, channels-last, BatchNorm folded"},
-    "bf16": {"backend": "torch", "precision": "bf16", "label": "torch bf16 (autocast, channels-last)"},
+    "bf16": {"backend": "torch", "precision": "bf16", "label": "torch bf16 (fp32 islands, channels-last)"},
     "fp16": {"backend": "torch", "precision": "fp16", "label": "torch fp16 (fp32 islands)", "cuda": True},
     "ort": {"backend": "ort", "precision": "fp32", "label": "ONNX Runtime fp32"},
     "ort-fp16": {"backend": "ort", "precision": "fp16", "label": "ONNX Runtime fp16 graph"},
     "trt": {"backend": "trt", "precision": "fp16", "cuda": True, "needs": "tensorrt",
             "label": "TensorRT fp16"},
-    "fp16+graphs": {"backend": "torch", "precision": "fp16", "batched": True, "cuda": True,
+    "fp16+graphs": {"backend": "torch", "precision": "fp16", "graphs": True, "cuda": True,
                     "label": "torch fp16, CUDA graphs"},
-    "bf16+graphs": {"backend": "torch", "precision": "bf16", "batched": True, "cuda": True,
+    "bf16+graphs": {"backend": "torch", "precision": "bf16", "graphs": True, "cuda": True,
                     "label": "torch bf16, CUDA graphs"},
-    "trt+graphs": {"backend": "trt", "precision": "fp16", "batched": True, "cuda": True, "needs": "tensorrt",
+    "trt+graphs": {"backend": "trt", "precision": "fp16", "graphs": True, "cuda": True, "needs": "tensorrt",
                    "label": "TensorRT fp16, CUDA graphs"},
 }
 DIFFUSERS = "diffusers"  # the external baseline: plain torch module + diffusers.DDIMScheduler
@@ -140,7 +138,7 @@ def make_suite(device: str = "cpu", *, quick: bool = False, model: str | None = 
                          Case("face_unet", {"base": 32}, {"height": 32, "width": 32}, (2,), (2,)),
                          Case("dann", {}, {}, (1, 32), (32,))],
                   backends=["torch", "bf16", "ort"] + (["fp16"] if cuda else []),
-                  digit_loop={"images": 2, "steps": 3}, face_loop={"batch": 2, "steps": 2}, dann_images=64,
+                  digit_loop={"images": 2, "steps": 4}, face_loop={"batch": 2, "steps": 2}, dann_images=64,
                   growth={"images": [1, 2], "base_steps": 2, "steps": [2, 4], "steps_images": 1},
                   point_s=0.3, min_repeats=3, max_repeats=5, loop_repeats=2, max_point_s=10, slow_factor=1e9,
                   peak_budget_s=0.05)
@@ -421,20 +419,15 @@ def linear_fit(xs: list, ys: list) -> dict:
 # --- runners ------------------------------------------------------------------------------------------
 
 def open_runner(name: str, model: str, net, *, device, threads: int, cache_dir=None):
-    from hw2rt.engines import TorchEngine, open_engine
-    from hw2rt.runtime.batching import open_batched_engine
+    """Runner `name` on `net`: `open_engine` with the runner's settings, nothing else."""
+    from hw2rt.engines import open_engine
 
     r = RUNNERS[name]
     if r.get("cuda") and not _is_cuda(device):
         raise Hw2rtError(f"{name} needs a CUDA device")
-    if r.get("channels_last"):  # a TorchEngine option that open_engine does not expose
-        return TorchEngine(net, model, precision=r["precision"], device=device, threads=threads,
-                           channels_last=True)
-    if r.get("batched"):
-        return open_batched_engine(model, net, backend=r["backend"], precision=r["precision"], device=device,
-                                   threads=threads)
     return open_engine(model, net, backend=r["backend"], precision=r["precision"], device=device,
-                       threads=threads, compile=r.get("compile", False), cache_dir=cache_dir)
+                       graphs=r.get("graphs", False), threads=threads, compile=r.get("compile", False),
+                       cache_dir=cache_dir)
 
 
 # Every row has every key (None where not measured): the JSON's shape does not depend on what ran.
@@ -533,56 +526,60 @@ def _row_line(row: dict) -> str:
 
 # --- end-to-end loops --------------------------------------------------------------------------------------
 
-def diffusers_ddim(eps_fn, x: torch.Tensor, steps: int) -> torch.Tensor:
-    """The external baseline: diffusers' DDIMScheduler configured as HW2_SPEC.md says, eta = 0."""
+def diffusers_ddim(eps_fn, x: torch.Tensor, steps: int, timesteps: list | None = None,
+                   train_steps: int = 1000) -> torch.Tensor:
+    """The external baseline: diffusers' DDIMScheduler, configured as HW2_SPEC.md says, eta = 0.
+
+    Faces: its own "leading" timesteps. Digits: `train_steps` = T + 1 betas (the digit table's
+    length) and the digit job's `timesteps` in place of its own; diffusers steps to t - (T+1)//steps,
+    so it runs the digit job's trajectory exactly when `steps` divides T.
+    """
+    import torch
     from diffusers import DDIMScheduler  # imported by the *_loop_fns builders already: not timed here
 
-    sched = DDIMScheduler(num_train_timesteps=1000, beta_start=1e-4, beta_end=0.02, beta_schedule="linear",
+    sched = DDIMScheduler(num_train_timesteps=train_steps, beta_start=1e-4, beta_end=0.02, beta_schedule="linear",
                           timestep_spacing="leading", steps_offset=1, set_alpha_to_one=False,
                           clip_sample=True)
     sched.set_timesteps(steps)
-    for t in sched.timesteps:
+    for t in (sched.timesteps if timesteps is None else torch.tensor(timesteps)):
         eps = eps_fn(x, t.expand(x.shape[0]).to(x.device))
         x = sched.step(eps, t, x, eta=0.0).prev_sample
     return x
 
 
 def digit_loop_fns(engines: dict, net, images: int, steps: int, device, w: float = 2.0) -> tuple:
-    """The digit DDIM-style loop per runner: guided eps (one doubled batch per step) through DDIM."""
+    """The digit job's DDIM loop (eta 0) per runner, one doubled guidance batch per step; and diffusers'."""
     import torch
     from diffusers import DDIMScheduler  # noqa: F401 -- slow to import: never inside a timed run
 
-    from hw2rt.runtime.ddim import ddim_sample
     from hw2rt.runtime.ddpm import guided_denoiser
+    from hw2rt.runtime.jobs import digit_noise, digit_plan, sample_digits
 
-    g = torch.Generator().manual_seed(1)
-    x = torch.randn(images, 3, 28, 28, generator=g).to(device)
-    c = (torch.arange(images) % 10).to(device)
-
-    def run_with(model_fn):
-        guided = guided_denoiser(model_fn, w)
-        return lambda: ddim_sample(lambda xt, t: guided(xt, t, c), x, steps=steps)
-
-    fns = {n: run_with(e) for n, e in engines.items()}  # Engine(*tensors) is the model_fn the sampler wants
+    labels = torch.arange(images) % 10
+    fns = {n: (lambda e=e: sample_digits(e, labels, w=w, sampler="ddim", steps=steps, batch_size=images,
+                                         progress=False)) for n, e in engines.items()}
 
     def plain(xt, ct, tt, mask):
         with torch.inference_mode():
             return net(xt, ct, tt, mask)
 
-    guided_plain = guided_denoiser(plain, w)
-    fns[DIFFUSERS] = lambda: diffusers_ddim(lambda xt, t: guided_plain(xt, t, c), x, steps)
+    schedule, timesteps = digit_plan("ddim", steps)
+    x = digit_noise(images)[0].to(device)
+    guided_plain = guided_denoiser(plain, w, labels.to(device), schedule.T)
+    fns[DIFFUSERS] = lambda: diffusers_ddim(guided_plain, x, steps, timesteps, train_steps=schedule.T + 1)
     return fns, x
 
 
 def face_loop_fns(engines: dict, net, batch: int, steps: int, dims: dict, device) -> tuple:
+    """The face job's DDIM loop per runner; and diffusers'."""
     import torch
     from diffusers import DDIMScheduler  # noqa: F401 -- slow to import: never inside a timed run
 
-    from hw2rt.runtime.ddim import ddim_sample
+    from hw2rt.runtime.jobs import sample_faces
 
     g = torch.Generator().manual_seed(1)
     x = torch.randn(batch, 3, dims["height"], dims["width"], generator=g).to(device)
-    fns = {n: (lambda e=e: ddim_sample(e, x, steps=steps)) for n, e in engines.items()}
+    fns = {n: (lambda e=e: sample_faces(e, x, steps=steps, batch_size=batch, progress=False)) for n, e in engines.items()}
 
     def plain(xt, t):
         with torch.inference_mode():

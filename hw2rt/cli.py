@@ -4,6 +4,7 @@ from pathlib import Path
 
 import click
 
+from hw2rt import options
 from hw2rt.bench import bench_command
 from hw2rt.errors import Hw2rtError
 
@@ -25,7 +26,7 @@ def main():
 
 @main.command()
 @click.argument("checkpoint", type=click.Path(dir_okay=False))
-@click.option("--model", type=click.Choice(["face_unet", "digit_unet", "dann", "digit_classifier"]), default=None,
+@click.option("--model", type=click.Choice(options.MODELS), default=None,
               help="The network the file must hold (default: recognise it).")
 def inspect(checkpoint, model):
     """Load CHECKPOINT strictly and print which network it holds, its config and size."""
@@ -70,41 +71,36 @@ def synth(out, mnist_idx, seed, n_mnistm, n_usps, n_svhn, n_faces, noise_size, o
 
 # --- the sampler commands ------------------------------------------------------------------------
 
-# hw2rt.engines.ENGINE_PRECISIONS, spelled out here so `--help` does not import torch (a test keeps them equal).
-ENGINE_PRECISIONS = ("fp32", "fp16", "bf16")
-PRECISION_HELP = ("fp16: the fp16 graph (ort, trt; torch on CUDA). bf16: torch only (autocast, channels-last); "
-                  "fast only on CPUs/GPUs with native bf16.")
+PRECISION_HELP = ("fp16: the fp16 graph with fp32 islands (ort, trt; torch on CUDA). bf16: torch only; fast only "
+                  "on CPUs/GPUs with native bf16.")
+
 
 def _engine_options(f):
-    f = click.option("--device", default="auto", show_default=True,
-                     help="cpu, cuda or auto (cuda when torch sees a GPU). On cuda, engines run behind CUDA graphs.")(f)
+    """--backend, --precision, --device, --threads: passed to `open_engine` as they are; it validates them."""
     f = click.option("--threads", type=click.IntRange(min=1), default=None,
                      help="CPU threads for the engine (default: the library's choice).")(f)
-    f = click.option("--precision", type=click.Choice(ENGINE_PRECISIONS), default="fp32", show_default=True,
+    f = click.option("--device", default="auto", show_default=True,
+                     help="cpu, cuda, cuda:N or auto (cuda when torch sees a GPU). On cuda, engines run behind "
+                          "CUDA graphs.")(f)
+    f = click.option("--precision", type=click.Choice(options.PRECISIONS), default="fp32", show_default=True,
                      help=PRECISION_HELP)(f)
-    f = click.option("--backend", type=click.Choice(["torch", "ort", "trt", "auto"]), default="torch",
-                     show_default=True, help="auto: the fastest backend available here.")(f)
+    f = click.option("--backend", type=click.Choice(options.BACKENDS), default="auto", show_default=True,
+                     help=options.AUTO_BACKEND)(f)
     return f
 
 
 def _open_engine(model, checkpoint, backend, precision, threads, device, default=None, **dims):
-    import torch
-
+    """The engine a command runs: the one `open_engine`, on the checkpoint (or the bundled default)."""
     from hw2rt.checkpoints import resolve_checkpoint
-    from hw2rt.runtime.batching import open_batched_engine
+    from hw2rt.engines import open_engine
 
-    if device == "auto":
-        device = "cuda" if torch.cuda.is_available() else "cpu"
-    path = resolve_checkpoint(checkpoint, default or model)
-    return open_batched_engine(model, path, backend=backend, precision=precision, device=device, threads=threads,
-                               dims=dims or None)
+    return open_engine(model, resolve_checkpoint(checkpoint, default or model), backend=backend, precision=precision,
+                       device=device, threads=threads, dims=dims or None)
 
 
-def _noise_dims(noise_dir):
-    from hw2rt.io import read_noise_dir
-
-    _, x = read_noise_dir(noise_dir)
-    return {"height": x.shape[2], "width": x.shape[3]}
+def _dims(noise):
+    """The face UNet's serving size, from the noise (names, [N,3,H,W]) it will sample."""
+    return {"height": noise[1].shape[2], "width": noise[1].shape[3]}
 
 
 def _report(summary, what):
@@ -130,14 +126,16 @@ def _report(summary, what):
 def ddim(noise_dir, out, checkpoint, eta, steps, batch_size, gt_dir, seed, eta_grid, grid, backend, precision, threads,
          device):
     """DDIM faces from a noise folder (HW2 Problem 2): NN.pt -> NN.png."""
+    from hw2rt.io import read_noise_dir
     from hw2rt.runtime import jobs
 
     etas = _parse_floats(eta_grid, "--eta-grid") if eta_grid else None
     if (etas is None) != (grid is None):
         raise click.UsageError("--eta-grid and --grid go together")
     jobs.check_ddim_args(steps, [eta] + (etas or []))
-    with _open_engine("face_unet", checkpoint, backend, precision, threads, device, **_noise_dims(noise_dir)) as engine:
-        summary = jobs.face_job(engine, noise_dir, out, steps=steps, eta=eta, batch_size=batch_size, seed=seed,
+    noise = read_noise_dir(noise_dir)
+    with _open_engine("face_unet", checkpoint, backend, precision, threads, device, **_dims(noise)) as engine:
+        summary = jobs.face_job(engine, noise, out, steps=steps, eta=eta, batch_size=batch_size, seed=seed,
                                 gt_dir=gt_dir)
         _report(summary, f"ddim ({engine.name}, {steps} steps, eta {eta:g})")
         if "mse" in summary:
@@ -145,7 +143,7 @@ def ddim(noise_dir, out, checkpoint, eta, steps, batch_size, gt_dir, seed, eta_g
                 click.echo(f"  {name}: MSE {value:.4f}")
             click.echo(f"  mean MSE {summary['mse']['mean']:.4f} (written to {Path(out) / 'mse.json'})")
         if etas:
-            g = jobs.eta_grid(engine, noise_dir, grid, etas, steps=steps, batch_size=batch_size, seed=seed)
+            g = jobs.eta_grid(engine, noise, grid, etas, steps=steps, batch_size=batch_size, seed=seed)
             click.echo(f"eta grid (rows {', '.join(g['rows'])}; eta {', '.join(f'{e:g}' for e in etas)}): {grid}")
 
 
@@ -166,6 +164,7 @@ def _parse_floats(text, option):
 @_engine_options
 def interp(noise_dir, pair, mode, out, checkpoint, steps, backend, precision, threads, device):
     """Interpolate two noises (alpha = 0, 0.1, ..., 1) and sample each: one row of 11 per mode."""
+    from hw2rt.io import read_noise_dir
     from hw2rt.runtime import jobs
 
     names = [p.strip() for p in pair.split(",")]
@@ -173,8 +172,9 @@ def interp(noise_dir, pair, mode, out, checkpoint, steps, backend, precision, th
         raise click.BadParameter(f"{pair!r} must name two noises, e.g. 00,01", param_hint="--pair")
     jobs.check_ddim_args(steps, [0.0])
     modes = ("slerp", "lerp") if mode == "both" else (mode,)
-    with _open_engine("face_unet", checkpoint, backend, precision, threads, device, **_noise_dims(noise_dir)) as engine:
-        s = jobs.interp_job(engine, noise_dir, out, pair=tuple(names), modes=modes, steps=steps)
+    noise = read_noise_dir(noise_dir)
+    with _open_engine("face_unet", checkpoint, backend, precision, threads, device, **_dims(noise)) as engine:
+        s = jobs.interp_job(engine, noise, out, pair=tuple(names), modes=modes, steps=steps)
     click.echo(f"interp: {' / '.join(modes)} rows of 11 ({names[0]} -> {names[1]}): {out}")
     return s
 
@@ -185,9 +185,9 @@ def interp(noise_dir, pair, mode, out, checkpoint, steps, backend, precision, th
               help="Digit UNet (default: bundled).")
 @click.option("--per-digit", type=click.IntRange(min=1), default=100, show_default=True)
 @click.option("--w", type=float, default=2.0, show_default=True, help="Classifier-free guidance weight.")
-@click.option("--sampler", type=click.Choice(["ancestral", "ddim"]), default="ancestral", show_default=True,
+@click.option("--sampler", type=click.Choice(options.SAMPLERS), default="ancestral", show_default=True,
               help="ancestral: the assignment's DDPM; ddim: DDIM over the T = 1000 schedule.")
-@click.option("--steps", type=click.IntRange(min=2), default=1000, show_default=True,
+@click.option("--steps", type=int, default=1000, show_default=True,
               help="ancestral: T (the model's training T); ddim: the number of DDIM steps (<= 1000).")
 @click.option("--eta", type=float, default=0.0, show_default=True,
               help="ddim only: 0 is deterministic; 1 adds fresh noise every step, like the ancestral sampler.")
@@ -203,6 +203,7 @@ def ddpm(out, checkpoint, per_digit, w, sampler, steps, eta, seed, batch_size, g
     """Guided DDPM digits (HW2 Problem 1): {d}_{i:03d}.png for d = 0..9, i = 1..per-digit."""
     from hw2rt.runtime import jobs
 
+    jobs.digit_plan(sampler, steps, eta)  # refused before the engine is opened (an export takes seconds)
     with _open_engine("digit_unet", checkpoint, backend, precision, threads, device) as engine:
         s = jobs.digit_job(engine, out, per_digit=per_digit, w=w, sampler=sampler, steps=steps, eta=eta, seed=seed,
                            batch_size=batch_size, grid_path=grid, frames_path=frames)
@@ -254,15 +255,12 @@ def demo(out, quick, backend, threads):
     click.echo(f"report: {report.resolve()}")
 
 
-_MODEL_NAMES = ["face_unet", "digit_unet", "dann", "digit_classifier"]
-
-
 @main.command()
-@click.option("--model", required=True, type=click.Choice(_MODEL_NAMES))
+@click.option("--model", required=True, type=click.Choice(options.MODELS))
 @click.option("--checkpoint", type=click.Path(dir_okay=False, path_type=Path), default=None,
               help="Default: the bundled model.")
 @click.option("--out", required=True, type=click.Path(dir_okay=False, path_type=Path), help="The .onnx to write.")
-@click.option("--precision", type=click.Choice(["fp32", "fp16"]), default="fp32", show_default=True,
+@click.option("--precision", type=click.Choice(options.GRAPH_PRECISIONS), default="fp32", show_default=True,
               help="fp16: fp16 graph with fp32 islands (timestep embedding, GroupNorm statistics, softmax).")
 @click.option("--opset", type=click.IntRange(min=18), default=None, help="ONNX opset (default: hw2rt's, >= 18).")
 @click.option("--size", type=click.IntRange(min=32), default=None,
@@ -279,20 +277,17 @@ def export(model, checkpoint, out, precision, opset, size):
 
 
 @main.command()
-@click.option("--model", required=True, type=click.Choice(_MODEL_NAMES))
+@click.option("--model", required=True, type=click.Choice(options.MODELS))
 @click.option("--checkpoint", type=click.Path(dir_okay=False, path_type=Path), default=None,
               help="Default: a seeded random model of a small configuration (damped diffusion models).")
-@click.option("--backend", type=click.Choice(["ort", "torch", "trt", "auto"]), default="ort", show_default=True)
-@click.option("--precision", type=click.Choice(ENGINE_PRECISIONS), default="fp32", show_default=True,
-              help=PRECISION_HELP)
-@click.option("--device", default="cpu", show_default=True, help="cpu or cuda.")
-@click.option("--threads", type=click.IntRange(min=1), default=None)
-@click.option("--steps", type=click.IntRange(min=2), default=None, help="End-to-end sampler steps (DDIM) or T (DDPM).")
+@click.option("--steps", type=int, default=None, help="End-to-end sampler steps (DDIM) or T (DDPM).")
 @click.option("--size", type=click.IntRange(min=32), default=None, help="face_unet: H = W of the inputs.")
 @click.option("--no-e2e", is_flag=True, help="Per-call comparison only.")
 @click.option("--json", "json_path", type=click.Path(dir_okay=False, path_type=Path), default=None)
-def parity(model, checkpoint, backend, precision, device, threads, steps, size, no_e2e, json_path):
-    """Compare an engine with the torch fp32 reference; exit status 1 when over budget."""
+@_engine_options
+def parity(model, checkpoint, steps, size, no_e2e, json_path, backend, precision, device, threads):
+    """Compare an engine, opened as the commands open it, with the torch fp32 CPU reference; exit status 1
+    when over budget."""
     from hw2rt.parity import format_report, run_parity
 
     dims = {"height": size, "width": size} if size and model == "face_unet" else None

@@ -16,7 +16,7 @@ from pathlib import Path
 from hw2rt.checkpoints import ASSETS, save_checkpoint
 from hw2rt.engines import open_engine, pick_backend
 from hw2rt.evaluate import digit_accuracy
-from hw2rt.io import read_labels_csv
+from hw2rt.io import read_labels_csv, read_noise_dir
 from hw2rt.parity import SMALL, random_model, run_parity
 from hw2rt.runtime import jobs
 
@@ -54,7 +54,7 @@ def run_demo(out_dir="outputs/demo", *, quick=False, backend="auto", threads=Non
 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    backend = pick_backend("cpu") if backend == "auto" else backend
+    backend = pick_backend("cpu") if backend == "auto" else backend  # the demo runs on the CPU
     steps = 10 if quick else 50
     ddpm_t = 10 if quick else 100
     per_digit = 2 if quick else 10
@@ -77,12 +77,12 @@ def run_demo(out_dir="outputs/demo", *, quick=False, backend="auto", threads=Non
     stage(f"parity: {backend} vs torch fp32")
     for name in PARITY:
         dims = {"height": 32, "width": 32} if name == "face_unet" else None
-        report = run_parity(BUNDLED[name], models[name][0], backend=backend, threads=threads, dims=dims,
+        report = run_parity(BUNDLED[name], models[name][0], backend=backend, device="cpu", threads=threads, dims=dims,
                             steps=steps if name == "face_unet" else ddpm_t, e2e_images=2, e2e=not quick)
         parity.append(report)
         log(f"  {name}: {'passed' if report['passed'] else 'FAILED'}")
 
-    noise = data / "face" / "noise"
+    noise = read_noise_dir(data / "face" / "noise")
     with open_engine("face_unet", models["face_unet"][0], backend=backend, threads=threads,
                      dims={"height": 32, "width": 32}) as face:
         stage(f"faces: DDIM {steps} steps")

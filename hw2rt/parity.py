@@ -16,13 +16,16 @@ Polygraphy's comparator, for hw2rt's models. Two levels:
 
 Without a checkpoint, parity uses a seeded random model of a small configuration. A random UNet
 makes a multi-step trajectory chaotic (tiny differences grow into different images), so its last
-conv is scaled down ("damped"), and the report says so. For DDPM (digits) x 0.1 is enough. DDIM
-amplifies eps errors by sqrt(1-abar)/sqrt(abar) (~150 at t=951) through the x0 prediction, and
+conv is scaled down ("damped"), and the report says so. For the ancestral DDPM (digits) x 0.1 is
+enough. DDIM amplifies eps errors by sqrt(1-abar)/sqrt(abar) (~150 at t=951) through the x0 prediction, and
 a random model's eps is not a consistent denoiser, so for the small face UNet (base 32, 32x32)
 x 0.1 was still chaotic, measured: ORT fp32 vs torch fp32 (1e-6 relative per call) gave an image
 MSE of 0.006 at 20 steps and 565 at 50 steps; ORT fp16 gave 16 at 20 steps. With x 0.02 the
 model still shapes the image (eps x 0.9 moves it by an image MSE of ~5-90, eps = 0 by hundreds)
-while fp32 and fp16 land well inside their budgets.
+while fp32 and fp16 land well inside their budgets. The digit job's DDIM starts at t = T = 1000
+(abar 4e-5, an amplification of ~160), and there x 0.1 was chaotic too: torch bf16 vs fp32 of the
+bench's quick DigitUNet (n_feat 16, 4 steps) gave an image MSE of 0.69, ORT fp16 0.022; x 0.02
+gave 0.089 and 0.003 (fp32 0 either way). So both diffusion models are damped x 0.02.
 """
 import json
 import math
@@ -32,9 +35,10 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from hw2rt.engines import Engine, TorchEngine, open_engine, resolve_source
+from hw2rt.engines import Engine, open_engine, resolve_source
 from hw2rt.io import atomic_path, mse_255, to_uint8_minmax, to_uint8_signed
 from hw2rt.models import build_model, get_spec
+from hw2rt.runtime import jobs
 
 BUDGETS = {
     "fp32": {"per_call_rel_max_abs": 1e-4, "e2e_image_mse_255": 0.05},
@@ -51,7 +55,7 @@ SMALL = {
 }
 # The last conv of each diffusion model: scaled by DAMP in random models (see the module docstring).
 LAST_CONV = {"face_unet": "out.2", "digit_unet": "out.3"}
-DAMP = {"face_unet": 0.02, "digit_unet": 0.1}
+DAMP = {"face_unet": 0.02, "digit_unet": 0.02}
 # Default end-to-end settings: DDIM steps for faces, DDPM T for digits.
 E2E_STEPS = {"face_unet": 20, "digit_unet": 50}
 
@@ -109,13 +113,12 @@ def per_call(reference: Engine, candidate: Engine, *, batch: int = 4, seed: int 
 
 
 def _sample(model: str, engine: Engine, x: torch.Tensor, *, steps: int, seed: int, guidance: float):
+    """The jobs' own loops: faces by the face job's DDIM (eta 0), digits by the digit job's ancestral DDPM."""
     if model == "face_unet":
-        from hw2rt.runtime.ddim import ddim_sample
-        return ddim_sample(engine, x, steps=steps, eta=0.0)
-    from hw2rt.runtime.ddpm import ddpm_sample, guided_denoiser
-    c = torch.arange(x.shape[0], dtype=torch.int64) % 10
-    seeds = [seed * 1000 + i for i in range(x.shape[0])]
-    return ddpm_sample(guided_denoiser(engine, guidance, T=steps), x, c, T=steps, seeds=seeds)
+        return jobs.sample_faces(engine, x, steps=steps, eta=0.0, batch_size=len(x), progress=False)
+    labels = torch.arange(x.shape[0], dtype=torch.int64) % 10
+    return jobs.sample_digits(engine, labels, w=guidance, sampler="ancestral", steps=steps, seed=seed,
+                              batch_size=len(labels), progress=False)
 
 
 def end_to_end(reference: Engine, candidate: Engine, *, images: int = 2, seed: int = 0, dims: dict | None = None,
@@ -128,7 +131,7 @@ def end_to_end(reference: Engine, candidate: Engine, *, images: int = 2, seed: i
     spec = get_spec(model)
     steps = steps or E2E_STEPS[model]
     x_shape = spec.inputs[0].concrete_shape({**spec.default_dims, **(dims or {}), "batch": images})
-    x = torch.randn(x_shape, generator=torch.Generator().manual_seed(seed))
+    x = torch.randn(x_shape, generator=torch.Generator().manual_seed(seed))  # faces; digits draw their own
     to_uint8 = to_uint8_minmax if model == "face_unet" else to_uint8_signed
     result = {"sampler": "ddim eta=0" if model == "face_unet" else f"ddpm cfg w={guidance}",
               "steps": steps, "images": images, "seed": seed}
@@ -154,8 +157,7 @@ def parity_report(reference: Engine, candidate: Engine, *, batch: int = 4, seed:
         "model": reference.model,
         "source": source or {},
         "reference": {"backend": reference.backend, "precision": reference.precision, "device": str(reference.device)},
-        "candidate": {"backend": candidate.backend, "precision": candidate.precision, "device": str(candidate.device),
-                      "name": candidate.name},
+        "candidate": {**candidate.describe(), "name": candidate.name},
         "budgets": budgets,
         "per_call": per_call(reference, candidate, batch=batch, seed=seed, dims=dims,
                              rel_budget=budgets["per_call_rel_max_abs"]),
@@ -166,14 +168,14 @@ def parity_report(reference: Engine, candidate: Engine, *, batch: int = 4, seed:
     return report
 
 
-def run_parity(model: str, checkpoint=None, *, backend: str = "ort", precision: str = "fp32", device: str = "cpu",
-               threads: int | None = None, cache_dir=None, batch: int = 4, seed: int = 0, dims: dict | None = None,
-               e2e: bool = True, e2e_images: int = 2, steps: int | None = None, json_path=None) -> dict:
-    """`hw2rt parity`: the torch fp32 CPU reference against `backend`/`precision` on `device`.
+def open_pair(model: str, checkpoint=None, *, backend: str = "auto", precision: str = "fp32", device="auto",
+              threads: int | None = None, cache_dir=None, seed: int = 0, dims: dict | None = None):
+    """(reference, candidate, source, dims): the torch fp32 CPU engine, and the candidate opened by
+    `open_engine` exactly as the commands open it.
 
-    With `checkpoint`, its weights (and the model's default dims unless `dims` is given);
-    without, a seeded random model of the small configuration in SMALL, damped (see above).
-    Writes the report as JSON to `json_path` when given. Returns the report dict.
+    With `checkpoint`, its weights (the candidate opens the file itself, so ort and trt export
+    through the same cache entry as the commands); without, a seeded random model of the small
+    configuration in SMALL, damped (see above), and SMALL's dims unless `dims` is given.
     """
     spec = get_spec(model)
     if checkpoint is None:
@@ -187,12 +189,25 @@ def run_parity(model: str, checkpoint=None, *, backend: str = "ort", precision: 
                       " trajectory is not chaotic" if spec.name in LAST_CONV else "")}
         cand_source = net
     else:
-        net, sha, label = resolve_source(spec.name, checkpoint)
-        source = {"checkpoint": label, "sha256": sha, "config": net.config}
-        cand_source = checkpoint
-    reference = TorchEngine(net, spec.name, precision="fp32", device="cpu", threads=threads, source=source.get("checkpoint") or "")
+        weights = resolve_source(spec.name, checkpoint)
+        net = weights.net
+        source = {"checkpoint": weights.label, "sha256": weights.sha256, "config": net.config}
+        cand_source = weights.path
+    reference = open_engine(spec.name, net, backend="torch", precision="fp32", device="cpu", graphs=False,
+                            threads=threads)
     candidate = open_engine(spec.name, cand_source, backend=backend, precision=precision, device=device,
                             threads=threads, cache_dir=cache_dir, dims=dims)
+    return reference, candidate, source, dims
+
+
+def run_parity(model: str, checkpoint=None, *, backend: str = "auto", precision: str = "fp32", device="auto",
+               threads: int | None = None, cache_dir=None, batch: int = 4, seed: int = 0, dims: dict | None = None,
+               e2e: bool = True, e2e_images: int = 2, steps: int | None = None, json_path=None) -> dict:
+    """`hw2rt parity`: the torch fp32 CPU reference against `backend`/`precision` on `device` (see
+    `open_pair`). Writes the report as JSON to `json_path` when given. Returns the report dict."""
+    reference, candidate, source, dims = open_pair(model, checkpoint, backend=backend, precision=precision,
+                                                   device=device, threads=threads, cache_dir=cache_dir, seed=seed,
+                                                   dims=dims)
     try:
         report = parity_report(reference, candidate, batch=batch, seed=seed, dims=dims, e2e=e2e,
                                e2e_images=e2e_images, steps=steps, source=source)

@@ -130,18 +130,6 @@ def test_alternate_interleaves_and_flips_the_order():
     assert {n: len(t) for n, t in times.items()} == {"a": 3, "b": 1, "c": 2}
 
 
-def test_channels_last_fp32_torch_engine_matches_the_reference():
-    from hw2rt.engines import TorchEngine
-
-    spec = get_spec("dann")
-    net = random_model("dann")
-    feeds = spec.example_inputs(4)
-    ref = TorchEngine(net, "dann").run(feeds)
-    out = TorchEngine(net, "dann", channels_last=True).run(feeds)
-    stats = compare_outputs(ref, out, BUDGETS["fp32"]["per_call_rel_max_abs"])
-    assert all(s["passed"] for s in stats.values()) and all(v.is_contiguous() for v in out.values())
-
-
 def test_a_case_can_leave_a_runner_out_with_a_reason():
     """The full CPU suite leaves torch.compile out for the face UNet (minutes of cold compile);
     naming the network measures it with every runner. A skipped runner is reported, not timed."""

@@ -14,10 +14,16 @@ def test_help_lists_commands():
         assert command in result.output
 
 
-def test_precision_choices_match_the_engines():
-    from hw2rt import cli, engines
+def test_every_engine_command_defaults_to_auto_and_offers_the_vocabulary():
+    """One vocabulary (hw2rt.options) behind every engine command's --backend / --precision."""
+    from hw2rt import options
 
-    assert cli.ENGINE_PRECISIONS == engines.ENGINE_PRECISIONS
+    for command in ("ddim", "interp", "ddpm", "classify", "parity"):
+        out = CliRunner().invoke(main, [command, "--help"], terminal_width=200).output
+        assert "--backend [" + "|".join(options.BACKENDS) + "]" in out, command
+        assert "--precision [" + "|".join(options.PRECISIONS) + "]" in out, command
+        backend_help = out[out.index("--backend"):out.index("--precision")]
+        assert "default: auto" in backend_help and "fastest backend" in backend_help, command
 
 
 def test_usage_errors():

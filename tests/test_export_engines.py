@@ -10,7 +10,7 @@ import pytest
 import torch
 from torch import nn
 
-import hw2rt.engines as engines_pkg
+import hw2rt.engines.weights as engines_pkg  # where cached_onnx calls export_onnx
 from hw2rt.checkpoints import file_sha256, save_checkpoint
 from hw2rt.engines import OrtEngine, TorchEngine, check_feeds, open_engine
 from hw2rt.errors import Hw2rtError

@@ -9,19 +9,43 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from hw2rt.runtime.ddim import ddim_sample, ddim_step, seeded_noise
-from hw2rt.runtime.ddpm import ddpm_sample, ddpm_step, frame_timesteps, guided_denoiser
+from hw2rt.runtime.ddim import ddim_sample, ddim_step
+from hw2rt.runtime.ddpm import ancestral_coefficients, ancestral_sample, ancestral_step, guided_denoiser
 from hw2rt.runtime.interpolate import alphas, interpolate, lerp, slerp
-from hw2rt.runtime.schedules import (
-    ddim_alphas_cumprod,
-    ddim_betas,
-    ddim_timesteps,
-    ddpm_schedule,
-)
+from hw2rt.runtime.jobs import frame_timesteps
+from hw2rt.runtime.noise import seeded_noise
+from hw2rt.runtime.schedules import DIGIT, FACE, digit_schedule
 
 diffusers = pytest.importorskip("diffusers")
 
-ABAR64 = ddim_alphas_cumprod()
+ABAR64 = FACE.abar
+
+
+def ddim_timesteps(steps):
+    return FACE.timesteps(steps)
+
+
+def face_ddim(denoiser, x, steps=50, eta=0.0, seeds=None, noise_fn=None, callback=None):
+    """The face DDIM loop as the face job drives it (its schedule, its timesteps, per-image seeds)."""
+    noise = noise_fn if noise_fn is not None else (seeded_noise(seeds, x) if seeds is not None else None)
+    return ddim_sample(denoiser, x, FACE, FACE.timesteps(steps), eta=eta, noise=noise, callback=callback)
+
+
+def ddpm_step(x, eps, t, schedule, noise=None):
+    a, b, sigma = ancestral_coefficients(schedule)
+    return ancestral_step(x, eps, a[t], b[t], sigma[t], noise)
+
+
+def conditioned(den, c):
+    """A denoiser(x, t, c) with its labels closed over: denoiser(x, t)."""
+    return lambda x, t: den(x, t, c)
+
+
+def ddpm_sample(den, x, c, *, T, seeds=None, noise_fn=None, callback=None):
+    """The ancestral loop as the digit job drives it: T..1 over the T-step digit schedule."""
+    schedule = digit_schedule(T)
+    noise = noise_fn if noise_fn is not None else (seeded_noise(seeds, x) if seeds is not None else None)
+    return ancestral_sample(conditioned(den, c), x, schedule, schedule.timesteps(T), noise=noise, callback=callback)
 
 
 def rel_err(ours: torch.Tensor, theirs: torch.Tensor) -> float:
@@ -82,7 +106,7 @@ def test_ddim_timesteps_every_allowed_count_stays_in_range():
 
 
 def test_ddim_betas_float64():
-    betas, abar = ddim_betas(), ddim_alphas_cumprod()
+    betas, abar = FACE.betas, FACE.abar
     assert betas.dtype == torch.float64 and abar.dtype == torch.float64
     assert betas.shape == (1000,) and abar.shape == (1000,)
     assert betas[0].item() == 1e-4 and betas[-1].item() == 2e-2
@@ -93,25 +117,25 @@ def test_ddim_betas_float64():
 
 def test_ddpm_tables_match_closed_form():
     T = 1000
-    s = ddpm_schedule(T)
+    s = digit_schedule(T)
     t = torch.arange(T + 1, dtype=torch.float64)
     beta = (0.02 - 1e-4) * t / T + 1e-4
     abar = torch.cumprod(1 - beta, 0)  # cumprod, not the module's exp(cumsum(log))
-    expected = {
-        "beta_t": beta,
-        "alpha_t": 1 - beta,
-        "abar_t": abar,
-        "sqrt_beta_t": beta.sqrt(),
-        "oneover_sqrta": 1 / (1 - beta).sqrt(),
-        "mab_over_sqrtmab": beta / (1 - abar).sqrt(),
-        "sqrtab": abar.sqrt(),
-        "sqrtmab": (1 - abar).sqrt(),
-    }
-    for name, want in expected.items():
-        got = getattr(s, name)
-        assert got.dtype == torch.float32 and got.shape == (T + 1,), name
-        torch.testing.assert_close(got.double(), want, rtol=1e-6, atol=0, msg=name)
-    assert s.T == T and s.beta_t[1].item() == pytest.approx(1e-4 + 1.99e-5)
+    for name, got, want in (("betas", s.betas, beta), ("alphas", s.alphas, 1 - beta), ("abar", s.abar, abar)):
+        assert got.dtype == torch.float64 and got.shape == (T + 1,), name
+        torch.testing.assert_close(got, want, rtol=1e-12, atol=0, msg=name)
+    # What the samplers and the trainer read: float32, derived in float64.
+    a, b, sigma = ancestral_coefficients(s)
+    for name, got, want in (("1/sqrt(alpha)", a, 1 / (1 - beta).sqrt()), ("eps coefficient", b, beta / (1 - abar).sqrt()),
+                            ("sqrt(beta)", sigma, beta.sqrt()), ("abar", s.read(s.abar), abar)):
+        assert len(got) == T + 1 and all(v == float(torch.tensor(v, dtype=torch.float32)) for v in got), name
+        torch.testing.assert_close(torch.tensor(got, dtype=torch.float64), want, rtol=1e-6, atol=0, msg=name)
+    x0, eps = torch.ones(2, 1, 1, 1), torch.full((2, 1, 1, 1), 2.0)
+    x_t = s.add_noise(x0, eps, torch.tensor([1, 500]))
+    torch.testing.assert_close(x_t.flatten().double(), abar[[1, 500]].sqrt() + 2 * (1 - abar[[1, 500]]).sqrt(),
+                               rtol=1e-6, atol=0)
+    assert s.T == T and s.betas[1].item() == pytest.approx(1e-4 + 1.99e-5)
+    assert DIGIT.T == 1000 and FACE.T == 1000 and FACE.read(FACE.abar)[0] == 0.9999
 
 
 # ------------------------------------------------------------------------------- DDIM
@@ -122,7 +146,7 @@ def test_ddim_matches_diffusers(eta):
     x = torch.randn(2, 3, 16, 16, generator=torch.Generator().manual_seed(0))
     zs = [torch.randn(x.shape, generator=torch.Generator().manual_seed(100 + i)) for i in range(50)]
     seen = []
-    ours = ddim_sample(
+    ours = face_ddim(
         face_toy_eps, x, steps=50, eta=eta, noise_fn=lambda i: zs[i], callback=lambda i, t, _x: seen.append(t)
     )
 
@@ -138,7 +162,7 @@ def test_ddim_matches_diffusers(eta):
     assert err <= 1e-5
     # The noise must actually matter, or the eta=0.5 case proves nothing.
     if eta > 0:
-        assert rel_err(ddim_sample(face_toy_eps, x, eta=eta, noise_fn=lambda i: -zs[i]), ours) > 1e-2
+        assert rel_err(face_ddim(face_toy_eps, x, eta=eta, noise_fn=lambda i: -zs[i]), ours) > 1e-2
 
 
 def test_ddim_last_step_goes_to_abar0_and_casts_input():
@@ -147,42 +171,46 @@ def test_ddim_last_step_goes_to_abar0_and_casts_input():
     out = ddim_step(x.float(), eps, ABAR64[1].item(), ABAR64[0].item())
     x0 = (x / math.sqrt(ABAR64[1].item())).clamp(-1, 1)
     torch.testing.assert_close(out.double(), math.sqrt(0.9999) * x0, rtol=1e-6, atol=1e-7)
-    assert ddim_sample(face_toy_eps, x, steps=5).dtype == torch.float32
+    assert face_ddim(face_toy_eps, x, steps=5).dtype == torch.float32
 
 
 def test_ddim_argument_errors():
     x = torch.randn(2, 3, 8, 8)
     with pytest.raises(ValueError, match="eta must be >= 0"):
-        ddim_sample(face_toy_eps, x, eta=-0.1)
+        face_ddim(face_toy_eps, x, eta=-0.1)
     with pytest.raises(ValueError, match="eta must be >= 0"):
-        ddim_sample(face_toy_eps, x, eta=float("nan"))
+        face_ddim(face_toy_eps, x, eta=float("nan"))
+    with pytest.raises(ValueError, match="eta must be >= 0 and finite"):
+        face_ddim(face_toy_eps, x, eta=float("inf"))
     with pytest.raises(ValueError, match="one seed per image"):
-        ddim_sample(face_toy_eps, x, eta=0.5, seeds=[1, 2, 3])
+        face_ddim(face_toy_eps, x, eta=0.5, seeds=[1, 2, 3])
     with pytest.raises(ValueError, match="noise shape"):
-        ddim_sample(face_toy_eps, x, eta=0.5, noise_fn=lambda i: torch.randn(1, 3, 8, 8))
+        face_ddim(face_toy_eps, x, eta=0.5, noise_fn=lambda i: torch.randn(1, 3, 8, 8))
     with pytest.raises(ValueError, match="between 1 and 999"):
-        ddim_sample(face_toy_eps, x, steps=1000)
+        face_ddim(face_toy_eps, x, steps=1000)
+    with pytest.raises(ValueError, match="no timesteps"):
+        ddim_sample(face_toy_eps, x, FACE, [])
 
 
 def test_ddim_eta_batch_invariant():
     x = torch.randn(4, 3, 16, 16, generator=torch.Generator().manual_seed(2))
     seeds = [11, 12, 13, 14]
-    whole = ddim_sample(face_toy_eps, x, steps=20, eta=0.5, seeds=seeds)
+    whole = face_ddim(face_toy_eps, x, steps=20, eta=0.5, seeds=seeds)
     singles = torch.cat(
-        [ddim_sample(face_toy_eps, x[i : i + 1], steps=20, eta=0.5, seeds=[s]) for i, s in enumerate(seeds)]
+        [face_ddim(face_toy_eps, x[i : i + 1], steps=20, eta=0.5, seeds=[s]) for i, s in enumerate(seeds)]
     )
     halves = torch.cat(
         [
-            ddim_sample(face_toy_eps, x[:2], steps=20, eta=0.5, seeds=seeds[:2]),
-            ddim_sample(face_toy_eps, x[2:], steps=20, eta=0.5, seeds=seeds[2:]),
+            face_ddim(face_toy_eps, x[:2], steps=20, eta=0.5, seeds=seeds[:2]),
+            face_ddim(face_toy_eps, x[2:], steps=20, eta=0.5, seeds=seeds[2:]),
         ]
     )
     assert (whole - singles).abs().max().item() <= 1e-6
     assert (whole - halves).abs().max().item() <= 1e-6
     # Different seeds give different images, the same seed the same image.
-    other = ddim_sample(face_toy_eps, x, steps=20, eta=0.5, seeds=[21, 22, 23, 24])
+    other = face_ddim(face_toy_eps, x, steps=20, eta=0.5, seeds=[21, 22, 23, 24])
     assert (whole - other).abs().max().item() > 1e-2
-    assert torch.equal(whole, ddim_sample(face_toy_eps, x, steps=20, eta=0.5, seeds=seeds))
+    assert torch.equal(whole, face_ddim(face_toy_eps, x, steps=20, eta=0.5, seeds=seeds))
 
 
 def test_seeded_noise_matches_diffusers_generator_list():
@@ -215,7 +243,7 @@ def diffusers_ddpm(T: int, schedule_dtype: torch.dtype):
 @pytest.mark.parametrize("schedule_dtype", [torch.float64, torch.float32])
 def test_ddpm_step_matches_diffusers_and_closed_form(schedule_dtype):
     T = 1000
-    ours_sched = ddpm_schedule(T)
+    ours_sched = digit_schedule(T)
     sched = diffusers_ddpm(T, schedule_dtype)
     g = torch.Generator().manual_seed(3)
     x = torch.randn(3, 3, 8, 8, generator=g)
@@ -247,7 +275,7 @@ def test_ddpm_step_matches_diffusers_and_closed_form(schedule_dtype):
 
 def digit_toy_eps(schedule):
     def denoiser(x, t, c):
-        a = schedule.abar_t[t].view(-1, 1, 1, 1)
+        a = schedule.abar.float()[t].view(-1, 1, 1, 1)
         return torch.sqrt(1 - a) * (x / (0.5 * a + 1 - a) + 0.02 * c.view(-1, 1, 1, 1))
 
     return denoiser
@@ -255,7 +283,7 @@ def digit_toy_eps(schedule):
 
 def test_ddpm_sample_matches_diffusers_loop():
     T = 20
-    den = digit_toy_eps(ddpm_schedule(T))
+    den = digit_toy_eps(digit_schedule(T))
     x = torch.randn(2, 3, 8, 8, generator=torch.Generator().manual_seed(4))
     c = torch.tensor([0, 7])
     seen = []
@@ -268,7 +296,7 @@ def test_ddpm_sample_matches_diffusers_loop():
     for t in range(T, 1, -1):
         y = sched.step(den(y, torch.full((2,), t), c), t, y, generator=gens).prev_sample
     # Our last step (t = 1) uses z = 0; diffusers still adds noise there, so compare its mean.
-    y = ddpm_step(y, den(y, torch.full((2,), 1), c), 1, ddpm_schedule(T))
+    y = ddpm_step(y, den(y, torch.full((2,), 1), c), 1, digit_schedule(T))
     err = rel_err(ours, y)
     print(f"DDPM T={T} loop: relative error vs diffusers {err:.2e}")
     assert err <= 1e-5
@@ -276,7 +304,7 @@ def test_ddpm_sample_matches_diffusers_loop():
 
 def test_ddpm_batch_invariant():
     T = 20
-    den = digit_toy_eps(ddpm_schedule(T))
+    den = digit_toy_eps(digit_schedule(T))
     x = torch.randn(4, 3, 8, 8, generator=torch.Generator().manual_seed(5))
     c = torch.tensor([0, 3, 5, 9])
     seeds = [7, 8, 9, 10]
@@ -314,11 +342,11 @@ def test_guided_denoiser_one_doubled_call():
             + t_frac.view(-1, 1, 1, 1)
         )
 
-    den = guided_denoiser(model_fn, w, T=T)
     x = torch.randn(B, 3, 4, 4, generator=torch.Generator().manual_seed(7))
     c = torch.tensor([1, 4, 9])
+    den = guided_denoiser(model_fn, w, c, T=T)
     t = torch.full((B,), 700)
-    eps = den(x, t, c)
+    eps = den(x, t)
 
     assert len(calls) == 1
     cx, cc, ct, cm = calls[0]
@@ -333,17 +361,24 @@ def test_guided_denoiser_one_doubled_call():
 
     # Inside the sampler: exactly one model call per step.
     calls.clear()
-    ddpm_sample(
-        guided_denoiser(model_fn, w, T=5), torch.zeros(2, 3, 4, 4), torch.tensor([0, 1]), T=5, seeds=[0, 1]
-    )
+    schedule = digit_schedule(5)
+    ancestral_sample(guided_denoiser(model_fn, w, torch.tensor([0, 1]), T=5), torch.zeros(2, 3, 4, 4), schedule,
+                     schedule.timesteps(5), noise=seeded_noise([0, 1], torch.zeros(2, 3, 4, 4)))
+    with pytest.raises(ValueError, match="one class label per image"):
+        guided_denoiser(model_fn, w, torch.tensor([0, 1, 2]), T=5)(torch.zeros(2, 3, 4, 4), torch.full((2,), 3))
     assert len(calls) == 5 and all(call[0].shape[0] == 4 for call in calls)
 
 
 def test_frame_timesteps():
-    assert frame_timesteps() == [1000, 800, 600, 400, 200, 1]
-    assert frame_timesteps(20) == [20, 16, 12, 8, 4, 1]
-    with pytest.raises(ValueError):
-        frame_timesteps(4, 6)
+    """Six frames spread over the trajectory the digit job samples, its first and last steps included."""
+    assert frame_timesteps(list(range(1000, 0, -1))) == [1000, 800, 600, 401, 201, 1]
+    assert frame_timesteps(list(range(20, 0, -1))) == [20, 16, 12, 9, 5, 1]
+    assert frame_timesteps(DIGIT.timesteps(50)) == [1000, 800, 600, 420, 220, 20]
+
+
+def test_ancestral_sampler_needs_consecutive_timesteps():
+    with pytest.raises(ValueError, match="consecutive"):
+        ancestral_sample(lambda x, t: x, torch.zeros(1, 3, 4, 4), DIGIT, DIGIT.timesteps(50))
 
 
 # ------------------------------------------------------------------------------- interpolation
@@ -397,36 +432,34 @@ def test_alphas_and_interpolate():
 # --- DDIM over the DDPM tables (the fast digit sampler) -------------------------------------------
 
 def test_ddim_timesteps_for_ddpm():
-    from hw2rt.runtime.ddpm import ddim_timesteps_for_ddpm
-
-    assert ddim_timesteps_for_ddpm(4, 1000) == [1000, 750, 500, 250]
-    assert ddim_timesteps_for_ddpm(20, 20) == list(range(20, 0, -1))
+    assert digit_schedule(1000).timesteps(4) == [1000, 750, 500, 250]
+    assert digit_schedule(20).timesteps(20) == list(range(20, 0, -1))
     for bad in (0, 21):
         with pytest.raises(ValueError, match="between 1 and T=20"):
-            ddim_timesteps_for_ddpm(bad, 20)
+            digit_schedule(20).timesteps(bad)
 
 
-def test_ddim_sample_guided_matches_closed_form():
+def test_ddim_over_the_digit_schedule_matches_closed_form():
     """Each step: x0 = (x - sqrt(1-abar_t) eps)/sqrt(abar_t), clamped; x = sqrt(abar_prev) x0 + sqrt(1-abar_prev) eps."""
-    from hw2rt.runtime.ddpm import ddim_sample_guided, guided_denoiser
-    from hw2rt.runtime.schedules import ddpm_schedule
-
     T, steps = 50, 5
+    schedule = digit_schedule(T)
+
     def model_fn(x, c, t_frac, mask):
         return 0.3 * x + 0.1 * t_frac[:, None, None, None] + 0.05 * c[:, None, None, None].float() * (1 - mask)[:, None, None, None]
-    denoiser = guided_denoiser(model_fn, 2.0, T)
     x = torch.randn(3, 3, 8, 8, generator=torch.Generator().manual_seed(0))
     c = torch.tensor([0, 4, 9])
+    denoiser = guided_denoiser(model_fn, 2.0, c, T)
     seen = []
-    out = ddim_sample_guided(denoiser, x, c, steps=steps, T=T, callback=lambda i, t, _x: seen.append(t))
+    out = ddim_sample(denoiser, x, schedule, schedule.timesteps(steps), callback=lambda i, t, _x: seen.append(t))
     assert seen == [50, 40, 30, 20, 10]
-    abar = ddpm_schedule(T).abar_t.double()
+    abar = schedule.abar.float().double()  # the digit schedule is read in float32
     ref = x.double()
     for t, t_prev in zip(seen, seen[1:] + [0]):
-        eps = denoiser(ref.float(), torch.full((3,), t), c).double()
+        eps = denoiser(ref.float(), torch.full((3,), t)).double()
         x0 = ((ref - (1 - abar[t]).sqrt() * eps) / abar[t].sqrt()).clamp(-1, 1)
         ref = abar[t_prev].sqrt() * x0 + (1 - abar[t_prev]).sqrt() * eps
     assert torch.allclose(out.double(), ref, rtol=1e-5, atol=1e-5)
     # Deterministic and independent of the batch layout at eta = 0.
-    single = torch.cat([ddim_sample_guided(denoiser, x[i:i + 1], c[i:i + 1], steps=steps, T=T) for i in range(3)])
+    single = torch.cat([ddim_sample(guided_denoiser(model_fn, 2.0, c[i:i + 1], T), x[i:i + 1], schedule,
+                                    schedule.timesteps(steps)) for i in range(3)])
     assert torch.allclose(single, out, atol=1e-6)

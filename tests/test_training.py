@@ -15,6 +15,7 @@ from hw2rt.evaluate import digit_accuracy, tsne
 from hw2rt.models.dann import grl_lambda
 from hw2rt.models.digit_classifier import DigitClassifier
 from hw2rt.runtime.ddim import ddim_sample
+from hw2rt.runtime.schedules import FACE
 from hw2rt.training.data import DigitsDataset, EpochShuffle, FacesDataset, epoch_batches
 from hw2rt.training.loop import CHECKPOINT, METRICS
 from hw2rt.training.train_classifier import train_classifier, write_assignment_classifier
@@ -171,7 +172,7 @@ def test_face_trainer_exports_ddim_compatible_unet(data, tmp_path):
     net, name, config = load_model(s["exported"]["face_unet"])
     assert name == "face_unet" and config == {"base": 16, "norm_groups": 8}
     with torch.no_grad():  # plugs into Problem 2's DDIM sampler as is (raw integer t)
-        img = ddim_sample(lambda x, t: net(x, t), torch.randn(2, 3, 32, 32), steps=3)
+        img = ddim_sample(lambda x, t: net(x, t), torch.randn(2, 3, 32, 32), FACE, FACE.timesteps(3))
     assert img.shape == (2, 3, 32, 32) and torch.isfinite(img).all()
     st = resumable(tmp_path)
     assert st["kind"] == "face" and st["step"] == 2 and st["ema"] is not None

@@ -8,6 +8,8 @@
                                         callable the samplers take.
     engine.max_batch                 largest batch one call accepts (None: no limit)
     engine.device, engine.precision, engine.backend, engine.close(), `with engine: ...`
+    engine.describe()                what computation this is: class, backend, precision, device,
+                                        fp32 islands (torch), CUDA-graph buckets; for reports and tests
 
 Feeds are validated against the spec before any backend sees them, so a wrong name, dtype,
 rank or size is one readable Hw2rtError instead of a backend's stack trace.
@@ -40,6 +42,11 @@ class Engine:
     @property
     def name(self) -> str:
         return f"{self.model} ({self.backend} {self.precision} {self.device.type}{', ' + self.source if self.source else ''})"
+
+    def describe(self) -> dict:
+        return {"engine": type(self).__name__, "backend": self.backend, "precision": self.precision,
+                "device": str(self.device), "max_batch": self.max_batch, "islands": None, "graphs": False,
+                "buckets": None}
 
     def run(self, feeds: Mapping) -> dict:
         if self.closed:

@@ -1,17 +1,16 @@
-"""The torch backend: the reference (eager fp32), optionally `torch.compile`d; bf16 anywhere,
-fp16 on CUDA only.
+"""The torch backend: the reference (eager fp32, the module as given), optionally `torch.compile`d;
+fp16 (CUDA only) and bf16 through one reduced-precision policy per model.
 
-fp16 runs the same converted module the fp16 ONNX graph is exported from (export/fp16.py:
-fp16 interior with fp32 islands, spec dtypes at the edges), so torch-fp16 and ONNX-fp16 are
-the same computation. CPU fp16 is refused: torch's CPU fp16 kernels are slow and not what
-any deployment runs; the fp16 graph on the CPU is served by the ort backend.
+fp16 / bf16: a copy of the module, eval mode, BatchNorm folded in fp32, parameters in the reduced
+dtype except the fp32 islands below, channels-last activations. Inputs and outputs keep the
+spec's dtypes (float inputs are cast down at the edge, outputs cast back to fp32), so every
+engine has the same I/O contract. CPU fp16 is refused: torch's CPU fp16 kernels are slow and not
+what any deployment runs; the fp16 graph on the CPU is served by the ort backend. bf16 pays off
+where the hardware has bf16 dot products (AVX512-BF16/AMX CPUs, Ampere+ GPUs); an AVX2-only CPU
+emulates it several times slower than fp32 (benchmarks/RESULTS.md).
 
-bf16 is autocast (torch picks bf16 for convolutions and matmuls and keeps reductions such as
-the norms and softmax in fp32; sin/cos of the face UNet's timestep never leave fp32) over a
-BatchNorm-folded, channels-last copy of the module. Inputs and outputs keep the spec's dtypes.
-It pays off where the hardware has bf16 dot products (AVX512-BF16/AMX CPUs, Ampere+ GPUs); a
-CPU without them (AVX2 only) emulates bf16 and runs it several times slower than fp32 (see
-benchmarks/RESULTS.md). bf16 has no ONNX export: it lives on the torch backend only.
+The exported fp16 graph has its own, wider islands (export/fp16.py: GroupNorm and softmax in
+fp32 too), because ONNX Runtime's and TensorRT's fp16 kernels need not accumulate in fp32.
 """
 import copy
 
@@ -20,10 +19,50 @@ from torch import nn
 
 from hw2rt.engines.base import Engine
 from hw2rt.errors import Hw2rtError
-from hw2rt.export import fold_batchnorm, to_fp16
+from hw2rt.export.fp16 import cast_floats, fold_batchnorm
 from hw2rt.models import get_spec
 
-TORCH_PRECISIONS = ("fp32", "fp16", "bf16")
+DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
+
+# Submodules that stay fp32 under fp16 and bf16, per model. The face UNet's `time` turns the raw
+# timestep (up to 999) into sin/cos: in fp16 t*inv_freq keeps ~3 significant digits and the phases
+# are off by up to a quarter turn. GroupNorm and softmax get no island: torch's kernels accumulate
+# fp16/bf16 inputs in fp32 (mean/variance, exp-sum), and a full fp32 GroupNorm costs two extra cast
+# passes over the activations per norm (about 90 norms in the face UNet). Measured 2026-12-02 on the
+# CPU (torch's CPU fp16/bf16 kernels; /tmp policy probe, parity's batch-4 call and its 20-step DDIM /
+# 50-step DDPM), against the budgets of parity.BUDGETS (per call 1e-2 fp16 / 3e-2 bf16, image MSE 0.3):
+#   fp16, these islands:             face (damped random) 1.9e-3 per call, image MSE 0.15;
+#                                    bundled face 8.3e-4 / 0.098; digit 5.2e-4 / 0.012; DANN 6.7e-4.
+#   fp16, the graph's wider islands: face 1.6e-3 / 0.13; bundled face 8.3e-4 / 0.064; digit 4.7e-4 / 0.013.
+#   bf16, these islands:             digit 5.7e-3 / 0.24; DANN 5.4e-3; face per call 1.3e-2, but image
+#                                    MSE 2.6 (1.3 bundled) over 20 DDIM steps: bf16's 8-bit mantissa,
+#                                    not an island (autocast, which keeps every norm fp32: 2.6 / 1.4).
+# Both fp16 policies meet the budgets and the lighter one does less work; what that saves on a GPU
+# only a GPU can measure (none was lent). The digit UNet casts t/T to the activation dtype inside its
+# forward, so an island on its time MLP would not restore t; fp16 keeps t/T within 2.5e-4.
+FP32_ISLANDS = {"face_unet": ("time",), "digit_unet": (), "dann": (), "digit_classifier": ()}
+
+
+def _make_island(sub: nn.Module, out_dtype: torch.dtype):
+    """Run fp32 `sub` on fp32 inputs and hand its float outputs on in `out_dtype`."""
+    sub.register_forward_pre_hook(lambda _m, args: cast_floats(args, torch.float32))
+    sub.register_forward_hook(lambda _m, _args, out: cast_floats(out, out_dtype))
+
+
+def reduced_precision_module(net: nn.Module, model: str, precision: str, device=None) -> nn.Module:
+    """The torch backend's fp16/bf16 module for `model`: a copy, eval mode, BatchNorm folded (in
+    fp32), parameters in `precision`, FP32_ISLANDS kept fp32, channels-last. The original is untouched."""
+    dtype = DTYPES[precision]
+    net = fold_batchnorm(copy.deepcopy(net).eval())
+    net.requires_grad_(False)
+    # Islands are set aside before the cast: a buffer cast to fp16 and back has lost its digits.
+    kept = {name: copy.deepcopy(net.get_submodule(name)).float() for name in FP32_ISLANDS[model]}
+    net = net.to(dtype)
+    for name, sub in kept.items():
+        parent, _, leaf = name.rpartition(".")
+        setattr(net.get_submodule(parent) if parent else net, leaf, sub)
+        _make_island(sub, dtype)
+    return net.to(device=device, memory_format=torch.channels_last)
 
 
 class TorchEngine(Engine):
@@ -31,15 +70,13 @@ class TorchEngine(Engine):
 
     def __init__(self, net: nn.Module, model: str, *, precision: str = "fp32", device: str = "cpu",
                  compile: bool | dict = False, threads: int | None = None, max_batch: int | None = None,
-                 source: str = "", channels_last: bool | None = None):
+                 source: str = ""):
         """compile: True for `torch.compile(module)`, or a dict of torch.compile options
-        (e.g. {"dynamic": True}: one compiled graph serves every batch size).
-        channels_last: run a BatchNorm-folded, channels-last copy (default: for bf16 only). In
-        fp32 on a CPU it is a cheap speed-up for some networks (see benchmarks/RESULTS.md)."""
+        (e.g. {"dynamic": False}: one compiled graph per input shape, for fixed CUDA-graph buckets)."""
         spec = get_spec(model)
         device = torch.device(device)
-        if precision not in TORCH_PRECISIONS:
-            raise Hw2rtError(f"unknown precision {precision!r}; choose one of {', '.join(TORCH_PRECISIONS)}")
+        if precision not in DTYPES:
+            raise Hw2rtError(f"unknown precision {precision!r}; choose one of {', '.join(DTYPES)}")
         if precision == "fp16" and device.type != "cuda":
             raise Hw2rtError("the torch backend runs fp16 only on CUDA; on the CPU use --backend ort "
                              "(it runs the fp16 graph), --precision bf16 or --precision fp32")
@@ -49,33 +86,34 @@ class TorchEngine(Engine):
                          max_batch=max_batch, source=source)
         if threads:
             torch.set_num_threads(threads)  # process-wide: torch has no per-module thread count
-        self.channels_last = precision == "bf16" if channels_last is None else channels_last
-        if precision == "fp16":
-            module = to_fp16(net)
-            if self.channels_last:
-                module = module.to(memory_format=torch.channels_last)
-        elif self.channels_last:
-            module = fold_batchnorm(copy.deepcopy(net).eval()).to(memory_format=torch.channels_last)
+        self.dtype = DTYPES[precision]
+        self.islands = FP32_ISLANDS[model] if precision != "fp32" else ()
+        if precision != "fp32":
+            module = reduced_precision_module(net, model, precision, self.device)
         elif any(p.device != self.device for p in net.parameters()):
-            module = copy.deepcopy(net)  # never move the caller's module (it may be a CPU reference)
+            module = copy.deepcopy(net).to(self.device)  # never move the caller's module (it may be a CPU reference)
         else:
             module = net
-        self.module = module.to(self.device).eval()
+        self.module = module.eval()
         options = compile if isinstance(compile, dict) else {}
+        self.compiled = bool(compile)
         self._forward = torch.compile(self.module, **options) if compile else self.module
+
+    def describe(self) -> dict:
+        return {**super().describe(), "islands": list(self.islands), "compiled": self.compiled}
 
     def _run(self, feeds: dict) -> dict:
         args = [feeds[s.name] for s in self.inputs]
-        if self.channels_last:
+        if self.precision != "fp32":
+            args = [a.to(self.dtype) if a.is_floating_point() else a for a in args]
             args = [a.contiguous(memory_format=torch.channels_last) if a.dim() == 4 else a for a in args]
-        with torch.inference_mode(), torch.autocast(self.device.type, torch.bfloat16,
-                                                    enabled=self.precision == "bf16"):
+        with torch.inference_mode():
             out = self._forward(*args)
         out = out if isinstance(out, tuple) else (out,)
-        # Autocast hands back bf16, and channels-last convs strided, tensors: the contract is
-        # the spec's dtype, contiguous.
-        return {s.name: o.to(s.dtype).contiguous() if self.channels_last or self.precision == "bf16" else o
-                for s, o in zip(self.outputs, out)}
+        if self.precision == "fp32":
+            return {s.name: o for s, o in zip(self.outputs, out)}
+        # The contract is the spec's dtype, contiguous (channels-last convs hand back strided tensors).
+        return {s.name: o.to(s.dtype).contiguous() for s, o in zip(self.outputs, out)}
 
     def close(self):
         self.module = self._forward = None

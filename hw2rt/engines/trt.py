@@ -1,4 +1,4 @@
-"""The native TensorRT backend: build a plan from the fp16 ONNX graph, cache it, run it.
+"""The native TensorRT backend: build a plan from the exported ONNX graph (fp32, or fp16 with fp32 islands), cache it, run it.
 
 TensorRT 10 and 11 only, strongly typed networks only. TensorRT 11 removed the fp16 builder
 flag (and every other weak-typing flag): the precision of each layer is the one the ONNX graph
@@ -31,6 +31,7 @@ import torch
 from hw2rt.engines.base import Engine
 from hw2rt.errors import Hw2rtError
 from hw2rt.models import ModelSpec, get_spec
+from hw2rt.options import GRAPH_PRECISIONS
 
 MIN_TRT_MAJOR = 10
 DEFAULT_OPT_LEVEL = 3  # TensorRT's own default; 4-5 search longer for (rarely) faster kernels
@@ -288,11 +289,6 @@ class TrtEngine(Engine):
 
 # --- build + cache ------------------------------------------------------------------------------------
 
-# Largest batch of the profile when the caller names none: what the jobs send in one call
-# (digits: the doubled guidance batch of 250 images), with room to spare.
-DEFAULT_MAX_BATCH = {"face_unet": 16, "digit_unet": 512, "dann": 1024, "digit_classifier": 1024}
-
-
 def timing_cache_path(cache_dir=None, device="cuda") -> Path:
     """The timing cache shared by every build on this GPU with this TensorRT."""
     from hw2rt.engines.cache import cache_root
@@ -320,16 +316,16 @@ def open_trt_engine(model: str, source=None, *, precision: str | None = None, de
 
     source: as `open_engine` (checkpoint path, nn.Module, None for the bundled weights), or an
         hw2rt ONNX export (.onnx; its precision is the file's).
-    precision: "fp16" (default: the fp16 graph with fp32 islands) or "fp32".
+    precision: "fp16" (default: the fp16 graph with fp32 islands; what TensorRT is for) or "fp32".
     dims: the face UNet's height/width for the profile (default: the registry's 64x64).
-    max_batch / opt_batch: the profile's batch range 1..max_batch, tuned for opt_batch (default max).
-    Wrap the result in `hw2rt.runtime.batching.GraphedEngine` for CUDA graphs.
+    max_batch / opt_batch: the profile's batch range 1..max_batch (default `ModelSpec.max_batch`),
+        tuned for opt_batch (default max). `open_engine` puts the result behind CUDA graphs.
     """
     import_tensorrt()  # fail fast, before any export
     device = _require_cuda(device)
     from hw2rt.checkpoints import file_sha256
-    from hw2rt.engines import cached_onnx, resolve_source
     from hw2rt.engines.cache import get_or_build
+    from hw2rt.engines.weights import cached_onnx, resolve_source
     from hw2rt.export import DEFAULT_OPSET, read_metadata
 
     spec = get_spec(model)
@@ -345,13 +341,12 @@ def open_trt_engine(model: str, source=None, *, precision: str | None = None, de
         precision = meta.get("precision", "fp32")
     else:
         precision = precision or "fp16"
-        if precision not in ("fp16", "fp32"):
+        if precision not in GRAPH_PRECISIONS:
             raise Hw2rtError(f"the trt backend builds fp16 or fp32 graphs, not {precision!r}")
-        net, sha, _label = resolve_source(spec.name, source)
         # The graph is dynamic in every named axis: trace at the default (cheap) size, fix `dims` in the profile.
-        onnx_path = cached_onnx(spec.name, net, sha, precision=precision, opset=opset or DEFAULT_OPSET,
-                                cache_dir=cache_dir).path
-    max_batch = int(max_batch or DEFAULT_MAX_BATCH.get(spec.name, 64))
+        onnx_path = cached_onnx(spec.name, resolve_source(spec.name, source), precision=precision,
+                                opset=opset or DEFAULT_OPSET, cache_dir=cache_dir).path
+    max_batch = int(max_batch or spec.max_batch)
     profile = profile_shapes(spec, max_batch, opt_batch, dims)
     parts = trt_key_parts(file_sha256(onnx_path), spec.name, precision=precision, profile=profile,
                           opt_level=opt_level, device=device)

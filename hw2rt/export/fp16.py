@@ -46,20 +46,23 @@ class Fp32Softmax(TorchFunctionMode):
         return func(*args, **kwargs)
 
 
-def _cast_floats(obj, dtype):
+def cast_floats(obj, dtype):
+    """`obj` with every floating-point tensor in it (also inside tuples, lists, dicts) cast to `dtype`."""
     if isinstance(obj, torch.Tensor):
         return obj.to(dtype) if obj.is_floating_point() else obj
     if isinstance(obj, (tuple, list)):
-        return type(obj)(_cast_floats(o, dtype) for o in obj)
+        return type(obj)(cast_floats(o, dtype) for o in obj)
+    if isinstance(obj, dict):
+        return {k: cast_floats(v, dtype) for k, v in obj.items()}
     return obj
 
 
 def _to_fp32_inputs(module, args):
-    return _cast_floats(args, torch.float32)
+    return cast_floats(args, torch.float32)
 
 
 def _to_fp16_output(module, args, output):
-    return _cast_floats(output, torch.float16)
+    return cast_floats(output, torch.float16)
 
 
 def fold_batchnorm(net: nn.Module) -> nn.Module:
@@ -85,8 +88,8 @@ class Fp16Network(nn.Module):
 
     def forward(self, *args):
         with Fp32Softmax():
-            out = self.net(*_cast_floats(args, torch.float16))
-        return _cast_floats(out, torch.float32)
+            out = self.net(*cast_floats(args, torch.float16))
+        return cast_floats(out, torch.float32)
 
 
 def to_fp16(net: nn.Module) -> Fp16Network:

@@ -21,10 +21,11 @@ from hw2rt.errors import Hw2rtError
 from hw2rt.export.fp16 import fold_batchnorm, to_fp16
 from hw2rt.io import atomic_path
 from hw2rt.models import ModelSpec, get_spec
+from hw2rt.options import GRAPH_PRECISIONS
 
 DEFAULT_OPSET = 18
 MIN_OPSET = 18
-PRECISIONS = ("fp32", "fp16")
+PRECISIONS = GRAPH_PRECISIONS
 EXPORTER = "torch.onnx-torchscript"
 META_PREFIX = "hw2rt."
 # The traced example's sizes. Every named axis stays dynamic, so the smallest valid size is

@@ -11,64 +11,65 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
+from hw2rt import options
 from hw2rt.errors import Hw2rtError
 from hw2rt.io import (
     atomic_path,
     mse_255,
     read_image,
-    read_noise_dir,
     to_uint8_minmax,
     to_uint8_signed,
     write_png,
 )
-from hw2rt.runtime.ddim import ddim_sample
-from hw2rt.runtime.ddpm import ddim_sample_guided, ddim_timesteps_for_ddpm, ddpm_sample, guided_denoiser
+from hw2rt.runtime.ddim import check_eta, ddim_sample
+from hw2rt.runtime.ddpm import ancestral_sample, guided_denoiser
 from hw2rt.runtime.images import make_grid
 from hw2rt.runtime.interpolate import interpolate
-from hw2rt.runtime.schedules import DDPM_T, ddim_timesteps
+from hw2rt.runtime.noise import seeded_noise
+from hw2rt.runtime.schedules import DIGIT, FACE, Schedule, digit_schedule
 
 
-def face_denoiser(engine):
-    return lambda x, t: engine.run({"x": x, "t": t})["eps"]
-
-
-def digit_model_fn(engine):
-    return lambda x, c, t, mask: engine.run({"x": x, "c": c, "t": t, "mask": mask})["eps"]
-
-
-def check_ddim_args(steps: int, etas) -> None:
-    """Refuse a step count the timestep rule cannot serve, or a negative eta, before any work."""
+def _checked_steps(steps, timesteps_of):
+    """`timesteps_of(steps)`, its ValueError/TypeError turned into the one-line error naming the option."""
     try:
-        ddim_timesteps(steps)
+        return timesteps_of(steps)
     except (ValueError, TypeError) as exc:
         raise Hw2rtError(f"--steps {steps}: {exc}") from None
-    check_etas(etas)
 
 
-def check_etas(etas) -> None:
-    """Refuse a negative (or NaN) eta before any work."""
-    bad = [e for e in etas if not e >= 0]
-    if bad:
-        raise Hw2rtError(f"--eta must be >= 0 (got {bad[0]:g})")
+def _check_etas(etas):
+    for eta in etas:
+        try:
+            check_eta(eta)
+        except ValueError as exc:  # "eta must be ..." becomes "--eta must be ..."
+            raise Hw2rtError(f"--{exc}") from None
+
+
+def check_ddim_args(steps: int, etas) -> list[int]:
+    """The face DDIM timesteps for `steps`, every eta checked: refused before any work."""
+    _check_etas(etas)
+    return _checked_steps(steps, FACE.timesteps)
 
 
 def sample_faces(engine, x: torch.Tensor, *, steps=50, eta=0.0, seeds=None, batch_size=10, desc="ddim", progress=True):
-    """DDIM over `x` [N,3,H,W] in chunks of `batch_size`; image i's eta-noise comes from seeds[i] alone."""
-    check_ddim_args(steps, [eta])
+    """The face job's loop: DDIM over `x` [N,3,H,W] in chunks of `batch_size`, the engine as the
+    denoiser; image i's eta-noise comes from seeds[i] alone (default: i)."""
+    timesteps = check_ddim_args(steps, [eta])
     seeds = list(seeds) if seeds is not None else list(range(len(x)))
     outs = []
     with tqdm(total=-(-len(x) // batch_size) * steps, desc=desc, unit="step", disable=not progress) as bar:
         for i in range(0, len(x), batch_size):
-            chunk = x[i:i + batch_size].to(engine.device)  # the loop runs where the engine runs
-            outs.append(ddim_sample(face_denoiser(engine), chunk, steps=steps, eta=eta,
-                                    seeds=seeds[i:i + batch_size] if eta > 0 else None,
+            chunk = x[i:i + batch_size].to(engine.device, torch.float32)  # the loop runs where the engine runs
+            noise = seeded_noise(seeds[i:i + batch_size], chunk) if eta > 0 else None
+            outs.append(ddim_sample(engine, chunk, FACE, timesteps, eta=eta, noise=noise,
                                     callback=lambda *_: bar.update()).cpu())
     return torch.cat(outs)
 
 
-def face_job(engine, noise_dir, out_dir, *, steps=50, eta=0.0, batch_size=10, seed=0, gt_dir=None, progress=True):
-    """`NN.pt` -> `NN.png` (HW2 naming and min-max normalisation); with `gt_dir`, the graded MSE."""
-    names, x = read_noise_dir(noise_dir)
+def face_job(engine, noise, out_dir, *, steps=50, eta=0.0, batch_size=10, seed=0, gt_dir=None, progress=True):
+    """`NN.pt` -> `NN.png` (HW2 naming and min-max normalisation); with `gt_dir`, the graded MSE.
+    `noise`: (names, tensor) as `io.read_noise_dir` gives them."""
+    names, x = noise
     if gt_dir is not None:
         gt = {n: read_image(Path(gt_dir) / f"{n}.png") for n in names}  # fail before sampling, not after
     start = time.perf_counter()
@@ -93,10 +94,10 @@ def face_job(engine, noise_dir, out_dir, *, steps=50, eta=0.0, batch_size=10, se
     return summary
 
 
-def eta_grid(engine, noise_dir, grid_path, etas, *, rows=4, steps=50, batch_size=10, seed=0, progress=True):
+def eta_grid(engine, noise, grid_path, etas, *, rows=4, steps=50, batch_size=10, seed=0, progress=True):
     """The report grid: the first `rows` noises (rows) x `etas` (columns)."""
     check_ddim_args(steps, etas)
-    names, x = read_noise_dir(noise_dir)
+    names, x = noise
     x = x[:rows]
     batch = x.repeat_interleave(len(etas), dim=0)  # row-major: noise, then eta
     columns = []
@@ -109,13 +110,14 @@ def eta_grid(engine, noise_dir, grid_path, etas, *, rows=4, steps=50, batch_size
     return {"grid": str(grid_path), "rows": names[:rows], "etas": list(etas)}
 
 
-def interp_job(engine, noise_dir, out_path, *, pair=("00", "01"), modes=("slerp", "lerp"), steps=50, batch_size=11,
+def interp_job(engine, noise, out_path, *, pair=("00", "01"), modes=("slerp", "lerp"), steps=50, batch_size=11,
                progress=True):
     """One row of 11 images (alpha = 0, 0.1, ..., 1) per interpolation mode."""
-    names, x = read_noise_dir(noise_dir)
+    names, x = noise
     missing = [p for p in pair if p not in names]
     if missing:
-        raise Hw2rtError(f"{noise_dir}: no noise file {missing[0]}.pt for --pair")
+        raise Hw2rtError(f"{missing[0]}.pt: no such noise file for --pair (the noise folder holds "
+                         f"{', '.join(n + '.pt' for n in names)})")
     x0, x1 = x[names.index(pair[0])][None], x[names.index(pair[1])][None]
     tiles = []
     for mode in modes:
@@ -126,60 +128,88 @@ def interp_job(engine, noise_dir, out_path, *, pair=("00", "01"), modes=("slerp"
     return {"out": str(out_path), "pair": list(pair), "modes": list(modes)}
 
 
-def digit_job(engine, out_dir, *, per_digit=100, w=2.0, sampler="ancestral", steps=1000, eta=0.0, seed=0,
-              batch_size=250, grid_path=None, frames_path=None, progress=True):
-    """`{d}_{i:03d}.png` for d = 0..9, i = 1..per_digit; the 10x10 grid; six frames of the first "0".
+def digit_plan(sampler: str, steps: int, eta: float = 0.0) -> tuple[Schedule, list[int]]:
+    """(schedule, timesteps) of the digit job, refused before any work when they do not fit.
 
-    sampler "ancestral": the assignment's DDPM with T = `steps` (the T the model was trained with);
+    "ancestral": the assignment's DDPM with T = `steps` (the T the model was trained with), every t;
     "ddim": `steps` DDIM steps over the T = 1000 schedule (the fast path on a CPU); eta = 0 is
     deterministic, eta = 1 draws fresh noise every step as the ancestral sampler does, over fewer steps.
     """
-    if per_digit < 1:
-        raise Hw2rtError(f"--per-digit must be >= 1 (got {per_digit})")
-    check_etas([eta])
+    _check_etas([eta])
     if sampler == "ancestral":
         if eta != 0:
             raise Hw2rtError("--eta applies to --sampler ddim (the ancestral sampler always draws fresh noise)")
-        timesteps = list(range(steps, 0, -1))
-    elif sampler == "ddim":
-        try:
-            timesteps = ddim_timesteps_for_ddpm(steps, DDPM_T)
-        except ValueError as exc:
-            raise Hw2rtError(f"--steps {steps}: {exc}") from None
-    else:
-        raise Hw2rtError(f"unknown sampler {sampler!r}: ancestral or ddim")
-    T = steps if sampler == "ancestral" else DDPM_T
-    labels = torch.arange(10).repeat_interleave(per_digit)
-    names = [f"{d}_{i:03d}.png" for d in range(10) for i in range(1, per_digit + 1)]
-    # One generator per image draws its starting noise and then every z: results do not depend on batching.
-    gens = [torch.Generator().manual_seed(seed * 1_000_003 + k) for k in range(len(labels))]
-    x_T = torch.cat([torch.randn(1, 3, 28, 28, generator=g) for g in gens])
-    keep = {timesteps[round(k * (len(timesteps) - 1) / 5)] for k in range(6)}  # six frames, first and last included
-    frames = []
-    denoiser = guided_denoiser(digit_model_fn(engine), w, T)
-    start = time.perf_counter()
+        schedule = _checked_steps(steps, digit_schedule)
+        return schedule, schedule.timesteps(schedule.T)
+    if sampler == "ddim":
+        return DIGIT, _checked_steps(steps, DIGIT.timesteps)
+    raise Hw2rtError(f"unknown sampler {sampler!r}: {' or '.join(options.SAMPLERS)}")
+
+
+def frame_timesteps(timesteps: list[int], n: int = 6) -> list[int]:
+    """`n` timesteps evenly spread over a trajectory's `timesteps`, the first and the last included."""
+    return [timesteps[round(k * (len(timesteps) - 1) / (n - 1))] for k in range(n)]
+
+
+def digit_noise(n: int, seed: int = 0) -> tuple[torch.Tensor, list[torch.Generator]]:
+    """Image k's starting noise [1,3,28,28] and the generator that goes on to draw its every z:
+    one generator per image, so results do not depend on batching."""
+    gens = [torch.Generator().manual_seed(seed * 1_000_003 + k) for k in range(n)]
+    return torch.cat([torch.randn(1, 3, 28, 28, generator=g) for g in gens]), gens
+
+
+def sample_digits(engine, labels: torch.Tensor, *, w=2.0, sampler="ancestral", steps=1000, eta=0.0, seed=0,
+                  batch_size=250, callback=None, progress=True) -> torch.Tensor:
+    """The digit job's loop: guided digits of classes `labels` [N] (images in [-1, 1]), the engine
+    as the model behind one doubled guidance batch per step. `callback(first_image, step, t, x)`
+    runs after every step of every chunk."""
+    schedule, timesteps = digit_plan(sampler, steps, eta)
+    x_T, gens = digit_noise(len(labels), seed)
     outs = []
     with tqdm(total=-(-len(labels) // batch_size) * len(timesteps), desc=sampler, unit="step",
               disable=not progress) as bar:
         for i in range(0, len(labels), batch_size):
-            def callback(step, t, x, first=(i == 0)):
+            def on_step(step, t, x, first=i):
                 bar.update()
-                if first and t in keep:  # image 0 is the first "0"
-                    frames.append(to_uint8_signed(x[0]))
-            x, c = x_T[i:i + batch_size].to(engine.device), labels[i:i + batch_size].to(engine.device)
+                if callback is not None:
+                    callback(first, step, t, x)
+            x = x_T[i:i + batch_size].to(engine.device)
+            denoiser = guided_denoiser(engine, w, labels[i:i + batch_size].to(engine.device), schedule.T)
+            noise = seeded_noise(gens[i:i + batch_size], x)
             if sampler == "ancestral":
-                out = ddpm_sample(denoiser, x, c, T=T, seeds=gens[i:i + batch_size], callback=callback)
+                out = ancestral_sample(denoiser, x, schedule, timesteps, noise=noise, callback=on_step)
             else:
-                out = ddim_sample_guided(denoiser, x, c, steps=steps, T=T, eta=eta, seeds=gens[i:i + batch_size],
-                                         callback=callback)
+                out = ddim_sample(denoiser, x, schedule, timesteps, eta=eta, noise=noise if eta > 0 else None,
+                                  callback=on_step)
             outs.append(out.cpu())
+    return torch.cat(outs)
+
+
+def digit_job(engine, out_dir, *, per_digit=100, w=2.0, sampler="ancestral", steps=1000, eta=0.0, seed=0,
+              batch_size=250, grid_path=None, frames_path=None, progress=True):
+    """`{d}_{i:03d}.png` for d = 0..9, i = 1..per_digit; the 10x10 grid; six frames of the first "0"."""
+    if per_digit < 1:
+        raise Hw2rtError(f"--per-digit must be >= 1 (got {per_digit})")
+    schedule, timesteps = digit_plan(sampler, steps, eta)
+    labels = torch.arange(10).repeat_interleave(per_digit)
+    names = [f"{d}_{i:03d}.png" for d in range(10) for i in range(1, per_digit + 1)]
+    keep = set(frame_timesteps(timesteps))
+    frames = []
+
+    def callback(first, step, t, x):
+        if first == 0 and t in keep:  # image 0 is the first "0"
+            frames.append(to_uint8_signed(x[0]))
+
+    start = time.perf_counter()
+    out = sample_digits(engine, labels, w=w, sampler=sampler, steps=steps, eta=eta, seed=seed, batch_size=batch_size,
+                        callback=callback, progress=progress)
     seconds = time.perf_counter() - start
-    images = [to_uint8_signed(img) for img in torch.cat(outs)]
+    images = [to_uint8_signed(img) for img in out]
     out_dir = Path(out_dir)
     for name, arr in zip(names, images):
         write_png(arr, out_dir / name)
     summary = {"images": len(names), "out_dir": str(out_dir), "seconds": seconds, "images_per_s": len(names) / seconds,
-               "w": w, "sampler": sampler, "steps": len(timesteps), "T": T, "eta": eta}
+               "w": w, "sampler": sampler, "steps": len(timesteps), "T": schedule.T, "eta": eta}
     if grid_path is not None:
         cols = min(10, per_digit)
         write_png(make_grid([images[d * per_digit + j] for d in range(10) for j in range(cols)], ncol=cols), grid_path)

@@ -1,7 +1,7 @@
 """Problem 1: the conditional DigitUNet as a DDPM with classifier-free guidance training.
 
 x0 = image in [-1,1]; t uniform in 1..T; x_t = sqrt(abar_t) x0 + sqrt(1-abar_t) eps (the
-float32 tables of `ddpm_schedule`); the class is dropped (mask = 1) with probability
+`digit_schedule(T).add_noise`); the class is dropped (mask = 1) with probability
 `drop_prob`; loss = MSE(eps, model(x_t, c, t/T, mask)). AdamW (the seed: lr 1e-4, wd 1e-5).
 
 lr: 1e-4 is the seed's value for n_feat = 128 trained for many epochs on a GPU. Narrow models
@@ -19,7 +19,7 @@ from torch.nn import functional as F
 
 from hw2rt.errors import Hw2rtError
 from hw2rt.models.digit_unet import DigitUNet
-from hw2rt.runtime.schedules import ddpm_schedule
+from hw2rt.runtime.schedules import digit_schedule
 from hw2rt.training.data import (
     DigitsDataset,
     EpochShuffle,
@@ -85,8 +85,7 @@ def train_ddpm(
     n = len(labels)
     b = effective_batch(n, batch_size)
     spe = steps_per_epoch(n, b)
-    sched = ddpm_schedule(T).to(dev)
-    sqrtab, sqrtmab = sched.sqrtab, sched.sqrtmab
+    schedule = digit_schedule(T)
 
     model = DigitUNet(n_feat=n_feat)
     if channels_last:
@@ -100,7 +99,7 @@ def train_ddpm(
         c = labels[idx]
         t = torch.randint(1, T + 1, (b,), device=dev)
         eps = torch.randn_like(x0)
-        x_t = sqrtab[t, None, None, None] * x0 + sqrtmab[t, None, None, None] * eps
+        x_t = schedule.add_noise(x0, eps, t)
         if channels_last:
             x_t = x_t.contiguous(memory_format=torch.channels_last)
         mask = torch.bernoulli(torch.full((b,), drop_prob, device=dev))

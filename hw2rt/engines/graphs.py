@@ -11,7 +11,8 @@ The bucket, padding and splitting logic is plain tensor code: on a CPU (or with 
 off) `BucketedRunner` runs the function eagerly on the padded chunks, which is how it is
 tested. When the inputs live on a CUDA device it captures one `torch.cuda.CUDAGraph` per
 (bucket, input layout), after a warm-up run on a side stream, with static input buffers
-that each request is copied into. The samplers use it through the denoiser and never know.
+that each request is copied into. `open_engine(..., graphs=...)` wraps engines in `GraphedEngine`;
+the samplers never know.
 
 Padding rows are real rows (copies of the last one), so a row-independent function gives
 exactly its unpadded result on the kept rows. Functions that mix rows (BatchNorm in train
@@ -19,13 +20,11 @@ mode) are not row-independent and must not be bucketed.
 """
 from __future__ import annotations
 
-import copy
 import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import torch
-from torch import nn
 
 from hw2rt.engines.base import Engine, check_feeds
 from hw2rt.errors import Hw2rtError
@@ -310,6 +309,9 @@ class GraphedEngine(Engine):
         mode = "CUDA graphs" if self.runner.graphs and self.device.type == "cuda" else "buckets"
         return f"{self.engine.name} [{mode} {','.join(map(str, self.runner.buckets))}]"
 
+    def describe(self) -> dict:
+        return {**self.engine.describe(), "graphs": True, "buckets": list(self.runner.buckets)}
+
     def run(self, feeds) -> dict:
         if self.closed:
             raise Hw2rtError(f"{self.name}: engine is closed")
@@ -322,161 +324,3 @@ class GraphedEngine(Engine):
         self.runner.close()
         self.engine.close()
         super().close()
-
-
-# --- the fastest torch path on CUDA: reduced precision, light fp32 islands, channels-last ------------
-
-DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
-
-# Submodules that stay fp32, per registered model. The face UNet's `time` turns the raw timestep
-# (up to 999) into sin/cos: in fp16, t*inv_freq keeps ~3 significant digits and the phases are
-# wrong by up to a quarter turn. GroupNorm and softmax get no island here, unlike the exported
-# graph (export/fp16.py): torch's CUDA kernels already accumulate fp16/bf16 inputs in fp32
-# (mean/variance, exp-sum), and a full fp32 GroupNorm costs two extra passes over the
-# activations per norm. (The digit UNet casts t/T to the activation dtype inside its forward,
-# so an island on its time MLP would not restore t; fp16 keeps t/T within 2.5e-4, a quarter step.)
-FP32_ISLANDS = {"face_unet": ("time",), "digit_unet": (), "dann": (), "digit_classifier": ()}
-
-
-def resolve_dtype(precision) -> torch.dtype:
-    if isinstance(precision, torch.dtype):
-        return precision
-    try:
-        return DTYPES[precision]
-    except KeyError:
-        raise ValueError(f"precision must be one of {', '.join(DTYPES)} (got {precision!r})") from None
-
-
-def _cast_floats(obj, dtype):
-    if isinstance(obj, torch.Tensor):
-        return obj.to(dtype) if obj.is_floating_point() else obj
-    if isinstance(obj, (tuple, list)):
-        return type(obj)(_cast_floats(o, dtype) for o in obj)
-    if isinstance(obj, dict):
-        return {k: _cast_floats(v, dtype) for k, v in obj.items()}
-    return obj
-
-
-def _make_island(sub: nn.Module, out_dtype: torch.dtype):
-    """Run fp32 `sub` on fp32 inputs and hand its float outputs on in `out_dtype`."""
-    sub.register_forward_pre_hook(lambda _m, args: _cast_floats(args, torch.float32))
-    sub.register_forward_hook(lambda _m, _args, out: _cast_floats(out, out_dtype))
-
-
-def _replace_submodule(net: nn.Module, name: str, new: nn.Module):
-    parent, _, leaf = name.rpartition(".")
-    setattr(net.get_submodule(parent) if parent else net, leaf, new)
-
-
-def cast_module(module: nn.Module, precision="fp16", *, islands: Sequence[str] = (), device=None,
-                channels_last: bool = False) -> nn.Module:
-    """A copy of `module`: eval mode, BatchNorm folded (in fp32), parameters in `precision`,
-    the dotted submodule names in `islands` kept fp32 (see FP32_ISLANDS). The original is untouched.
-    """
-    from hw2rt.export.fp16 import fold_batchnorm  # the same folding as the exported graphs
-
-    dtype = resolve_dtype(precision)
-    net = fold_batchnorm(copy.deepcopy(module).eval())
-    net.requires_grad_(False)
-    if dtype != torch.float32:
-        # Islands are set aside before the cast: a buffer cast to fp16 and back has lost its digits.
-        kept = {name: copy.deepcopy(net.get_submodule(name)).float() for name in islands}
-        net = net.to(dtype)
-        for name, sub in kept.items():
-            _replace_submodule(net, name, sub)
-            _make_island(sub, dtype)
-    net = net.to(device=device)
-    if channels_last:
-        net = net.to(memory_format=torch.channels_last)
-    return net
-
-
-class FastTorchEngine(Engine):
-    """torch on CUDA, tuned: fp16/bf16 parameters with light fp32 islands (or fp32), BatchNorm
-    folded, channels-last activations. Same I/O contract as every engine (fp32 in, fp32 out).
-
-    Wrap it in `GraphedEngine` (or use `fast_torch_engine`) for CUDA graphs. Runs on the CPU
-    too (slowly for fp16), which is how it is tested here.
-    """
-
-    backend = "torch"
-
-    def __init__(self, net: nn.Module, model: str, *, precision: str = "fp16", device="cuda",
-                 channels_last: bool = True, max_batch: int | None = None, islands: Sequence[str] | None = None,
-                 compile: bool = False, source: str = ""):
-        from hw2rt.models import get_spec
-
-        spec = get_spec(model)
-        device = torch.device(device)
-        if device.type == "cuda" and not torch.cuda.is_available():
-            raise Hw2rtError("device cuda requested, but torch sees no CUDA GPU")
-        self.dtype = resolve_dtype(precision)
-        super().__init__(model, spec.inputs, spec.outputs, device=device, precision=precision,
-                         max_batch=max_batch, source=source)
-        islands = FP32_ISLANDS.get(model, ()) if islands is None else tuple(islands)
-        self.channels_last = channels_last
-        self.module = cast_module(net, self.dtype, islands=islands, device=device, channels_last=channels_last)
-        # torch.compile fuses the elementwise tails (GELU, residual sums, GroupNorm+ReLU) that cuDNN
-        # leaves as separate passes; one compile per input shape, so pair it with fixed buckets.
-        self._forward = torch.compile(self.module, dynamic=False) if compile else self.module
-
-    def _run(self, feeds: dict) -> dict:
-        args = []
-        for s in self.inputs:
-            v = feeds[s.name]
-            if v.is_floating_point():
-                v = v.to(self.dtype)
-                if self.channels_last and v.dim() == 4:
-                    v = v.contiguous(memory_format=torch.channels_last)
-            args.append(v)
-        with torch.no_grad():
-            out = self._forward(*args)
-        out = out if isinstance(out, (tuple, list)) else (out,)
-        return {s.name: o.to(s.dtype).contiguous() for s, o in zip(self.outputs, out)}
-
-    def close(self):
-        self.module = self._forward = None
-        super().close()
-
-
-def fast_torch_engine(net: nn.Module, model: str, *, precision: str = "fp16", device="cuda",
-                      max_batch: int = 64, buckets: Sequence[int] | None = None, graphs: bool = True,
-                      channels_last: bool = True, compile: bool = False) -> GraphedEngine:
-    """The fastest torch engine: `FastTorchEngine` behind per-bucket CUDA graphs.
-
-    Requests above `max_batch` (the largest bucket) are split into chunks, so max_batch bounds
-    the memory of one call, not the size of a request.
-    """
-    engine = FastTorchEngine(net, model, precision=precision, device=device, channels_last=channels_last,
-                             compile=compile)
-    return GraphedEngine(engine, buckets, max_batch=None if buckets else max_batch, graphs=graphs)
-
-
-# The largest batch one engine call serves on a GPU (a bigger request is split): sized for the
-# assignment's jobs (10 faces; 1000 digits as one doubled batch of 2000 needs chunks anyway).
-GPU_MAX_BATCH = {"face_unet": 16, "digit_unet": 512, "dann": 1024, "digit_classifier": 1024}
-
-
-def open_batched_engine(model: str, source=None, *, backend: str = "auto", precision: str | None = None,
-                        device: str = "cpu", threads: int | None = None, dims: dict | None = None,
-                        max_batch: int | None = None, graphs: bool = True) -> Engine:
-    """What the commands run on: `open_engine`, plus on a CUDA device per-bucket CUDA graphs
-    (and, for torch fp16/bf16, the fast module: BatchNorm folded, channels-last).
-
-    On the CPU this is `open_engine` unchanged: graphs need CUDA, and bucket padding would only
-    add work there.
-    """
-    from hw2rt.engines import open_engine, pick_backend, resolve_source
-
-    if torch.device(device).type != "cuda":
-        return open_engine(model, source, backend=backend, precision=precision, device=device, threads=threads,
-                           dims=dims, max_batch=max_batch)
-    if backend == "auto":
-        backend = pick_backend(device)
-    max_batch = max_batch or GPU_MAX_BATCH[model]
-    if backend == "torch" and precision in ("fp16", "bf16"):
-        net, _, label = resolve_source(model, source)
-        return fast_torch_engine(net, model, precision=precision, device=device, max_batch=max_batch, graphs=graphs)
-    engine = open_engine(model, source, backend=backend, precision=precision, device=device, threads=threads,
-                         dims=dims, max_batch=max_batch)
-    return GraphedEngine(engine, max_batch=max_batch, graphs=graphs)

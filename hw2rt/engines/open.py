@@ -1,0 +1,134 @@
+"""`open_engine`: the one way to an Engine. The CLI, parity, the demo, bench and the GPU check all
+call it, so what parity proves and bench measures is what the commands run.
+
+It resolves the weights (a checkpoint file, a module, an hw2rt ONNX file, or the bundled default),
+picks the backend, exports through the cache when the backend needs a graph, and on a CUDA device
+puts the engine behind per-bucket CUDA graphs.
+
+Backends:
+    torch  eager PyTorch (optionally torch.compile); fp32 and bf16 anywhere, fp16 on CUDA only
+           (engines/torch.py: one fp32-island policy per model for fp16 and bf16)
+    ort    ONNX Runtime: CPU EP; CUDA (+ TensorRT) EPs with I/O binding under onnxruntime-gpu
+    trt    native TensorRT (engines/trt.py): plans built from the exported graph, cached
+    auto   the fastest available: trt on CUDA when present, then ort (CPU, or CUDA EP), then torch;
+           torch for bf16, which has no ONNX graph
+"""
+import importlib.util
+from pathlib import Path
+
+import torch
+
+from hw2rt import options
+from hw2rt.engines.base import Engine
+from hw2rt.engines.cache import cache_root
+from hw2rt.engines.graphs import GraphedEngine, bucket_sizes
+from hw2rt.engines.ort import OrtEngine, available_providers
+from hw2rt.engines.torch import TorchEngine
+from hw2rt.engines.weights import cached_onnx, resolve_source
+from hw2rt.errors import Hw2rtError
+from hw2rt.export import DEFAULT_OPSET
+from hw2rt.models import get_spec
+
+
+def _trt_available() -> bool:
+    return importlib.util.find_spec("tensorrt") is not None
+
+
+def resolve_device(device="auto") -> torch.device:
+    """`auto` is cuda when torch sees a GPU, else cpu; anything torch cannot parse is a one-line error."""
+    if str(device) == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, TypeError):
+        raise Hw2rtError(f"unknown device {device!r}; choose auto, cpu, cuda or cuda:N") from None
+    if dev.type not in ("cpu", "cuda"):
+        raise Hw2rtError(f"device {device!r}: hw2rt runs on cpu or cuda")
+    return dev
+
+
+def pick_backend(device="cpu", precision: str | None = None) -> str:
+    """What `auto` means for `device` and `precision` on this install."""
+    if precision == "bf16":
+        return "torch"
+    if resolve_device(device).type == "cuda":
+        if _trt_available():
+            return "trt"
+        return "ort" if "CUDAExecutionProvider" in available_providers() else "torch"
+    return "ort"
+
+
+def _is_onnx(source) -> bool:
+    return isinstance(source, (str, Path)) and Path(source).suffix == ".onnx"
+
+
+def open_engine(model: str, source=None, *, backend: str = "auto", precision: str | None = None,
+                device="cpu", graphs: bool | str = "auto", max_batch: int | None = None,
+                threads: int | None = None, cache_dir=None, dims: dict | None = None,
+                opset: int = DEFAULT_OPSET, compile: bool | dict = False) -> Engine:
+    """An Engine for `model` ("face_unet", "digit_unet", "dann", "digit_classifier").
+
+    source: a checkpoint path (.pt/.pth/.safetensors) or bundled name, an nn.Module of that model,
+        an hw2rt ONNX file (.onnx: ort and trt; its precision is the file's), or None for the bundled one.
+    precision: "fp32", "fp16" (fp16 graph with fp32 islands; torch: CUDA only) or "bf16" (torch
+        only). None (the default): fp32, but fp16 on trt, and an ONNX file's own precision.
+    device: "cpu", "cuda", "cuda:N" or "auto".
+    graphs: "auto" (CUDA graphs on a CUDA device, nothing on the CPU), True (always behind the
+        bucketing wrapper: CUDA graphs on CUDA, the same padded buckets run eagerly on the CPU) or False.
+    max_batch: the largest batch of one engine call (default: the model's `ModelSpec.max_batch`
+        where graphs or a TensorRT profile need one, else unlimited). Behind graphs it is the top
+        bucket, and a larger request is split.
+    threads: intra-op threads (ORT session option; torch: process-wide torch.set_num_threads).
+    cache_dir: where exported graphs and plans are cached (default $HW2RT_CACHE or ~/.cache/hw2rt).
+    dims: sizes of the non-batch axes the engine will mostly serve (face_unet height/width): the
+        TensorRT profile. ORT and torch are dynamic in them.
+    compile: torch only: True or torch.compile options.
+    """
+    spec = get_spec(model)
+    if backend not in options.BACKENDS:
+        raise Hw2rtError(f"unknown backend {backend!r}; choose one of {', '.join(options.BACKENDS)}")
+    if precision is not None and precision not in options.PRECISIONS:
+        raise Hw2rtError(f"unknown precision {precision!r}; choose one of {', '.join(options.PRECISIONS)}")
+    if graphs not in ("auto", True, False):
+        raise Hw2rtError(f"graphs must be 'auto', True or False (got {graphs!r})")
+    device = resolve_device(device)
+    if backend == "auto":
+        backend = pick_backend(device, precision)
+    if precision is not None and precision not in options.GRAPH_PRECISIONS and backend != "torch":
+        raise Hw2rtError(f"precision {precision} runs on the torch backend only (there is no {precision} ONNX "
+                         f"graph for {backend}); use --backend torch, or fp32/fp16 on {backend}")
+    if compile and backend != "torch":
+        raise Hw2rtError(f"torch.compile applies to the torch backend, not {backend}")
+    graphed = device.type == "cuda" if graphs == "auto" else graphs
+    call_batch = max_batch or (spec.max_batch if graphed or backend == "trt" else None)
+
+    engine = _open_backend(spec.name, source, backend, precision, device, call_batch, threads, cache_dir,
+                           dims, opset, compile)
+    return GraphedEngine(engine, bucket_sizes(call_batch)) if graphed else engine
+
+
+def _open_backend(model, source, backend, precision, device, max_batch, threads, cache_dir, dims, opset,
+                  compile) -> Engine:
+    if backend == "trt":  # a plan of the fp16 (default) or fp32 graph, via the engine cache
+        from hw2rt.engines.trt import open_trt_engine
+        return open_trt_engine(model, source, precision=precision, device=device, dims=dims,
+                               max_batch=max_batch, cache_dir=cache_dir, opset=opset)
+    if _is_onnx(source):
+        if backend != "ort":
+            raise Hw2rtError(f"{source}: an ONNX file runs on the ort backend (or trt), not {backend}")
+        engine = OrtEngine(source, model=model, device=device, threads=threads, max_batch=max_batch,
+                           trt_cache_dir=cache_root(cache_dir) / "ort_trt")
+        if precision is not None and precision != engine.precision:
+            engine.close()
+            raise Hw2rtError(f"{source}: is an {engine.precision} graph, but {precision} was asked for")
+        return engine
+    precision = precision or "fp32"
+    weights = resolve_source(model, source)
+    if backend == "torch":
+        return TorchEngine(weights.net, model, precision=precision, device=device, compile=compile, threads=threads,
+                           max_batch=max_batch, source=weights.label)
+    entry = cached_onnx(model, weights, precision=precision, opset=opset, cache_dir=cache_dir)
+    engine = OrtEngine(entry.path, model=model, device=device, threads=threads, max_batch=max_batch,
+                       trt_cache_dir=cache_root(cache_dir) / "ort_trt")
+    engine.cache_entry = entry
+    return engine

@@ -1,0 +1,56 @@
+"""Where an engine's weights come from (a checkpoint file, a module, or the bundled default), and
+their exported graph in the artefact cache. Used by `open_engine` and by the TensorRT backend."""
+import functools
+from dataclasses import dataclass
+from pathlib import Path
+
+from torch import nn
+
+from hw2rt.engines.cache import CacheEntry, get_or_build, onnx_key_parts
+from hw2rt.errors import Hw2rtError
+from hw2rt.export import DEFAULT_OPSET, export_onnx, state_dict_sha256, trace_dims
+from hw2rt.models import get_spec
+
+
+@dataclass(frozen=True)
+class Weights:
+    net: nn.Module  # eval mode
+    label: str  # for messages: the file, or "<FaceUNet module>"
+    path: Path | None  # the checkpoint file, None for a module
+
+    @functools.cached_property
+    def sha256(self) -> str:
+        """The checkpoint file's SHA-256, or the module's state-dict hash. Computed on first use
+        only (seconds for the face UNet): the torch backend never needs it."""
+        from hw2rt.checkpoints import file_sha256
+
+        return file_sha256(self.path) if self.path is not None else state_dict_sha256(self.net)
+
+
+def resolve_source(model: str, source=None) -> Weights:
+    """The weights of `source`: a checkpoint path (or a bundled name), an nn.Module, or None (the
+    bundled checkpoint)."""
+    from hw2rt.checkpoints import load_model, resolve_checkpoint
+
+    if isinstance(source, nn.Module):
+        return Weights(source.eval(), f"<{type(source).__name__} module>", None)
+    path = resolve_checkpoint(source, model)
+    if path.suffix == ".onnx":
+        raise Hw2rtError(f"{path}: an ONNX graph holds no torch module; give the checkpoint it was exported from")
+    net, _, _ = load_model(path, model)
+    return Weights(net, str(path), path)
+
+
+def cached_onnx(model: str, weights: Weights, *, precision: str = "fp32", opset: int = DEFAULT_OPSET,
+                dims: dict | None = None, cache_dir=None) -> CacheEntry:
+    """The exported graph of `weights` from the cache, exporting it on a miss or a bad entry.
+    `dims`: the trace size (default `trace_dims`; the graph is dynamic in every named axis)."""
+    spec = get_spec(model)
+    dims = trace_dims(spec, dims)
+    net = weights.net
+    parts = onnx_key_parts(model, getattr(net, "config", {}), weights.sha256, precision, opset, dims)
+
+    def build(tmp: Path):
+        export_onnx(net, spec, tmp, precision=precision, opset=opset, dims=dims, source_sha256=weights.sha256)
+
+    return get_or_build("onnx", f"{model}-{precision}", parts, "model.onnx", build, cache_dir=cache_dir)

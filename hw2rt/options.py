@@ -1,0 +1,12 @@
+"""The option vocabularies: which models, backends and precisions exist. Torch-free, so the CLI's
+`--help` stays fast; the registry, the engines, export and the CLI all read these tuples.
+"""
+MODELS = ("face_unet", "digit_unet", "dann", "digit_classifier")
+BACKENDS = ("auto", "torch", "ort", "trt")
+PRECISIONS = ("fp32", "fp16", "bf16")  # what some engine serves
+GRAPH_PRECISIONS = ("fp32", "fp16")  # what an exported ONNX graph holds (bf16 lives on the torch backend only)
+SAMPLERS = ("ancestral", "ddim")  # the digit job's
+DEVICES = ("auto", "cpu", "cuda")  # also "cuda:N"
+
+AUTO_BACKEND = ("auto: the fastest backend available: trt on a CUDA GPU with TensorRT installed, else ort "
+                "(the CPU, or its CUDA EP with onnxruntime-gpu); torch for bf16. On a CPU-only install: ort.")
