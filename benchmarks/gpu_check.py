@@ -43,7 +43,7 @@ from hw2rt.engines.ort import available_providers
 from hw2rt.io import mse_255, to_uint8_minmax, to_uint8_signed
 from hw2rt.models import get_spec
 from hw2rt.parity import BUDGETS, DAMP, LAST_CONV, compare_outputs, random_model
-from hw2rt.runtime.jobs import sample_digits, sample_faces
+from hw2rt.runtime.jobs import digit_plan, sample_digits, sample_faces
 
 MODELS = ("face_unet", "digit_unet", "dann", "digit_classifier")
 CLASSIFIERS = ("dann", "digit_classifier")
@@ -500,7 +500,7 @@ def _digit_run(engine, *, n_all, rows, T, w, device, cap_s, max_steps=None, seed
     sync(device)
     t0 = time.perf_counter()
     try:
-        img = sample_digits(engine, labels[:rows], w=w, sampler="ancestral", steps=T, seed=seed, batch_size=rows,
+        img = sample_digits(engine, labels[:rows], digit_plan("ancestral", T), w=w, seed=seed, batch_size=rows,
                             callback=callback, progress=False)
     except StopEarly:
         img = None

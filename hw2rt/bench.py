@@ -556,17 +556,17 @@ def digit_loop_fns(engines: dict, net, images: int, steps: int, device, w: float
     from hw2rt.runtime.jobs import digit_noise, digit_plan, sample_digits
 
     labels = torch.arange(images) % 10
-    fns = {n: (lambda e=e: sample_digits(e, labels, w=w, sampler="ddim", steps=steps, batch_size=images,
-                                         progress=False)) for n, e in engines.items()}
+    plan = digit_plan("ddim", steps)
+    fns = {n: (lambda e=e: sample_digits(e, labels, plan, w=w, batch_size=images, progress=False))
+           for n, e in engines.items()}
 
     def plain(xt, ct, tt, mask):
         with torch.inference_mode():
             return net(xt, ct, tt, mask)
 
-    schedule, timesteps = digit_plan("ddim", steps)
     x = digit_noise(images)[0].to(device)
-    guided_plain = guided_denoiser(plain, w, labels.to(device), schedule.T)
-    fns[DIFFUSERS] = lambda: diffusers_ddim(guided_plain, x, steps, timesteps, train_steps=schedule.T + 1)
+    guided_plain = guided_denoiser(plain, w, labels.to(device), plan.schedule.T)
+    fns[DIFFUSERS] = lambda: diffusers_ddim(guided_plain, x, steps, plan.timesteps, train_steps=plan.schedule.T + 1)
     return fns, x
 
 

@@ -16,7 +16,15 @@ import pytest
 import torch
 
 from hw2rt.engines import open_engine
-from hw2rt.engines.graphs import BucketedRunner, GraphedEngine, _flatten, bucket_sizes, pad_rows, pick_bucket, plan_chunks
+from hw2rt.engines.graphs import (
+    BucketedRunner,
+    GraphedEngine,
+    _flatten,
+    bucket_sizes,
+    pad_rows,
+    pick_bucket,
+    plan_chunks,
+)
 from hw2rt.engines.torch import FP32_ISLANDS, TorchEngine, reduced_precision_module
 from hw2rt.errors import Hw2rtError
 from hw2rt.models import get_spec

@@ -5,6 +5,7 @@ the denoiser callables built here. Files are written atomically; a tqdm bar trac
 """
 import json
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -128,8 +129,18 @@ def interp_job(engine, noise, out_path, *, pair=("00", "01"), modes=("slerp", "l
     return {"out": str(out_path), "pair": list(pair), "modes": list(modes)}
 
 
-def digit_plan(sampler: str, steps: int, eta: float = 0.0) -> tuple[Schedule, list[int]]:
-    """(schedule, timesteps) of the digit job, refused before any work when they do not fit.
+@dataclass(frozen=True)
+class DigitPlan:
+    """What the digit job samples with: its loop, schedule, timesteps and eta."""
+
+    sampler: str
+    schedule: Schedule
+    timesteps: list
+    eta: float = 0.0
+
+
+def digit_plan(sampler: str, steps: int, eta: float = 0.0) -> DigitPlan:
+    """The digit job's plan, refused before any work when it does not fit.
 
     "ancestral": the assignment's DDPM with T = `steps` (the T the model was trained with), every t;
     "ddim": `steps` DDIM steps over the T = 1000 schedule (the fast path on a CPU); eta = 0 is
@@ -140,9 +151,9 @@ def digit_plan(sampler: str, steps: int, eta: float = 0.0) -> tuple[Schedule, li
         if eta != 0:
             raise Hw2rtError("--eta applies to --sampler ddim (the ancestral sampler always draws fresh noise)")
         schedule = _checked_steps(steps, digit_schedule)
-        return schedule, schedule.timesteps(schedule.T)
+        return DigitPlan(sampler, schedule, schedule.timesteps(schedule.T))
     if sampler == "ddim":
-        return DIGIT, _checked_steps(steps, DIGIT.timesteps)
+        return DigitPlan(sampler, DIGIT, _checked_steps(steps, DIGIT.timesteps), eta)
     raise Hw2rtError(f"unknown sampler {sampler!r}: {' or '.join(options.SAMPLERS)}")
 
 
@@ -158,15 +169,15 @@ def digit_noise(n: int, seed: int = 0) -> tuple[torch.Tensor, list[torch.Generat
     return torch.cat([torch.randn(1, 3, 28, 28, generator=g) for g in gens]), gens
 
 
-def sample_digits(engine, labels: torch.Tensor, *, w=2.0, sampler="ancestral", steps=1000, eta=0.0, seed=0,
-                  batch_size=250, callback=None, progress=True) -> torch.Tensor:
-    """The digit job's loop: guided digits of classes `labels` [N] (images in [-1, 1]), the engine
-    as the model behind one doubled guidance batch per step. `callback(first_image, step, t, x)`
+def sample_digits(engine, labels: torch.Tensor, plan: DigitPlan, *, w=2.0, seed=0, batch_size=250, callback=None,
+                  progress=True) -> torch.Tensor:
+    """The digit job's loop: guided digits of classes `labels` [N] (images in [-1, 1]) by `plan`, the
+    engine as the model behind one doubled guidance batch per step. `callback(first_image, step, t, x)`
     runs after every step of every chunk."""
-    schedule, timesteps = digit_plan(sampler, steps, eta)
+    schedule, timesteps, eta = plan.schedule, plan.timesteps, plan.eta
     x_T, gens = digit_noise(len(labels), seed)
     outs = []
-    with tqdm(total=-(-len(labels) // batch_size) * len(timesteps), desc=sampler, unit="step",
+    with tqdm(total=-(-len(labels) // batch_size) * len(timesteps), desc=plan.sampler, unit="step",
               disable=not progress) as bar:
         for i in range(0, len(labels), batch_size):
             def on_step(step, t, x, first=i):
@@ -176,7 +187,7 @@ def sample_digits(engine, labels: torch.Tensor, *, w=2.0, sampler="ancestral", s
             x = x_T[i:i + batch_size].to(engine.device)
             denoiser = guided_denoiser(engine, w, labels[i:i + batch_size].to(engine.device), schedule.T)
             noise = seeded_noise(gens[i:i + batch_size], x)
-            if sampler == "ancestral":
+            if plan.sampler == "ancestral":
                 out = ancestral_sample(denoiser, x, schedule, timesteps, noise=noise, callback=on_step)
             else:
                 out = ddim_sample(denoiser, x, schedule, timesteps, eta=eta, noise=noise if eta > 0 else None,
@@ -190,10 +201,10 @@ def digit_job(engine, out_dir, *, per_digit=100, w=2.0, sampler="ancestral", ste
     """`{d}_{i:03d}.png` for d = 0..9, i = 1..per_digit; the 10x10 grid; six frames of the first "0"."""
     if per_digit < 1:
         raise Hw2rtError(f"--per-digit must be >= 1 (got {per_digit})")
-    schedule, timesteps = digit_plan(sampler, steps, eta)
+    plan = digit_plan(sampler, steps, eta)
     labels = torch.arange(10).repeat_interleave(per_digit)
     names = [f"{d}_{i:03d}.png" for d in range(10) for i in range(1, per_digit + 1)]
-    keep = set(frame_timesteps(timesteps))
+    keep = set(frame_timesteps(plan.timesteps))
     frames = []
 
     def callback(first, step, t, x):
@@ -201,15 +212,15 @@ def digit_job(engine, out_dir, *, per_digit=100, w=2.0, sampler="ancestral", ste
             frames.append(to_uint8_signed(x[0]))
 
     start = time.perf_counter()
-    out = sample_digits(engine, labels, w=w, sampler=sampler, steps=steps, eta=eta, seed=seed, batch_size=batch_size,
-                        callback=callback, progress=progress)
+    out = sample_digits(engine, labels, plan, w=w, seed=seed, batch_size=batch_size, callback=callback,
+                        progress=progress)
     seconds = time.perf_counter() - start
     images = [to_uint8_signed(img) for img in out]
     out_dir = Path(out_dir)
     for name, arr in zip(names, images):
         write_png(arr, out_dir / name)
     summary = {"images": len(names), "out_dir": str(out_dir), "seconds": seconds, "images_per_s": len(names) / seconds,
-               "w": w, "sampler": sampler, "steps": len(timesteps), "T": schedule.T, "eta": eta}
+               "w": w, "sampler": sampler, "steps": len(plan.timesteps), "T": plan.schedule.T, "eta": eta}
     if grid_path is not None:
         cols = min(10, per_digit)
         write_png(make_grid([images[d * per_digit + j] for d in range(10) for j in range(cols)], ncol=cols), grid_path)
