@@ -28,18 +28,16 @@ DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 # timestep (up to 999) into sin/cos: in fp16 t*inv_freq keeps ~3 significant digits and the phases
 # are off by up to a quarter turn. GroupNorm and softmax get no island: torch's kernels accumulate
 # fp16/bf16 inputs in fp32 (mean/variance, exp-sum), and a full fp32 GroupNorm costs two extra cast
-# passes over the activations per norm (about 90 norms in the face UNet). Measured 2026-12-02 on the
-# CPU (torch's CPU fp16/bf16 kernels; /tmp policy probe, parity's batch-4 call and its 20-step DDIM /
-# 50-step DDPM), against the budgets of parity.BUDGETS (per call 1e-2 fp16 / 3e-2 bf16, image MSE 0.3):
-#   fp16, these islands:             face (damped random) 1.9e-3 per call, image MSE 0.15;
-#                                    bundled face 8.3e-4 / 0.098; digit 5.2e-4 / 0.012; DANN 6.7e-4.
-#   fp16, the graph's wider islands: face 1.6e-3 / 0.13; bundled face 8.3e-4 / 0.064; digit 4.7e-4 / 0.013.
-#   bf16, these islands:             digit 5.7e-3 / 0.24; DANN 5.4e-3; face per call 1.3e-2, but image
-#                                    MSE 2.6 (1.3 bundled) over 20 DDIM steps: bf16's 8-bit mantissa,
-#                                    not an island (autocast, which keeps every norm fp32: 2.6 / 1.4).
-# Both fp16 policies meet the budgets and the lighter one does less work; what that saves on a GPU
-# only a GPU can measure (none was lent). The digit UNet casts t/T to the activation dtype inside its
-# forward, so an island on its time MLP would not restore t; fp16 keeps t/T within 2.5e-4.
+# passes over the activations per norm (about 90 norms in the face UNet). `benchmarks/island_policy.py`
+# (RESULTS.md, 2026-12-02; torch's CPU kernels standing in for CUDA's) against parity's budgets
+# (per call 1e-2 fp16 / 3e-2 bf16, image MSE 0.3): this fp16 policy needs at most 1.9e-3 per call
+# and 0.15 end to end (damped random face UNet; bundled face 0.098, digits 0.016), the exported
+# graph's wider islands 1.6e-3 and 0.13 (0.064, 0.017): both meet the budgets and this one does less
+# work. What that saves on a GPU only a GPU can measure (none was lent). bf16 meets the per-call
+# budget everywhere and the image budget on the digits (0.21 bundled) but not on the faces (2.6 random,
+# 1.3 bundled, 20 DDIM steps): its 8-bit mantissa through DDIM's x0 prediction, not a missing island
+# (autocast, which keeps every norm in fp32, gave 2.6 / 1.4). The digit UNet casts t/T to the
+# activation dtype inside its forward, so an island on its time MLP would not restore t.
 FP32_ISLANDS = {"face_unet": ("time",), "digit_unet": (), "dann": (), "digit_classifier": ()}
 
 
