@@ -19,6 +19,7 @@ from pathlib import Path
 import torch
 
 from hw2rt import options
+from hw2rt.device import resolve_device
 from hw2rt.engines.base import Engine
 from hw2rt.engines.cache import cache_root
 from hw2rt.engines.graphs import GraphedEngine, bucket_sizes
@@ -32,19 +33,6 @@ from hw2rt.models import get_spec
 
 def _trt_available() -> bool:
     return importlib.util.find_spec("tensorrt") is not None
-
-
-def resolve_device(device="auto") -> torch.device:
-    """`auto` is cuda when torch sees a GPU, else cpu; anything torch cannot parse is a one-line error."""
-    if str(device) == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        dev = torch.device(device)
-    except (RuntimeError, TypeError):
-        raise Hw2rtError(f"unknown device {device!r}; choose auto, cpu, cuda or cuda:N") from None
-    if dev.type not in ("cpu", "cuda"):
-        raise Hw2rtError(f"device {device!r}: hw2rt runs on cpu or cuda")
-    return dev
 
 
 def pick_backend(device="cpu", precision: str | None = None) -> str:
