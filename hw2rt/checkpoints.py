@@ -14,7 +14,7 @@ from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from hw2rt.errors import Hw2rtError
+from hw2rt.errors import Hw2rtError, first_line
 from hw2rt.io import atomic_path
 from hw2rt.models import MODELS, build_model, get_spec
 
@@ -39,11 +39,11 @@ def read_checkpoint(path) -> tuple[dict, dict | None]:
         return _read_safetensors(path)
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # torch raises many types for truncated/corrupt/unsafe files
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else exc.__class__.__name__
+    except Exception as exc:  # noqa: BLE001 -- torch raises many types for truncated/corrupt/unsafe files
+        first = first_line(exc, 160)
         if "weights_only" in str(exc) or "Unsupported global" in str(exc):
-            raise Hw2rtError(f"{path}: refused: the pickle holds objects other than plain tensors ({first[:160]})") from None
-        raise Hw2rtError(f"{path}: not a readable checkpoint (truncated or corrupt?): {first[:160]}") from None
+            raise Hw2rtError(f"{path}: refused: the pickle holds objects other than plain tensors ({first})") from None
+        raise Hw2rtError(f"{path}: not a readable checkpoint (truncated or corrupt?): {first}") from None
     if isinstance(obj, dict) and isinstance(obj.get("state_dict"), dict):
         obj = obj["state_dict"]
     if not isinstance(obj, dict) or not obj or not all(isinstance(v, torch.Tensor) for v in obj.values()):
@@ -59,7 +59,7 @@ def _read_safetensors(path):
         with safe_open(str(path), "pt") as f:
             meta = f.metadata() or {}
     except (SafetensorError, OSError, ValueError) as exc:
-        raise Hw2rtError(f"{path}: not a readable safetensors file: {str(exc).splitlines()[0][:160]}") from None
+        raise Hw2rtError(f"{path}: not a readable safetensors file: {first_line(exc, 160)}") from None
     if "hw2rt_model" not in meta:
         return sd, None
     return sd, {"model": meta["hw2rt_model"], "config": json.loads(meta.get("hw2rt_config", "{}"))}

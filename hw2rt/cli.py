@@ -57,7 +57,7 @@ def data():
 @click.option("--overwrite", is_flag=True, help="Replace a tree made earlier by this command.")
 def synth(out, mnist_idx, seed, n_mnistm, n_usps, n_svhn, n_faces, noise_size, overwrite):
     """Build a stand-in hw2_data/ tree from offline sources (deterministic for a seed)."""
-    from hw2rt.training.synth import format_summary, synthesize
+    from hw2rt.data.synth import format_summary, synthesize
 
     if noise_size % 32:
         raise click.BadParameter(f"{noise_size} is not a multiple of 32", param_hint="--noise-size")
@@ -403,7 +403,8 @@ def eval_digits(images, classifier):
 
     r = digit_accuracy(images, resolve_checkpoint(classifier, "digit_classifier"))
     per = "  ".join(f"{d}:{v['accuracy']:.2f}" for d, v in r["per_digit"].items() if v["n"])
-    click.echo(f"accuracy {r['accuracy']:.4f} ({r['correct']}/{r['n']})\n  per digit  {per}")
+    resized = f"; {r['resized']} resized to 28x28" if r["resized"] else ""
+    click.echo(f"accuracy {r['accuracy']:.4f} ({r['correct']}/{r['n']}){resized}\n  per digit  {per}")
 
 
 @main.command()

@@ -50,7 +50,7 @@ def _accuracy(pred_csv: Path, truth_csv: Path) -> float:
 
 def run_demo(out_dir="outputs/demo", *, quick=False, backend="auto", threads=None, log=print) -> Path:
     """Run every stage; returns the report's path. `quick`: tiny sizes (for tests)."""
-    from hw2rt.training.synth import synthesize
+    from hw2rt.data.synth import synthesize
 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)

@@ -1,7 +1,7 @@
 """The device choice every layer shares: "auto", "cpu", "cuda" or "cuda:N" -> a torch.device.
 
-Whether the device is usable (CUDA present, the backend able to run there) is checked by whoever
-uses it, with a message about what it needs."""
+`resolve_device` only parses (a backend that needs more than CUDA, such as TensorRT, says what it
+needs first); `usable_device` also refuses CUDA where there is none."""
 import torch
 
 from hw2rt.errors import Hw2rtError
@@ -17,4 +17,13 @@ def resolve_device(device="auto") -> torch.device:
         raise Hw2rtError(f"unknown device {device!r}; choose auto, cpu, cuda or cuda:N") from None
     if dev.type not in ("cpu", "cuda"):
         raise Hw2rtError(f"device {device!r}: hw2rt runs on cpu or cuda")
+    return dev
+
+
+def usable_device(device="auto") -> torch.device:
+    """`resolve_device`, refused in one line when it names CUDA on a machine without it: for the code
+    that runs torch on the device itself (the torch backend, training, evaluation)."""
+    dev = resolve_device(device)
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise Hw2rtError(f"device {device}: CUDA is not available on this machine (torch sees no GPU)")
     return dev

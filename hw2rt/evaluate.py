@@ -1,8 +1,11 @@
-"""Evaluation: the assignment's digit grading (`eval-digits`) and the DANN t-SNE figures.
+"""Evaluation: the assignment's digit grading (`eval-digits`), the DANN t-SNE figures, and the
+accuracy of a classifier on a uint8 batch (`predict`, `dataset_accuracy`) that the trainers use too.
 
 `digit_accuracy` grades a folder of generated digits the way the assignment does: the label
 is the first character of each file name, the image is RGB in [0,1], the grader is the LeNet
 of `Classifier.pth` (or any DigitClassifier checkpoint / module).
+
+This module reads data/, models and checkpoints, never training (the trainers import it).
 """
 from __future__ import annotations
 
@@ -12,10 +15,12 @@ import numpy as np
 import torch
 from torch import nn
 
+from hw2rt.data.images import read_images
+from hw2rt.data.layout import DIGIT_SIZE, DigitsDataset, resolve_digit_domain
+from hw2rt.data.synth import stand_in_note
+from hw2rt.device import usable_device
 from hw2rt.errors import Hw2rtError
-from hw2rt.io import atomic_path, list_images, read_image
-
-DIGIT_SIZE = 28
+from hw2rt.io import atomic_path, list_images
 
 
 def _first_output(out):
@@ -59,11 +64,10 @@ def digit_accuracy(images_dir, classifier, *, batch_size: int = 500, device: str
 
     classifier: a path (the assignment's `Classifier.pth`, a plain state dict, or hw2rt
     safetensors of a digit_classifier) or an nn.Module taking RGB [0,1] [B,3,28,28].
-    Every image's name must start with its digit; images must be 28x28 (the grader's input).
+    Every image's name must start with its digit; an image that is not 28x28 (the grader's input)
+    is resized by the one resize rule (hw2rt.data.images) and counted in the result's `resized`.
     """
-    from hw2rt.training.loop import pick_device
-
-    dev = pick_device(device)
+    dev = usable_device(device)
     files = list_images(images_dir)
     labels = []
     for f in files:
@@ -71,13 +75,7 @@ def digit_accuracy(images_dir, classifier, *, batch_size: int = 500, device: str
             raise Hw2rtError(f"{f}: the file name must start with the digit the image shows "
                              "(the grader's label is the first character, e.g. 3_017.png)")
         labels.append(int(f.name[0]))
-    arrays = []
-    for f in files:
-        arr = read_image(f)
-        if arr.shape[:2] != (DIGIT_SIZE, DIGIT_SIZE):
-            raise Hw2rtError(f"{f}: image is {arr.shape[1]}x{arr.shape[0]}, the grader takes 28x28")
-        arrays.append(arr)
-    images = torch.from_numpy(np.stack(arrays)).permute(0, 3, 1, 2).contiguous()
+    images, resized = read_images(files, DIGIT_SIZE)
     net, name = _load_classifier(classifier, dev)
     preds = predict(net, images, batch_size=batch_size, device=dev)
     truth = torch.tensor(labels)
@@ -90,7 +88,7 @@ def digit_accuracy(images_dir, classifier, *, batch_size: int = 500, device: str
         per_digit[str(d)] = {"n": n, "correct": c, "accuracy": c / n if n else None}
     return {
         "images_dir": str(images_dir), "classifier": name, "n": len(files), "correct": int(hit.sum()),
-        "accuracy": float(hit.float().mean()), "per_digit": per_digit,
+        "accuracy": float(hit.float().mean()), "per_digit": per_digit, "resized": resized,
     }
 
 
@@ -132,12 +130,10 @@ def tsne(
 
     from hw2rt.checkpoints import load_model
     from hw2rt.models.dann import with_batchnorm_statistics
-    from hw2rt.training.data import DigitsDataset, resolve_digit_domain
-    from hw2rt.training.loop import pick_device
 
     if bn_stats not in ("own", "checkpoint"):
         raise Hw2rtError(f"bn_stats {bn_stats!r}: expected own or checkpoint")
-    dev = pick_device(device)
+    dev = usable_device(device)
     stored, _, _ = load_model(dann_checkpoint, "dann")
     stored = stored.to(dev)
     domains = [resolve_digit_domain(source_dir), resolve_digit_domain(target_dir)]
@@ -165,8 +161,6 @@ def tsne(
     out_prefix = Path(out_prefix)
     names = [Path(d).name for d in domains]
     paths = {"digit_png": Path(f"{out_prefix}_digit.png"), "domain_png": Path(f"{out_prefix}_domain.png")}
-    from hw2rt.training.loop import stand_in_note
-
     note = " [stand-in data]" if (stand_in_note(domains[0]) or stand_in_note(domains[1])) else ""
     stats = ", own BN statistics" if bn_stats == "own" else ""
     title = f"t-SNE of DANN features ({names[0]} -> {names[1]}, {split}{stats}){note}"

@@ -1,4 +1,6 @@
-"""The assignment's file formats: noise folders, PNGs, image splits with CSVs, label CSVs.
+"""The assignment's file formats: noise files and folders, images (read, write PNG, list a folder), CSVs.
+
+The `hw2_data/` layout built on them (splits, datasets) and the one resize rule live in `hw2rt.data`.
 
 Every write goes to a temporary file in the target folder and is renamed into place, so an
 interrupted or failed run never leaves a half-written output.
@@ -13,7 +15,7 @@ import numpy as np
 import torch
 from PIL import Image, UnidentifiedImageError
 
-from hw2rt.errors import Hw2rtError
+from hw2rt.errors import Hw2rtError, first_line
 
 _UMASK = os.umask(0o022)
 os.umask(_UMASK)
@@ -52,8 +54,8 @@ def read_noise(path) -> torch.Tensor:
     path = Path(path)
     try:
         x = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:
-        raise Hw2rtError(f"{path}: not a readable tensor file: {str(exc).splitlines()[0][:120] if str(exc) else exc}") from None
+    except Exception as exc:  # noqa: BLE001 -- torch raises many types for truncated/corrupt/unsafe files
+        raise Hw2rtError(f"{path}: not a readable tensor file: {first_line(exc, 120)}") from None
     if not isinstance(x, torch.Tensor):
         raise Hw2rtError(f"{path}: expected a tensor, found {type(x).__name__}")
     if not x.is_floating_point():
@@ -102,7 +104,8 @@ def write_png(array: np.ndarray, path):
 
 
 def read_image(path) -> np.ndarray:
-    """An image file as uint8 [H,W,3]; grayscale is repeated to 3 channels."""
+    """An image file as uint8 [H,W,3], at its own size; grayscale is repeated to 3 channels.
+    A network's input goes through `hw2rt.data.images.read_images` (this, plus the one resize rule)."""
     path = Path(path)
     if not path.is_file():
         raise Hw2rtError(f"{path}: image not found")
@@ -154,14 +157,6 @@ def read_labels_csv(path, data_dir=None) -> list[tuple[str, int]]:
             if not (Path(data_dir) / name).is_file():
                 raise Hw2rtError(f"{path}: names {name}, which is not in {data_dir}")
     return rows
-
-
-def read_split(domain_dir, split: str) -> list[tuple[Path, int]]:
-    """`<domain>/data/` + `<domain>/<split>.csv` (HW2 layout) -> [(image path, label)]."""
-    domain_dir = _existing_dir(domain_dir, "domain")
-    data = domain_dir / "data"
-    rows = read_labels_csv(domain_dir / f"{split}.csv", data_dir=data)
-    return [(data / name, label) for name, label in rows]
 
 
 def write_labels_csv(path, rows):

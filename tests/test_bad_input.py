@@ -7,9 +7,18 @@ import torch
 from PIL import Image
 
 from hw2rt.checkpoints import load_model
+from hw2rt.data.images import RESIZE_FILTER, read_images
+from hw2rt.data.layout import read_split
 from hw2rt.errors import Hw2rtError
-from hw2rt.io import (atomic_path, read_image, read_labels_csv, read_noise_dir, read_split, to_uint8_minmax,
-                      write_labels_csv, write_png)
+from hw2rt.io import (
+    atomic_path,
+    read_image,
+    read_labels_csv,
+    read_noise_dir,
+    to_uint8_minmax,
+    write_labels_csv,
+    write_png,
+)
 from hw2rt.models import build_model
 
 
@@ -95,6 +104,37 @@ def test_grayscale_image_becomes_three_channels(tmp_path):
     Image.fromarray(np.full((28, 28), 77, np.uint8), mode="L").save(tmp_path / "g.png")
     img = read_image(tmp_path / "g.png")
     assert img.shape == (28, 28, 3) and (img == 77).all()
+
+
+def test_decoder_repeats_grayscale_to_three_channels(tmp_path):
+    gray = np.arange(28 * 28, dtype=np.uint8).reshape(28, 28)
+    Image.fromarray(gray, mode="L").save(tmp_path / "g.png")
+    images, resized = read_images([tmp_path / "g.png"], 28)
+    assert images.shape == (1, 3, 28, 28) and images.dtype == torch.uint8 and resized == 0
+    for c in range(3):
+        assert np.array_equal(images[0, c].numpy(), gray)
+
+
+def test_decoder_resizes_bilinearly_and_counts(tmp_path):
+    rng = np.random.default_rng(0)
+    big = rng.integers(0, 256, (32, 32, 3), dtype=np.uint8)
+    Image.fromarray(big).save(tmp_path / "big.png")
+    Image.fromarray(big[:28, :28]).save(tmp_path / "ok.png")
+    images, resized = read_images([tmp_path / "big.png", tmp_path / "ok.png"], 28)
+    assert images.shape == (2, 3, 28, 28) and resized == 1
+    assert RESIZE_FILTER == Image.BILINEAR  # the documented rule: the assignment transforms' filter
+    expected = np.asarray(Image.fromarray(big).resize((28, 28), Image.BILINEAR))
+    assert np.array_equal(images[0].permute(1, 2, 0).numpy(), expected)
+    assert not np.array_equal(expected, np.asarray(Image.fromarray(big).resize((28, 28), Image.BICUBIC)))
+    assert np.array_equal(images[1].permute(1, 2, 0).numpy(), big[:28, :28])  # 28x28 is left alone
+
+
+def test_decoder_corrupt_file_is_one_line_error_naming_it(tmp_path):
+    Image.fromarray(np.zeros((28, 28, 3), np.uint8)).save(tmp_path / "a.png")
+    (tmp_path / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n not really")
+    with pytest.raises(Hw2rtError, match="broken.png: not a readable image") as info:
+        read_images([tmp_path / "a.png", tmp_path / "broken.png"], 28)
+    assert "\n" not in str(info.value)
 
 
 def test_csv_without_header_or_naming_missing_file(tmp_path):

@@ -37,9 +37,10 @@ def test_classify_writes_one_row_per_image(folder, tmp_path, backend):
     assert sorted(n for n, _ in rows) == sorted(p.name for p in (root / "images").iterdir())
     assert "1 resized to 28x28" in r.output
     # The labels are the torch reference's argmax on the same [0,1] inputs (grayscale repeated).
-    from hw2rt.runtime.jobs import load_digit_images
+    from hw2rt.data.images import read_images
     paths = sorted((root / "images").iterdir())
-    x, _ = load_digit_images(paths)
+    images, _ = read_images(paths, 28)
+    x = images.float() / 255.0
     with torch.no_grad():
         expected = net(x)[0].argmax(1).tolist()
     assert [y for _, y in rows] == expected

@@ -1,4 +1,4 @@
-"""Offline stand-in generator (hw2rt.training.synth): layout, formats, determinism, recipes."""
+"""Offline stand-ins (hw2rt.data.synth, hw2rt.data.sources): layout, formats, determinism, recipes."""
 import csv
 import gzip
 import struct
@@ -8,7 +8,7 @@ import pytest
 import torch
 from PIL import Image
 
-from hw2rt.training import synth
+from hw2rt.data import sources, synth
 
 SIZES = {"mnistm": 60, "usps": 60, "svhn": 60, "faces": 12}
 SEED = 7
@@ -148,19 +148,19 @@ def test_same_seed_same_bytes_other_seed_differs(tree, tmp_path):
 def test_mnistm_blend_values():
     digit = np.array([[0, 200]], dtype=np.uint8)
     crop = np.array([[[10, 250, 0], [10, 250, 200]]], dtype=np.uint8)
-    out = synth.mnistm_blend(digit, crop)
+    out = sources.mnistm_blend(digit, crop)
     assert out.dtype == np.uint8
     assert out.tolist() == [[[10, 250, 0], [190, 50, 0]]]
 
 
 def test_mnistm_sample_is_digit_minus_crop(tree):
     out, _ = tree
-    digits, labels, _ = synth.load_mnist()
+    digits, labels, _ = sources.load_mnist()
     plan = synth.plan_domain(SIZES["mnistm"], SEED, "mnistm", labels)
-    photos = synth.load_photos()
+    photos = sources.load_photos()
     for item in plan[:5]:
         rng = synth.sample_rng(SEED, "mnistm", item.index)
-        crop = synth.random_crop(photos, rng, 28)
+        crop = sources.random_crop(photos, rng, 28)
         expected = np.abs(digits[item.source].astype(int)[..., None] - crop.astype(int))
         got = np.asarray(Image.open(out / "digits" / "mnistm" / "data" / item.name))
         np.testing.assert_array_equal(got, expected)
@@ -168,7 +168,7 @@ def test_mnistm_sample_is_digit_minus_crop(tree):
 
 
 def test_plan_sources_disjoint_across_splits():
-    _, labels, _ = synth.load_mnist()
+    _, labels, _ = sources.load_mnist()
     # 30 samples per split pool of ~15 digits (tiny source): digits are reused, never shared
     small = labels[:100]
     plan = synth.plan_domain(400, 0, "mnistm", small)
@@ -183,7 +183,7 @@ def test_usps_render_margin_and_range():
     from sklearn.datasets import load_digits
 
     img8 = load_digits().images[0]
-    out = synth.render_usps(img8, np.random.default_rng(0))
+    out = sources.render_usps(img8, np.random.default_rng(0))
     assert out.shape == (28, 28) and out.dtype == np.uint8 and out.max() == 255
     assert out[:2].max() == 0 and out[-2:].max() == 0 and out[:, :2].max() == 0 and out[:, -2:].max() == 0
 
@@ -194,21 +194,21 @@ def test_usps_render_margin_and_range():
 def test_read_idx_plain_and_gzip(tmp_path):
     payload = bytes(range(2 * 3 * 4))
     p = write_idx(tmp_path / "a-idx3-ubyte", 0x803, (2, 3, 4), payload)
-    arr = synth.read_idx(p, magic=0x803)
+    arr = sources.read_idx(p, magic=0x803)
     assert arr.shape == (2, 3, 4) and arr.dtype == np.uint8 and arr.ravel().tolist() == list(payload)
     gz = write_idx(tmp_path / "b.gz", 0x801, (5,), bytes([9, 8, 7, 6, 5]), compress=True)
-    assert synth.read_idx(gz, magic=0x801).tolist() == [9, 8, 7, 6, 5]
+    assert sources.read_idx(gz, magic=0x801).tolist() == [9, 8, 7, 6, 5]
 
 
 def test_read_idx_errors_name_the_file(tmp_path):
     bad = write_idx(tmp_path / "wrong-magic", 0x802, (2,), b"\x00\x01")
     with pytest.raises(ValueError, match=r"wrong-magic.*magic number 0x00000802.*0x00000801"):
-        synth.read_idx(bad, magic=0x801)
+        sources.read_idx(bad, magic=0x801)
     short = write_idx(tmp_path / "short-payload", 0x801, (5,), b"\x00\x01")
     with pytest.raises(ValueError, match="short-payload"):
-        synth.read_idx(short)
+        sources.read_idx(short)
     with pytest.raises(FileNotFoundError, match="absent-file"):
-        synth.read_idx(tmp_path / "absent-file")
+        sources.read_idx(tmp_path / "absent-file")
 
 
 def test_mnist_idx_dir_used_and_bad_dir_rejected(tmp_path):
@@ -217,11 +217,11 @@ def test_mnist_idx_dir_used_and_bad_dir_rejected(tmp_path):
     build(out, mnist_idx=tmp_path / "idx", sizes={"mnistm": 30, "usps": 10, "svhn": 10, "faces": 2})
     assert "MNIST IDX files" in (out / "README.txt").read_text()
     plan = synth.plan_domain(30, SEED, "mnistm", labels)
-    photos = synth.load_photos()
+    photos = sources.load_photos()
     item = plan[0]
-    crop = synth.random_crop(photos, synth.sample_rng(SEED, "mnistm", item.index), 28)
+    crop = sources.random_crop(photos, synth.sample_rng(SEED, "mnistm", item.index), 28)
     got = np.asarray(Image.open(out / "digits" / "mnistm" / "data" / item.name))
-    np.testing.assert_array_equal(got, synth.mnistm_blend(images[item.source], crop))
+    np.testing.assert_array_equal(got, sources.mnistm_blend(images[item.source], crop))
 
     bad = tmp_path / "bad"
     tiny_mnist_dir(bad, n=10)

@@ -3,9 +3,10 @@ import json
 
 import pytest
 from click.testing import CliRunner
+from PIL import Image
 
 from hw2rt.cli import main
-from hw2rt.training.synth import synthesize
+from hw2rt.data.synth import synthesize
 
 
 @pytest.fixture(scope="module")
@@ -37,6 +38,10 @@ def test_train_classifier_then_grade_its_own_digits(tree, tmp_path):
     r = run("eval-digits", "--images", images, "--classifier", tmp_path / "clf" / "Classifier.pth")
     assert r.exit_code == 0, r.output
     assert "accuracy" in r.output and f"/{min(20, len(rows))})" in r.output
+    assert "resized" not in r.output  # 28x28 already
+    Image.open(images / f"{rows[0].split(',')[1]}_000.png").resize((32, 32)).save(images / "0_999.png")
+    r = run("eval-digits", "--images", images, "--classifier", tmp_path / "clf" / "Classifier.pth")
+    assert r.exit_code == 0 and "; 1 resized to 28x28" in r.output, r.output
 
 
 def test_train_dann_and_tsne(tree, tmp_path):

@@ -10,13 +10,14 @@ import torch
 from PIL import Image
 
 from hw2rt.checkpoints import load_model, read_checkpoint
+from hw2rt.data.layout import DigitsDataset, FacesDataset
 from hw2rt.errors import Hw2rtError
 from hw2rt.evaluate import digit_accuracy, tsne
 from hw2rt.models.dann import grl_lambda
 from hw2rt.models.digit_classifier import DigitClassifier
 from hw2rt.runtime.ddim import ddim_sample
 from hw2rt.runtime.schedules import FACE
-from hw2rt.training.data import DigitsDataset, EpochShuffle, FacesDataset, epoch_batches
+from hw2rt.training.batches import EpochShuffle, epoch_batches
 from hw2rt.training.loop import CHECKPOINT, METRICS
 from hw2rt.training.train_classifier import train_classifier, write_assignment_classifier
 from hw2rt.training.train_dann import train_dann
@@ -242,7 +243,7 @@ def test_dann_resume_restores_scheduler(data, tmp_path):
 
 
 def test_random_shift_translates_each_image_by_at_most_max_shift():
-    from hw2rt.training.data import random_shift
+    from hw2rt.training.batches import random_shift
 
     torch.manual_seed(0)
     x = torch.zeros(64, 1, 9, 9)
@@ -291,6 +292,25 @@ def test_digit_accuracy_known_answer(tmp_path):
         assert r["n"] == 30 and r["correct"] == 10 and r["accuracy"] == pytest.approx(1 / 3)
         assert sum(d["n"] for d in r["per_digit"].values()) == 30
         assert sum(d["correct"] for d in r["per_digit"].values()) == 10
+
+
+def test_digit_accuracy_resizes_by_the_one_rule_and_counts(tmp_path):
+    torch.manual_seed(0)
+    net = DigitClassifier().eval()
+    with torch.no_grad():
+        net.fc3.weight.mul_(20)  # wide logit margins: predictions do not hinge on rounding
+    rng = np.random.default_rng(1)
+    big = rng.integers(0, 256, (4, 32, 32, 3), dtype=np.uint8)
+    small = np.stack([np.asarray(Image.fromarray(a).resize((28, 28), Image.BILINEAR)) for a in big])
+    with torch.no_grad():
+        preds = net(torch.from_numpy(small).permute(0, 3, 1, 2).float() / 255).argmax(1).tolist()
+    folder = tmp_path / "out"
+    folder.mkdir()
+    for i, (img, p) in enumerate(zip(big, preds)):
+        Image.fromarray(img).save(folder / f"{p}_{i:03d}.png")  # 32x32, named after the 28x28 prediction
+    Image.fromarray(small[0]).save(folder / f"{preds[0]}_100.png")  # already 28x28: not counted
+    r = digit_accuracy(folder, net, device="cpu")
+    assert r["n"] == 5 and r["resized"] == 4 and r["correct"] == 5
 
 
 def test_digit_accuracy_rejects_unlabelled_name(tmp_path):

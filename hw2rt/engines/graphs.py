@@ -27,7 +27,7 @@ from dataclasses import dataclass
 import torch
 
 from hw2rt.engines.base import Engine, check_feeds
-from hw2rt.errors import Hw2rtError
+from hw2rt.errors import Hw2rtError, first_line
 
 # --- buckets, planning, padding (pure; CPU-tested) ------------------------------------------------
 
@@ -222,7 +222,7 @@ class BucketedRunner:
                 entry = self._capture(chunk, spec, tensor_idx, bucket)
             except Exception as exc:  # noqa: BLE001 -- a backend that cannot be captured still runs, eagerly
                 self.graphs = False
-                self.graph_error = f"{type(exc).__name__}: {str(exc).strip().splitlines()[0][:300] if str(exc).strip() else ''}"
+                self.graph_error = f"{type(exc).__name__}: {first_line(exc, 300)}"
                 warnings.warn(f"CUDA graph capture failed, running eagerly: {self.graph_error}", stacklevel=3)
                 if chunk[tensor_idx[0]].is_cuda:
                     torch.cuda.synchronize(chunk[tensor_idx[0]].device)

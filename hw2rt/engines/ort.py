@@ -15,18 +15,13 @@ import numpy as np
 import torch
 
 from hw2rt.engines.base import Engine, output_shapes
-from hw2rt.errors import Hw2rtError
+from hw2rt.errors import Hw2rtError, first_line
 from hw2rt.export import META_PREFIX
 from hw2rt.models import get_spec
 
 _ORT_TYPES = {"tensor(float)": torch.float32, "tensor(float16)": torch.float16, "tensor(int64)": torch.int64,
               "tensor(int32)": torch.int32}
 _NP = {torch.float32: np.float32, torch.float16: np.float16, torch.int64: np.int64, torch.int32: np.int32}
-
-
-def _first_line(exc: Exception) -> str:
-    text = str(exc).strip()
-    return (text.splitlines()[0] if text else type(exc).__name__)[:240]
 
 
 def available_providers() -> list:
@@ -88,7 +83,7 @@ class OrtEngine(Engine):
         try:
             session = ort.InferenceSession(str(path), session_options(threads), providers=providers)
         except Exception as exc:  # noqa: BLE001 -- onnxruntime raises its own Fail/InvalidProtobuf/... types
-            raise Hw2rtError(f"{path}: not a loadable ONNX model (truncated or corrupt?): {_first_line(exc)}") from None
+            raise Hw2rtError(f"{path}: not a loadable ONNX model (truncated or corrupt?): {first_line(exc)}") from None
         meta = {k.removeprefix(META_PREFIX): v for k, v in session.get_modelmeta().custom_metadata_map.items()
                 if k.startswith(META_PREFIX)}
         if "model" not in meta:
@@ -120,7 +115,7 @@ class OrtEngine(Engine):
         except Hw2rtError:
             raise
         except Exception as exc:  # noqa: BLE001 -- ORT's error types are not importable portably
-            raise Hw2rtError(f"{self.name}: onnxruntime failed: {_first_line(exc)}") from None
+            raise Hw2rtError(f"{self.name}: onnxruntime failed: {first_line(exc)}") from None
         return {n: torch.from_numpy(o) for n, o in zip(self._out_names, outs)}
 
     def _run_bound(self, feeds: dict) -> dict:

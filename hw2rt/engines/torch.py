@@ -17,6 +17,7 @@ import copy
 import torch
 from torch import nn
 
+from hw2rt.device import usable_device
 from hw2rt.engines.base import Engine
 from hw2rt.errors import Hw2rtError
 from hw2rt.export.fp16 import cast_floats, fold_batchnorm
@@ -72,14 +73,12 @@ class TorchEngine(Engine):
         """compile: True for `torch.compile(module)`, or a dict of torch.compile options
         (e.g. {"dynamic": False}: one compiled graph per input shape, for fixed CUDA-graph buckets)."""
         spec = get_spec(model)
-        device = torch.device(device)
+        device = usable_device(device)
         if precision not in DTYPES:
             raise Hw2rtError(f"unknown precision {precision!r}; choose one of {', '.join(DTYPES)}")
         if precision == "fp16" and device.type != "cuda":
             raise Hw2rtError("the torch backend runs fp16 only on CUDA; on the CPU use --backend ort "
                              "(it runs the fp16 graph), --precision bf16 or --precision fp32")
-        if device.type == "cuda" and not torch.cuda.is_available():
-            raise Hw2rtError("device cuda requested, but torch sees no CUDA GPU")
         super().__init__(model, spec.inputs, spec.outputs, device=device, precision=precision,
                          max_batch=max_batch, source=source)
         if threads:

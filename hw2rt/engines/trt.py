@@ -22,14 +22,13 @@ first use, and a missing or too old TensorRT is one Hw2rtError that says what to
 """
 from __future__ import annotations
 
-import os
-import tempfile
 from pathlib import Path
 
 import torch
 
 from hw2rt.engines.base import Engine
-from hw2rt.errors import Hw2rtError
+from hw2rt.errors import Hw2rtError, first_line
+from hw2rt.io import atomic_path
 from hw2rt.models import ModelSpec, get_spec
 from hw2rt.options import GRAPH_PRECISIONS
 
@@ -48,7 +47,7 @@ def import_tensorrt():
     except ImportError as exc:
         raise Hw2rtError(f"the trt backend needs TensorRT, which is not installed ({exc}); {_INSTALL_HINT}") from None
     except Exception as exc:  # noqa: BLE001 -- a broken install: missing libnvinfer, CUDA mismatch, ...
-        raise Hw2rtError(f"TensorRT is installed but does not load: {str(exc).splitlines()[0][:200]}; "
+        raise Hw2rtError(f"TensorRT is installed but does not load: {first_line(exc, 200)}; "
                          f"{_INSTALL_HINT}") from None
     version = getattr(trt, "__version__", "0")
     if _major(version) < MIN_TRT_MAJOR:
@@ -128,18 +127,6 @@ def _read_timing_cache(path: Path) -> bytes:
         return b""
 
 
-def _write_bytes_atomic(path: Path, data: bytes):
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 def build_plan(onnx_path, spec: ModelSpec | str, *, max_batch: int, opt_batch: int | None = None,
                dims: dict | None = None, opt_level: int = DEFAULT_OPT_LEVEL, timing_cache=None,
                workspace_mib: int | None = None, device="cuda", verbose: bool = False) -> bytes:
@@ -195,7 +182,8 @@ def build_plan(onnx_path, spec: ModelSpec | str, *, max_batch: int, opt_batch: i
             raise Hw2rtError(f"{onnx_path}: TensorRT failed to build an engine (rerun with verbose logging)")
         if timing_cache is not None:
             try:
-                _write_bytes_atomic(timing_cache, bytes(memoryview(config.get_timing_cache().serialize())))
+                with atomic_path(timing_cache) as tmp:
+                    tmp.write_bytes(bytes(memoryview(config.get_timing_cache().serialize())))
             except OSError:
                 pass  # the cache only saves time; a read-only folder must not fail a build
     return bytes(memoryview(plan))

@@ -17,7 +17,7 @@ import onnx
 import torch
 from torch import nn
 
-from hw2rt.errors import Hw2rtError
+from hw2rt.errors import Hw2rtError, first_line
 from hw2rt.export.fp16 import fold_batchnorm, to_fp16
 from hw2rt.io import atomic_path
 from hw2rt.models import ModelSpec, get_spec
@@ -137,7 +137,7 @@ def check_graph(model: onnx.ModelProto, spec: ModelSpec, where: str = "model"):
         onnx.checker.check_model(model)
         onnx.shape_inference.infer_shapes(model, check_type=True, strict_mode=True)
     except Exception as exc:  # noqa: BLE001 -- onnx raises ValidationError / InferenceError / RuntimeError
-        raise Hw2rtError(f"{where}: exported graph failed the ONNX checks: {str(exc).splitlines()[0][:200]}") from None
+        raise Hw2rtError(f"{where}: exported graph failed the ONNX checks: {first_line(exc, 200)}") from None
     for kind, got, want in (("input", model.graph.input, spec.inputs), ("output", model.graph.output, spec.outputs)):
         got_sig = [(v.name, v.type.tensor_type.elem_type, len(v.type.tensor_type.shape.dim)) for v in got]
         want_sig = [(s.name, _ONNX_DTYPES[s.dtype], len(s.shape)) for s in want]

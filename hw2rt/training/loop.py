@@ -38,7 +38,8 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
-from hw2rt.errors import Hw2rtError
+from hw2rt.device import usable_device
+from hw2rt.errors import Hw2rtError, first_line
 from hw2rt.io import atomic_path
 
 CHECKPOINT = "checkpoint.pt"
@@ -48,16 +49,7 @@ FORMAT = "hw2rt-train-1"
 PRECISIONS = ("auto", "fp32", "fp16", "bf16")
 
 
-# ---------------------------------------------------------------------------------- devices
-
-
-def pick_device(device: str | torch.device = "auto") -> torch.device:
-    if str(device) == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    dev = torch.device(device)
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise Hw2rtError(f"--device {device}: CUDA is not available on this machine")
-    return dev
+# ---------------------------------------------------------------------------------- device, precision, seed
 
 
 def pick_precision(precision: str, device: torch.device) -> str:
@@ -84,9 +76,10 @@ def seed_everything(seed: int):
 
 
 def start_run(device: str, precision: str, seed: int) -> tuple[torch.device, str]:
-    """Every trainer's first step: the device and training precision to use (pick_device,
-    pick_precision), and torch's global generator seeded (seed_everything) before any model exists."""
-    dev = pick_device(device)
+    """Every trainer's first step: the device (usable here: training runs on it) and training
+    precision to use (pick_precision), and torch's global generator seeded (seed_everything)
+    before any model exists."""
+    dev = usable_device(device)
     prec = pick_precision(precision, dev)
     seed_everything(seed)
     return dev, prec
@@ -169,8 +162,7 @@ def load_state(path) -> dict:
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # noqa: BLE001 -- torch raises many types for truncated/corrupt/unsafe files
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else exc.__class__.__name__
-        raise Hw2rtError(f"{path}: not a readable training checkpoint: {first[:160]}") from None
+        raise Hw2rtError(f"{path}: not a readable training checkpoint: {first_line(exc, 160)}") from None
     if not isinstance(state, dict) or state.get("format") != FORMAT:
         raise Hw2rtError(f"{path}: not an hw2rt training checkpoint (format {FORMAT})")
     return state
@@ -415,18 +407,3 @@ def export_model(module: nn.Module, name: str, path, meta: dict, summary: dict, 
     save_checkpoint(module, name, path, half=True, extra_meta={**meta, "steps": summary["steps"], **extra})
     return {name: path}
 
-
-def stand_in_note(path) -> str | None:
-    """'stand-in' when the data lies inside a tree made by `hw2rt data synth` (its README says so)."""
-    try:
-        from hw2rt.training.synth import README_MARKER
-    except ImportError:  # pragma: no cover
-        return None
-    p = Path(path).resolve()
-    for folder in (p, *list(p.parents)[:4]):
-        readme = folder / "README.txt"
-        if readme.is_file():
-            with contextlib.suppress(OSError):
-                if readme.read_text(errors="replace").startswith(README_MARKER):
-                    return "stand-in"
-    return None

@@ -13,19 +13,13 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from hw2rt.data.layout import DigitsDataset, resolve_digit_domain
+from hw2rt.data.synth import stand_in_note
 from hw2rt.evaluate import dataset_accuracy
 from hw2rt.io import atomic_path
 from hw2rt.models.digit_classifier import DigitClassifier
-from hw2rt.training.data import (
-    DigitsDataset,
-    EpochShuffle,
-    effective_batch,
-    random_shift,
-    resolve_digit_domain,
-    steps_per_epoch,
-    to_unit,
-)
-from hw2rt.training.loop import Task, export_model, fit, stand_in_note, start_run
+from hw2rt.training.batches import EpochShuffle, effective_batch, random_shift, steps_per_epoch, to_unit
+from hw2rt.training.loop import Task, export_model, fit, start_run
 
 EXPORT_NAME = "digit_classifier.safetensors"
 ASSIGNMENT_NAME = "Classifier.pth"

@@ -17,18 +17,13 @@ from pathlib import Path
 import torch
 from torch.nn import functional as F
 
+from hw2rt.data.layout import DigitsDataset, resolve_digit_domain
+from hw2rt.data.synth import stand_in_note
 from hw2rt.errors import Hw2rtError
 from hw2rt.models.digit_unet import DigitUNet
 from hw2rt.runtime.schedules import digit_schedule
-from hw2rt.training.data import (
-    DigitsDataset,
-    EpochShuffle,
-    effective_batch,
-    resolve_digit_domain,
-    steps_per_epoch,
-    to_signed,
-)
-from hw2rt.training.loop import Task, export_model, fit, stand_in_note, start_run
+from hw2rt.training.batches import EpochShuffle, effective_batch, steps_per_epoch, to_signed
+from hw2rt.training.loop import Task, export_model, fit, start_run
 
 EXPORT_NAME = "digit_unet.safetensors"
 

@@ -12,18 +12,13 @@ from pathlib import Path
 import torch
 from torch.nn import functional as F
 
+from hw2rt.data.layout import FacesDataset, resolve_faces_dir
+from hw2rt.data.synth import stand_in_note
 from hw2rt.errors import Hw2rtError
 from hw2rt.models.face_unet import FaceUNet
 from hw2rt.runtime.schedules import FACE
-from hw2rt.training.data import (
-    EpochShuffle,
-    FacesDataset,
-    effective_batch,
-    resolve_faces_dir,
-    steps_per_epoch,
-    to_signed,
-)
-from hw2rt.training.loop import Task, export_model, fit, stand_in_note, start_run
+from hw2rt.training.batches import EpochShuffle, effective_batch, steps_per_epoch, to_signed
+from hw2rt.training.loop import Task, export_model, fit, start_run
 from hw2rt.training.train_ddpm import lr_schedule
 
 EXPORT_NAME = "face_unet.safetensors"
