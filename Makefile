@@ -23,7 +23,7 @@ test: setup
 	$(PY) -m pytest -q
 
 bench: setup
-	$(VENV)/bin/hw2rt bench --threads 1 --json benchmarks/bench.json --md benchmarks/RESULTS.md \
+	$(VENV)/bin/hw2rt bench --suite cpu --json benchmarks/bench.json --md benchmarks/RESULTS.md \
 		--plot benchmarks/bench_latency.png
 
 clean:

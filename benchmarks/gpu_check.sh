@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The one GPU check for a lent machine (see benchmarks/gpu_check.py for what it measures).
+# The one GPU check for a lent machine: the bench package's gpu suite (see benchmarks/gpu_check.py).
 #
 #   bash benchmarks/gpu_check.sh                 # from anywhere; results in $OUT (or outputs/gpu_check)
 #   bash benchmarks/gpu_check.sh --cpu-smoke     # the same script, tiny sizes, on a CPU

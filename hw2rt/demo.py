@@ -3,20 +3,24 @@
 Stages: a stand-in hw2_data tree -> each network from its bundled checkpoint (or, where this
 install has none yet, a seeded random small model, labelled as such) -> ONNX export + engine
 (the fastest backend here) -> parity against the torch reference -> faces (DDIM, eta grid,
-slerp/lerp rows) -> digits (guided DDPM grid + reverse-process frames) -> DANN classification of
-the USPS-like and SVHN-like test sets -> outputs/demo/report.html.
+slerp/lerp rows) -> digits (guided DDPM grid + reverse-process frames) -> a side-by-side timing
+of torch eager and the engines per network -> DANN classification of the USPS-like and SVHN-like
+test sets -> outputs/demo/report.html.
 """
 import base64
 import html
 import itertools
 import json
 import time
+from functools import partial
 from pathlib import Path
 
+from hw2rt.bench.report import speed_chart
 from hw2rt.checkpoints import ASSETS, save_checkpoint
 from hw2rt.engines import open_engine, pick_backend
 from hw2rt.evaluate import digit_accuracy
 from hw2rt.io import read_labels_csv, read_noise_dir
+from hw2rt.models import get_spec
 from hw2rt.parity import SMALL, random_model, run_parity
 from hw2rt.runtime import jobs
 
@@ -108,6 +112,10 @@ def run_demo(out_dir="outputs/demo", *, quick=False, backend="auto", threads=Non
                                                            device="cpu")["accuracy"]
     figures["reverse process of the first 0"] = [out / "frames.png"]
 
+    stage(f"speed: torch eager vs {', '.join(speed_runners(backend)[1:])}, side by side")
+    speed = speed_rows(models, backend, threads=threads, repeats=3 if quick else 10)
+    speed_chart(speed, out / "speed.png", "ms per call, side by side in this run (CPU, bundled models)")
+
     stage("DANN: classify the stand-in test sets")
     for domain in ("usps", "svhn"):
         with open_engine("dann", models[f"dann_{domain}"][0], backend=backend, threads=threads) as dann:
@@ -123,19 +131,64 @@ def run_demo(out_dir="outputs/demo", *, quick=False, backend="auto", threads=Non
 
     timings = [(a[0], b[1] - a[1]) for a, b in itertools.pairwise(stages)]
     report = out / "report.html"
-    report.write_text(_html(models, parity, figures, accuracy, timings, faces, digits, backend))
+    report.write_text(_html(models, parity, figures, accuracy, timings, faces, digits, backend, speed,
+                            out / "speed.png"))
     (out / "report.json").write_text(json.dumps({"parity": parity, "accuracy": accuracy, "timings": timings,
+                                                 "speed": speed,
                                                  "models": {k: [str(p), d] for k, (p, d) in models.items()}},
                                                 indent=2, default=str))
     return report
 
 
+# One call per network at the size its job sends (faces: 4 at 32x32; digits: a doubled guidance batch).
+SPEED_BATCH = {"face_unet": 4, "digit_unet": 20, "dann": 64, "digit_classifier": 64}
+
+
+def speed_runners(backend: str) -> list:
+    """torch eager (the reference), ONNX Runtime, and the demo's backend if it is another."""
+    return list(dict.fromkeys(["torch", "ort", backend]))
+
+
+def speed_rows(models: dict, backend: str, *, threads=None, repeats: int = 10) -> list:
+    """Per network, one call of each runner on the same inputs, alternating (bench's timing):
+    median, p10, p90 in ms and the speed-up against torch eager."""
+    from hw2rt.bench.measure import side_by_side
+    from hw2rt.bench.runners import open_runner
+
+    rows = []
+    for name in PARITY:
+        model = BUNDLED[name]
+        dims = {"height": 32, "width": 32} if model == "face_unet" else {}
+        feeds = get_spec(model).example_inputs(SPEED_BATCH[model], seed=0, **dims)
+        engines = {r: open_runner(r, model, models[name][0], device="cpu", threads=threads, dims=dims)
+                   for r in speed_runners(backend)}
+        stats = side_by_side({r: partial(e.run, feeds) for r, e in engines.items()}, repeats, "cpu")
+        for e in engines.values():
+            e.close()
+        for runner, st in stats.items():
+            rows.append({"network": f"{name} (batch {SPEED_BATCH[model]})", "runner": runner, **st,
+                         "x_torch": stats["torch"]["median_ms"] / st["median_ms"]})
+    return rows
+
+
+# Every figure is drawn at one fixed scale, nearest-neighbour (the tiles are 28-32 px): three screen
+# pixels per image pixel, less only for a figure that would not fit the page's 1200 px at 3x.
+PAGE_PX = 1200
+SCALE = 3
+
+
 def _img(path: Path) -> str:
+    from PIL import Image
+
+    with Image.open(path) as im:
+        w, h = im.size
+    k = max(1, min(SCALE, PAGE_PX // w))
     data = base64.b64encode(path.read_bytes()).decode()
-    return f'<img src="data:image/png;base64,{data}" style="image-rendering:pixelated;height:{96 if "faces" in str(path.parent) else 260}px">'
+    return (f'<img src="data:image/png;base64,{data}" width="{w * k}" height="{h * k}" '
+            f'style="image-rendering:pixelated" alt="{html.escape(path.name)}">')
 
 
-def _html(models, parity, figures, accuracy, timings, faces, digits, backend) -> str:
+def _html(models, parity, figures, accuracy, timings, faces, digits, backend, speed, speed_png) -> str:
     esc = html.escape
     rows = []
     for r in parity:
@@ -148,7 +201,8 @@ def _html(models, parity, figures, accuracy, timings, faces, digits, backend) ->
                     f"<td>{'passed' if r['passed'] else 'FAILED'}</td></tr>")
     parts = [
         "<!doctype html><meta charset=utf-8><title>hw2rt demo</title>",
-        "<style>body{font-family:sans-serif;max-width:1100px;margin:2em auto}td,th{padding:2px 8px;border-bottom:1px solid #ddd}</style>",
+        (f"<style>body{{font-family:sans-serif;max-width:{PAGE_PX}px;margin:2em auto;padding:0 8px}}"
+         "td,th{padding:2px 8px;border-bottom:1px solid #ddd}img{max-width:100%}</style>"),
         "<h1>hw2rt demo</h1>",
         (f"<p>Backend: <b>{esc(backend)}</b>. Data: <b>stand-ins</b> made by <code>hw2rt data synth</code> "
          "(not the assignment's data; numbers here are not the assignment's numbers).</p>"),
@@ -164,6 +218,15 @@ def _html(models, parity, figures, accuracy, timings, faces, digits, backend) ->
          f"{digits['images_per_s']:.2f} images/s "
          "(the assignment's 1000-step ancestral DDPM of 1000 digits would take tens of minutes on a CPU; "
          "the demo samples with DDIM, <code>hw2rt ddpm --sampler ddim --eta 1</code>).</p>"),
+        "<h2>Speed: torch eager against the engines, side by side</h2>",
+        (f"<p>One call per network on the same inputs, the runners alternating call by call ({esc(str(len(speed)))} "
+         "rows; median and p10-p90 of the timed calls after a warm-up). x = speed-up against torch eager fp32 in "
+         "this run. <code>hw2rt bench</code> measures every runner at more sizes.</p>"),
+        "<table><tr><th>network</th><th>runner</th><th>ms per call</th><th>p10-p90</th><th>x torch</th></tr>"
+        + "".join(f"<tr><td>{esc(r['network'])}</td><td>{esc(r['runner'])}</td><td>{r['median_ms']:.2f}</td>"
+                  f"<td>{r['p10_ms']:.2f}-{r['p90_ms']:.2f}</td><td>{r['x_torch']:.2f}</td></tr>" for r in speed)
+        + "</table>",
+        _img(speed_png),
         "<h2>Figures</h2>",
     ]
     for title, paths in figures.items():

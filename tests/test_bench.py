@@ -2,17 +2,22 @@
 Timings are never asserted: only that they are there and well formed."""
 import json
 
+import numpy as np
 import pytest
 import torch
 from click.testing import CliRunner
+from PIL import Image
 
-from hw2rt import bench
+from hw2rt.bench import measure, suites
+from hw2rt.bench.runners import DIFFUSERS
+from hw2rt.cli import main
 from hw2rt.engines import open_engine
 from hw2rt.errors import Hw2rtError
+from hw2rt.io import to_uint8_signed
 from hw2rt.models import get_spec
 from hw2rt.parity import BUDGETS, compare_outputs, random_model
 
-# Written out (not taken from bench.CALL_FIELDS) so that a change of the JSON's shape fails here.
+# Written out (not taken from scenarios.CALL_FIELDS) so that a change of the JSON's shape fails here.
 PER_CALL_KEYS = {"model", "config", "dims", "batch", "backend", "label", "precision", "compute_precision",
                  "median_ms", "p10_ms", "p90_ms", "n", "first_call_ms", "first_call_memory_mib",
                  "items_per_s", "gflop_per_call", "achieved_gflops", "peak_gflops", "peak_fraction",
@@ -21,7 +26,7 @@ PER_CALL_KEYS = {"model", "config", "dims", "batch", "backend", "label", "precis
 SCENARIO_KEYS = {"scenario", "model", "config", "dims", "batch", "images", "steps", "backend", "label",
                  "precision", "median_s", "p10_s", "p90_s", "n", "per_step_ms", "images_per_s",
                  "speedup_vs_torch", "parity_metric", "parity_value", "parity_budget", "parity_passed",
-                 "skipped"}
+                 "extrapolated", "skipped"}
 
 
 @pytest.fixture(scope="module")
@@ -30,16 +35,18 @@ def quick_run(tmp_path_factory):
     md = out / "RESULTS.md"
     md.write_text("# Results\n\nprose kept\n\n<!-- hw2rt-bench:begin -->\nold figures\n"
                   "<!-- hw2rt-bench:end -->\n\ntail kept\n")
-    args = ["--quick", "--json", str(out / "bench.json"), "--md", str(md), "--plot", str(out / "latency.png")]
-    result = CliRunner().invoke(bench.bench_command, args)
+    args = ["bench", "--suite", "quick", "--json", str(out / "bench.json"), "--md", str(md), "--plot",
+            str(out / "latency.png")]
+    result = CliRunner().invoke(main, args)
     assert result.exit_code == 0, result.output
     return out, json.loads((out / "bench.json").read_text()), result.output
 
 
 def test_quick_bench_writes_a_well_formed_json(quick_run):
     _, data, _ = quick_run
-    assert data["schema"] == bench.SCHEMA and data["quick"] is True
-    assert data["command"].startswith("hw2rt bench") and "--quick" in data["command"]
+    assert data["schema"] == suites.SCHEMA and data["suite"] == "quick"
+    assert data["command"].startswith("hw2rt bench") and "--suite quick" in data["command"]
+    assert all(s["status"] == "ok" for s in data["sections"].values()), data["sections"]
     env = data["env"]
     assert env["threads"] == 1 and env["cpu"] and {"torch", "onnxruntime", "python"} <= set(env["versions"])
     assert isinstance(env["cpu_flags"]["avx2"], bool) and env["torch_cpu_capability"]
@@ -57,14 +64,14 @@ def test_quick_bench_writes_a_well_formed_json(quick_run):
         if r["backend"] == "torch":
             assert r["speedup_vs_torch"] == 1.0 and r["parity_value"] == 0.0
     face = next(r for r in rows if r["model"] == "face_unet" and r["backend"] == "torch")
-    per_image = bench.flops_per_item("face_unet", face["config"], face["dims"])
+    per_image = measure.flops_per_item("face_unet", face["config"], face["dims"])
     assert face["gflop_per_call"] == pytest.approx(face["batch"] * per_image / 1e9)
 
     scenarios = data["scenarios"]
     assert all(set(s) == SCENARIO_KEYS for s in scenarios)
     assert {s["scenario"] for s in scenarios} == {"digit_ddim_loop", "face_ddim_loop", "dann_folder"}
     loops = [s for s in scenarios if s["scenario"] != "dann_folder"]
-    assert {s["backend"] for s in loops} >= {"torch", "ort", "bf16", bench.DIFFUSERS}
+    assert {s["backend"] for s in loops} >= {"torch", "ort", "bf16", DIFFUSERS}
     for s in loops:  # the diffusers loop runs the same math as hw2rt's DDIM: same images
         assert s["median_s"] > 0 and s["parity_metric"] == "image_mse_255" and s["parity_passed"] is True, s
     dann = [s for s in scenarios if s["scenario"] == "dann_folder"]
@@ -110,22 +117,22 @@ def test_bf16_elsewhere_is_a_clear_error(backend):
 
 
 def test_unknown_backend_is_refused():
-    result = CliRunner().invoke(bench.bench_command, ["--backends", "torch,nope"])
+    result = CliRunner().invoke(main, ["bench", "--backends", "torch,nope"])
     assert result.exit_code != 0 and "nope" in result.output
 
 
 def test_linear_fit_and_quantile():
-    fit = bench.linear_fit([1, 2, 3, 4], [1.5, 2.5, 3.5, 4.5])
+    fit = measure.linear_fit([1, 2, 3, 4], [1.5, 2.5, 3.5, 4.5])
     assert (fit["a_s"], fit["b_s"], fit["r2"]) == pytest.approx((0.5, 1.0, 1.0))
     assert fit["linear"] is True
-    assert bench.linear_fit([1, 2, 3, 4], [1, 4, 1, 4])["linear"] is False
-    assert bench.quantile([4, 1, 3, 2, 5], 0.5) == 3 and bench.quantile([1, 2], 0.1) == pytest.approx(1.1)
+    assert measure.linear_fit([1, 2, 3, 4], [1, 4, 1, 4])["linear"] is False
+    assert measure.quantile([4, 1, 3, 2, 5], 0.5) == 3 and measure.quantile([1, 2], 0.1) == pytest.approx(1.1)
 
 
 def test_alternate_interleaves_and_flips_the_order():
     calls = []
     fns = {n: (lambda n=n: calls.append(n)) for n in "abc"}
-    times, _ = bench.alternate(fns, {"a": 3, "b": 1, "c": 2}, "cpu")
+    times, _ = measure.alternate(fns, {"a": 3, "b": 1, "c": 2}, "cpu")
     assert calls == ["a", "b", "c", "c", "a", "a"]
     assert {n: len(t) for n, t in times.items()} == {"a": 3, "b": 1, "c": 2}
 
@@ -133,13 +140,66 @@ def test_alternate_interleaves_and_flips_the_order():
 def test_a_case_can_leave_a_runner_out_with_a_reason():
     """The full CPU suite leaves torch.compile out for the face UNet (minutes of cold compile);
     naming the network measures it with every runner. A skipped runner is reported, not timed."""
-    face = [c for c in bench.make_suite("cpu").cases if c.model == "face_unet"][0]
+    face = next(c for c in suites.make_suite("cpu").cases if c.model == "face_unet")
     assert "compile" in face.skip
-    assert bench.make_suite("cpu", model="face_unet").cases[0].skip == {}
-    suite = bench.Suite(cases=[bench.Case("digit_unet", {"n_feat": 16}, {}, (1,), skip={"bf16": "not here"})],
-                        backends=["torch", "bf16"], digit_loop=None, face_loop=None, dann_images=None,
-                        growth=None, point_s=0.05, min_repeats=2, max_repeats=2, peak_budget_s=0.02)
-    rows = bench.run_bench(suite=suite, log=lambda *_: None)["per_call"]
+    assert suites.make_suite("cpu", model="face_unet").cases[0].skip == {}
+    suite = suites.Suite("test", "cpu", [suites.Case("digit_unet", {"n_feat": 16}, {}, (1,), skip={"bf16": "not here"})],
+                         ["torch", "bf16"], point_s=0.05, min_repeats=2, max_repeats=2, peak_budget_s=0.02)
+    rows = suites.run_bench(suite, log=lambda *_: None)["per_call"]
     by = {r["backend"]: r for r in rows}
     assert by["bf16"]["skipped"] == "not here" and by["bf16"]["median_ms"] is None
     assert by["torch"]["skipped"] is None and by["torch"]["median_ms"] > 0
+
+
+class _Recording:
+    """An engine wrapper that records the timesteps every call sees (t/T for digits, raw t for faces)."""
+
+    def __init__(self, engine):
+        self.engine, self.seen = engine, []
+        self.device, self.inputs = engine.device, engine.inputs
+
+    def __call__(self, *args):
+        self.seen.append(tuple(args[-2 if len(args) == 4 else 1].tolist()))
+        return self.engine(*args)
+
+
+def test_the_loop_scenarios_run_the_jobs_own_samplers(tmp_path):
+    """What bench times is what the jobs run: the same engine calls, timesteps and images."""
+    from hw2rt.bench.scenarios import Loop, digit_loop_fns, face_loop_fns
+    from hw2rt.runtime import jobs
+    from hw2rt.runtime.schedules import DIGIT, FACE
+
+    digit = random_model("digit_unet", {"n_feat": 8})
+    bench_engine = _Recording(open_engine("digit_unet", digit, backend="torch"))
+    job_engine = _Recording(open_engine("digit_unet", digit, backend="torch"))
+    fns, _ = digit_loop_fns({"torch": bench_engine}, digit, Loop(10, 4), "cpu")
+    images = fns["torch"]()
+    jobs.digit_job(job_engine, tmp_path / "digits", per_digit=1, sampler="ddim", steps=4, progress=False)
+    assert bench_engine.seen == job_engine.seen
+    assert [s[0] for s in bench_engine.seen] == [t / 1000 for t in DIGIT.timesteps(4)]  # the digit schedule
+    job_images = [np.asarray(Image.open(tmp_path / "digits" / f"{d}_001.png")) for d in range(10)]
+    assert all(np.array_equal(to_uint8_signed(a), b) for a, b in zip(images, job_images))
+
+    face = random_model("face_unet", {"base": 32, "norm_groups": 8})
+    bench_face = _Recording(open_engine("face_unet", face, backend="torch"))
+    fns, _ = face_loop_fns({"torch": bench_face}, face, Loop(2, 3), {"height": 32, "width": 32}, "cpu")
+    fns["torch"]()
+    assert [s[0] for s in bench_face.seen] == FACE.timesteps(3)  # the face job's schedule, raw t
+
+
+def test_a_failing_section_is_recorded_and_the_json_written_after_each(tmp_path, monkeypatch):
+    def broken(*args, **kwargs):
+        raise RuntimeError("a backend blew up\nsecond line")
+
+    monkeypatch.setattr(suites, "dann_folder_scenario", broken)
+    suite = suites.Suite("test", "cpu", [suites.Case("dann", {}, {}, (2,))], ["torch"], dann_images=4,
+                         point_s=0.02, min_repeats=2, max_repeats=2, peak_budget_s=0.02)
+    result = suites.run_bench(suite, json_path=tmp_path / "r.json", log=lambda *_: None)
+    sections = result["sections"]
+    assert sections["dann: classify a folder"] == {"status": "error", "error": "RuntimeError: a backend blew up",
+                                                    "seconds": sections["dann: classify a folder"]["seconds"]}
+    assert sections["dann: per call"]["status"] == "ok" and result["per_call"]
+    assert json.loads((tmp_path / "r.json").read_text())["sections"] == json.loads(json.dumps(sections))
+    # A budget too small for a section skips it, and says why.
+    tight = suites.run_bench(suite, budget_s=1, log=lambda *_: None)["sections"]
+    assert tight["dann: per call"]["status"] == "skipped" and "budget" in tight["dann: per call"]["reason"]

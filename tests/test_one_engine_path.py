@@ -1,37 +1,26 @@
 """One engine path: the commands, parity, the demo, bench and the GPU check open the same engine for
 the same settings (class, precision, fp32 islands, graphs), because they all call `open_engine`."""
 import importlib.util
-import sys
-from pathlib import Path
 
 import pytest
 import torch
 
-from hw2rt import bench, cli, parity
+from hw2rt import cli, parity
+from hw2rt.bench.runners import open_runner
+from hw2rt.bench.suites import make_suite
 from hw2rt.checkpoints import resolve_checkpoint
 from hw2rt.engines import open_engine, pick_backend, resolve_source
 from hw2rt.errors import Hw2rtError
 
-ROOT = Path(__file__).resolve().parents[1]
 CUDA = torch.cuda.is_available()
 DIMS = {"face_unet": {"height": 32, "width": 32}, "digit_unet": {}}
 
 
-def _gpu_check():
-    spec = importlib.util.spec_from_file_location("gpu_check", ROOT / "benchmarks" / "gpu_check.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules.setdefault("gpu_check", module)
-    spec.loader.exec_module(module)
-    return module
-
-
-# (backend, precision) -> the bench runner and the GPU-check backend that open the same engine as the
-# commands with --device cpu, and on a GPU (where every command runs behind CUDA graphs).
-CPU_RUNNERS = {("torch", "fp32"): ("torch", "torch-fp32"), ("torch", "bf16"): ("bf16", None),
-               ("ort", "fp32"): ("ort", None), ("ort", "fp16"): ("ort-fp16", "ort-cpu-fp16")}
-CUDA_RUNNERS = {("torch", "fp16"): ("fp16+graphs", "torch-fp16+graphs"),
-                ("torch", "bf16"): ("bf16+graphs", "torch-bf16+graphs"),
-                ("trt", "fp16"): ("trt+graphs", "trt-fp16+graphs")}
+# (backend, precision) -> the runner of bench's suites (the GPU check is the gpu suite) that opens the
+# same engine as the commands with --device cpu, and on a GPU (where every command runs behind CUDA graphs).
+CPU_RUNNERS = {("torch", "fp32"): "torch", ("torch", "bf16"): "bf16", ("ort", "fp32"): "ort",
+               ("ort", "fp16"): "ort-fp16"}
+CUDA_RUNNERS = {("torch", "fp16"): "fp16+graphs", ("torch", "bf16"): "bf16+graphs", ("trt", "fp16"): "trt+graphs"}
 
 
 def _same(engines: dict):
@@ -51,11 +40,12 @@ def _has_tensorrt() -> bool:
 @pytest.mark.parametrize("model", ["face_unet", "digit_unet"])
 @pytest.mark.parametrize("device, backend, precision", [("cpu", *k) for k in CPU_RUNNERS] + [("cuda", *k) for k in CUDA_RUNNERS])
 def test_commands_parity_bench_and_gpu_check_open_the_same_engine(model, device, backend, precision):
-    runners = CPU_RUNNERS if device == "cpu" else CUDA_RUNNERS
-    runner, gpu_name = runners[(backend, precision)]
+    runner = (CPU_RUNNERS if device == "cpu" else CUDA_RUNNERS)[(backend, precision)]
+    suite = make_suite("cpu" if device == "cpu" else "gpu")
+    assert runner in suite.backends or runner in make_suite("quick").backends
     if device == "cuda" and not (CUDA and (backend != "trt" or _has_tensorrt())):
         pytest.skip(f"{backend} {precision} on CUDA needs {'TensorRT and ' if backend == 'trt' else ''}a GPU; there "
-                    f"the commands, parity, bench runner {runner!r} and GPU-check backend {gpu_name!r} all open "
+                    f"the commands, parity and the gpu suite's runner {runner!r} (the GPU check) all open "
                     f"a GraphedEngine (per-bucket CUDA graphs) over the {backend} engine with the fp32 islands "
                     f"{'of engines/torch.py' if backend == 'torch' else 'of the fp16 graph'}")
     path = resolve_checkpoint(None, model)
@@ -64,12 +54,9 @@ def test_commands_parity_bench_and_gpu_check_open_the_same_engine(model, device,
         "cli": cli._open_engine(model, None, backend, precision, None, device, **DIMS[model]),
         "parity": parity.open_pair(model, path, backend=backend, precision=precision, device=device,
                                    dims=DIMS[model])[1],
-        "bench": bench.open_runner(runner, model, net, device=device, threads=None),
+        "bench and the GPU check": open_runner(runner, model, net, device=device, dims=DIMS[model]),
         "demo": open_engine(model, path, backend=backend, precision=precision, device=device, dims=DIMS[model]),
     }
-    if gpu_name is not None:
-        engines["gpu_check"] = open_engine(model, net, device=device, dims=DIMS[model] or None,
-                                           **_gpu_check().OPEN[gpu_name])
     d = _same(engines)
     assert d["backend"] == backend and d["precision"] == precision and d["graphs"] is (device == "cuda")
     assert d["engine"] == {"torch": "TorchEngine", "ort": "OrtEngine", "trt": "TrtEngine"}[backend]

@@ -16,8 +16,6 @@ Backends:
 import importlib.util
 from pathlib import Path
 
-import torch
-
 from hw2rt import options
 from hw2rt.device import resolve_device
 from hw2rt.engines.base import Engine

@@ -1,0 +1,75 @@
+"""The runner vocabulary of every suite (cpu, quick, gpu, cpu-smoke): a name -> `open_engine` settings.
+
+Torch-free at import (the CLI lists the names in `--help`); `open_runner` is the one way a suite
+opens an engine, and it is `open_engine` with the runner's settings, nothing else. "+graphs" runners
+sit behind the bucketing wrapper: CUDA graphs on a GPU, the same padded buckets run eagerly on a CPU.
+"""
+from hw2rt.errors import Hw2rtError
+
+RUNNERS = {
+    "torch": {"backend": "torch", "precision": "fp32", "label": "torch eager fp32 (reference)"},
+    "compile": {"backend": "torch", "precision": "fp32", "compile": {"dynamic": False},
+                "label": "torch.compile fp32"},
+    "bf16": {"backend": "torch", "precision": "bf16", "label": "torch bf16 (fp32 islands, channels-last)"},
+    "fp16": {"backend": "torch", "precision": "fp16", "label": "torch fp16 (fp32 islands, channels-last)"},
+    "ort": {"backend": "ort", "precision": "fp32", "label": "ONNX Runtime fp32"},
+    "ort-fp16": {"backend": "ort", "precision": "fp16", "label": "ONNX Runtime fp16 graph"},
+    "trt": {"backend": "trt", "precision": "fp16", "label": "TensorRT fp16"},
+    "torch+graphs": {"backend": "torch", "precision": "fp32", "graphs": True,
+                     "label": "torch fp32, CUDA graphs"},
+    "bf16+graphs": {"backend": "torch", "precision": "bf16", "graphs": True, "label": "torch bf16, CUDA graphs"},
+    "fp16+graphs": {"backend": "torch", "precision": "fp16", "graphs": True, "label": "torch fp16, CUDA graphs"},
+    "fp16-compile+graphs": {"backend": "torch", "precision": "fp16", "graphs": True,
+                            "compile": {"dynamic": False}, "label": "torch.compile fp16, CUDA graphs"},
+    "ort-fp16+graphs": {"backend": "ort", "precision": "fp16", "graphs": True,
+                        "label": "ONNX Runtime fp16 graph, CUDA graphs"},
+    "trt+graphs": {"backend": "trt", "precision": "fp16", "graphs": True, "label": "TensorRT fp16, CUDA graphs"},
+}
+REFERENCE = "torch"  # every ratio and parity figure is against torch eager fp32
+DIFFUSERS = "diffusers"  # the external baseline of the loops: the plain module driven by diffusers' DDIMScheduler
+
+
+def is_cuda(device) -> bool:
+    return str(device).startswith("cuda")
+
+
+def unavailable(name: str, device) -> str | None:
+    """Why runner `name` cannot run on `device` with this install (None: it can)."""
+    import importlib.util
+
+    r = RUNNERS[name]
+    cuda = is_cuda(device)
+    if r["backend"] == "trt":
+        if importlib.util.find_spec("tensorrt") is None:
+            return "TensorRT is not installed (the trt backend needs TensorRT >= 10 and a CUDA GPU)"
+        if not cuda:
+            return "TensorRT needs a CUDA GPU"
+    if r["backend"] == "torch" and r["precision"] == "fp16" and not cuda:
+        return "torch fp16 runs on CUDA only"
+    if r["backend"] == "ort" and cuda:
+        from hw2rt.engines.ort import available_providers
+
+        if "CUDAExecutionProvider" not in available_providers():
+            return "onnxruntime has no CUDAExecutionProvider here (onnxruntime-gpu is not installed)"
+    return None
+
+
+def compute_precision(name: str, device) -> str:
+    """The precision the arithmetic runs in, whose peak the runner is measured against."""
+    r = RUNNERS[name]
+    if r["backend"] == "ort" and r["precision"] == "fp16" and not is_cuda(device):
+        return "fp32"  # the CPU EP casts fp16 nodes it has no kernel for to fp32 (engines/ort.py)
+    return r["precision"]
+
+
+def open_runner(name: str, model: str, net, *, device, threads: int | None = None, cache_dir=None,
+                dims: dict | None = None):
+    """Runner `name` on `net`: `open_engine` with the runner's settings, nothing else."""
+    from hw2rt.engines import open_engine
+
+    if name not in RUNNERS:
+        raise Hw2rtError(f"unknown runner {name!r}; choose from {', '.join(RUNNERS)}")
+    r = RUNNERS[name]
+    return open_engine(model, net, backend=r["backend"], precision=r["precision"], device=device,
+                       graphs=r.get("graphs", False), threads=threads, compile=r.get("compile", False),
+                       cache_dir=cache_dir, dims=dims or None)
