@@ -1,12 +1,11 @@
-"""Bad input: one-line errors naming the file, nothing half-written."""
-import pickle
+"""The data layer on bad input: noise files, images (the one decoder), CSVs, atomic writes: one-line
+errors naming the file, nothing half-written."""
 
 import numpy as np
 import pytest
 import torch
 from PIL import Image
 
-from hw2rt.checkpoints import load_model
 from hw2rt.data.images import RESIZE_FILTER, read_images
 from hw2rt.data.layout import read_split
 from hw2rt.errors import Hw2rtError
@@ -19,7 +18,6 @@ from hw2rt.io import (
     write_labels_csv,
     write_png,
 )
-from hw2rt.models import build_model
 
 
 def _save_noise(folder, name, x):
@@ -156,53 +154,6 @@ def test_labels_csv_round_trip(tmp_path):
     write_labels_csv(tmp_path / "out.csv", [("a.png", 3), ("b.png", 9)])
     assert (tmp_path / "out.csv").read_text() == "image_name,label\na.png,3\nb.png,9\n"
     assert read_labels_csv(tmp_path / "out.csv") == [("a.png", 3), ("b.png", 9)]
-
-
-def test_checkpoint_of_another_model(tmp_path):
-    torch.save(build_model("digit_classifier").state_dict(), tmp_path / "clf.pt")
-    with pytest.raises(Hw2rtError, match="clf.pt: holds a digit_classifier checkpoint, but this needs a face_unet"):
-        load_model(tmp_path / "clf.pt", "face_unet")
-
-
-def test_checkpoint_missing_unexpected_and_shape_mismatch(tmp_path):
-    sd = build_model("face_unet", {"base": 32}).state_dict()
-    del sd["up23.resblocks.conv2.bias"]
-    sd["extra.weight"] = torch.zeros(1)
-    sd["out.2.weight"] = torch.zeros(4, 32, 3, 3)
-    torch.save(sd, tmp_path / "UNet.pt")
-    with pytest.raises(Hw2rtError) as err:
-        load_model(tmp_path / "UNet.pt", "face_unet")
-    msg = str(err.value)
-    assert msg.startswith(str(tmp_path / "UNet.pt"))
-    assert "1 missing: up23.resblocks.conv2.bias" in msg and "1 unexpected: extra.weight" in msg
-    assert "out.2.weight: (4, 32, 3, 3) vs (3, 32, 3, 3)" in msg and "\n" not in msg
-
-
-def test_truncated_checkpoint(tmp_path):
-    torch.save(build_model("digit_classifier").state_dict(), tmp_path / "c.pt")
-    data = (tmp_path / "c.pt").read_bytes()
-    (tmp_path / "c.pt").write_bytes(data[:1000])
-    with pytest.raises(Hw2rtError, match="c.pt: not a readable checkpoint"):
-        load_model(tmp_path / "c.pt")
-
-
-class Evil:
-    def __reduce__(self):
-        return (print, ("pwned",))
-
-
-def test_pickle_of_arbitrary_objects_is_refused(tmp_path, capsys):
-    with open(tmp_path / "evil.pt", "wb") as f:
-        pickle.dump({"state_dict": Evil()}, f)
-    with pytest.raises(Hw2rtError, match="evil.pt: refused"):
-        load_model(tmp_path / "evil.pt")
-    assert "pwned" not in capsys.readouterr().out
-
-
-def test_state_dict_that_is_not_tensors(tmp_path):
-    torch.save({"a": 1, "b": [1, 2]}, tmp_path / "x.pt")
-    with pytest.raises(Hw2rtError, match="x.pt: not a state dict"):
-        load_model(tmp_path / "x.pt")
 
 
 def test_atomic_writes_get_ordinary_permissions(tmp_path):

@@ -12,7 +12,7 @@ from PIL import Image
 from hw2rt.io import read_labels_csv
 from hw2rt.models import build_model
 
-SCRIPTS = Path(__file__).parent.parent / "scripts"
+SCRIPTS = Path(__file__).parents[2] / "scripts"
 HW2RT = str(Path(sys.executable).parent / "hw2rt")
 
 

@@ -1,0 +1,47 @@
+"""The torch backend's reduced-precision policy (torch's CPU kernels stand in for CUDA's)."""
+
+import pytest
+import torch
+
+from hw2rt.engines import open_engine
+from hw2rt.engines.torch import FP32_ISLANDS, TorchEngine, reduced_precision_module
+from hw2rt.models import get_spec
+from hw2rt.parity import BUDGETS, random_model
+
+# --- the torch backend's reduced-precision policy (CPU stand-in for CUDA) -------------------------
+
+def test_reduced_precision_module_keeps_islands_fp32_and_the_original_intact():
+    net = random_model("face_unet", {"base": 32, "norm_groups": 8})
+    inv_freq = net.time[0].inv_freq.clone()
+    half = reduced_precision_module(net, "face_unet", "fp16")
+    assert FP32_ISLANDS["face_unet"] == ("time",)
+    assert half.down1.weight.dtype == torch.float16
+    assert half.time[0].inv_freq.dtype == torch.float32 and torch.equal(half.time[0].inv_freq, inv_freq)
+    assert half.time[1].weight.dtype == torch.float32
+    assert net.down1.weight.dtype == torch.float32 and net.training is False
+
+
+@pytest.mark.parametrize("model,config", [("face_unet", {"base": 32, "norm_groups": 8}), ("digit_unet", {"n_feat": 8}),
+                                          ("dann", {}), ("digit_classifier", {})])
+def test_torch_reduced_precision_matches_the_reference(model, config):
+    """The fp16 module the torch backend runs on CUDA, run here by torch's CPU fp16 kernels, and bf16
+    behind the bucketing wrapper: within their per-call budgets of the fp32 reference."""
+    net = random_model(model, config)
+    spec = get_spec(model)
+    dims = {"height": 32, "width": 32} if model == "face_unet" else {}
+    feeds = spec.example_inputs(3, **dims)
+    ref = TorchEngine(net, model).run(feeds)
+    half = reduced_precision_module(net, model, "fp16")
+    with torch.inference_mode():
+        out = half(*[v.half() if v.is_floating_point() else v for v in feeds.values()])
+    fp16 = dict(zip([s.name for s in spec.outputs], out if isinstance(out, tuple) else (out,)))
+    bf16_engine = open_engine(model, net, backend="torch", precision="bf16", graphs=True, max_batch=2)
+    assert bf16_engine.describe()["graphs"] and bf16_engine.describe()["buckets"] == [1, 2]
+    bf16 = bf16_engine.run(feeds)  # 3 rows: split into buckets of 2 and 1
+    for s in spec.outputs:
+        assert bf16[s.name].dtype == torch.float32 and bf16[s.name].is_contiguous()
+        scale = ref[s.name].abs().max()
+        assert (fp16[s.name].float() - ref[s.name]).abs().max() <= BUDGETS["fp16"]["per_call_rel_max_abs"] * scale
+        assert (bf16[s.name] - ref[s.name]).abs().max() <= BUDGETS["bf16"]["per_call_rel_max_abs"] * scale
+
+
