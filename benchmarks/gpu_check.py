@@ -26,8 +26,10 @@ from hw2rt.bench.suites import make_suite, run_bench
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--cpu-smoke", action="store_true", help="tiny sizes on the CPU, end to end (< 2 min)")
-    ap.add_argument("--out", type=Path, default=None, help="output folder (default: $OUT, else outputs/gpu_check)")
-    ap.add_argument("--budget", type=float, default=None, help="seconds for the whole run (default: the suite's)")
+    ap.add_argument("--out", type=Path, default=None,
+                    help="output folder (default: $OUT, else outputs/gpu_check)")
+    ap.add_argument("--budget", type=float, default=None,
+                    help="seconds for the whole run (default: the suite's)")
     ap.add_argument("--backends", default=None, help="comma-separated runners (default: the suite's)")
     ap.add_argument("--cache-dir", type=Path, default=None, help="engine cache (default: a temporary folder)")
     ap.add_argument("--threads", type=int, default=None,
@@ -49,13 +51,14 @@ def main(argv=None) -> int:
 
             if not torch.cuda.is_available():
                 log("no CUDA GPU visible to torch: run with --cpu-smoke on a CPU machine")
-                (out / "gpu_check.json").write_text(json.dumps({"suite": suite.name, "error": "no CUDA GPU"}) + "\n")
+                (out / "gpu_check.json").write_text(json.dumps({"suite": suite.name, "error": "no CUDA GPU"})
+                                                    + "\n")
                 return 2
         cache = args.cache_dir or Path(tempfile.mkdtemp(prefix="hw2rt-gpu-check-"))
         try:
             result = run_bench(suite, threads=args.threads, cache_dir=cache, budget_s=args.budget,
-                               json_path=out / "gpu_check.json", command=" ".join(["gpu_check.py", *sys.argv[1:]]),
-                               log=log)
+                               json_path=out / "gpu_check.json",
+                               command=" ".join(["gpu_check.py", *sys.argv[1:]]), log=log)
         finally:
             if args.cache_dir is None:
                 shutil.rmtree(cache, ignore_errors=True)

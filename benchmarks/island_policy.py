@@ -32,7 +32,8 @@ class ModuleEngine(Engine):
         self.module, self.dtype = module, {"fp16": torch.float16, "bf16": torch.bfloat16}[precision]
 
     def _run(self, feeds):
-        args = [v.to(self.dtype) if v.is_floating_point() else v for v in (feeds[s.name] for s in self.inputs)]
+        args = [v.to(self.dtype) if v.is_floating_point() else v
+                for v in (feeds[s.name] for s in self.inputs)]
         with torch.inference_mode():
             out = self.module(*args)
         out = out if isinstance(out, tuple) else (out,)
@@ -53,7 +54,8 @@ def main():
     for name, model in (("face_unet", "face_unet"), ("digit_unet", "digit_unet"), ("dann_usps", "dann"),
                         ("digit_classifier", "digit_classifier")):
         net = load_model(ASSETS / f"{name}.safetensors", model)[0].float().eval()
-        cases.append((f"{name} bundled", model, net, {"height": 32, "width": 32} if model == "face_unet" else {}))
+        cases.append((f"{name} bundled", model, net,
+                      {"height": 32, "width": 32} if model == "face_unet" else {}))
     print("| network | candidate | per call: needs rtol (budget) | end to end: image MSE (budget) | |")
     print("|---|---|---|---|---|")
     for label, model, net, dims in cases:

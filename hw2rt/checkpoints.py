@@ -42,12 +42,14 @@ def read_checkpoint(path) -> tuple[dict, dict | None]:
     except Exception as exc:  # noqa: BLE001 -- torch raises many types for truncated/corrupt/unsafe files
         first = first_line(exc, 160)
         if "weights_only" in str(exc) or "Unsupported global" in str(exc):
-            raise Hw2rtError(f"{path}: refused: the pickle holds objects other than plain tensors ({first})") from None
+            raise Hw2rtError(f"{path}: refused: the pickle holds objects other than plain tensors "
+                             f"({first})") from None
         raise Hw2rtError(f"{path}: not a readable checkpoint (truncated or corrupt?): {first}") from None
     if isinstance(obj, dict) and isinstance(obj.get("state_dict"), dict):
         obj = obj["state_dict"]
     if not isinstance(obj, dict) or not obj or not all(isinstance(v, torch.Tensor) for v in obj.values()):
-        raise Hw2rtError(f"{path}: not a state dict (expected a dict of tensors, or a dict with 'state_dict')")
+        raise Hw2rtError(f"{path}: not a state dict "
+                         "(expected a dict of tensors, or a dict with 'state_dict')")
     if all(k.startswith("module.") for k in obj):  # saved from nn.DataParallel
         obj = {k[len("module."):]: v for k, v in obj.items()}
     return obj, None
@@ -83,7 +85,8 @@ def load_model(path, model: str | None = None) -> tuple[nn.Module, str, dict]:
         raise Hw2rtError(f"{path}: holds a {found} checkpoint, but this needs a {model}")
     name = model or found
     if name is None:
-        raise Hw2rtError(f"{path}: cannot tell which network this checkpoint is for (known: {', '.join(MODELS)})")
+        raise Hw2rtError(f"{path}: cannot tell which network this checkpoint is for "
+                         f"(known: {', '.join(MODELS)})")
     spec = get_spec(name)
     if meta:
         config = {**spec.default_config, **meta["config"]}
@@ -109,7 +112,8 @@ def check_state_dict(net: nn.Module, sd: dict, path, name: str):
     if not (missing or unexpected or shapes):
         return
     parts = []
-    for label, items in (("missing", missing), ("unexpected", unexpected), ("shape mismatch (file vs model)", shapes)):
+    for label, items in (("missing", missing), ("unexpected", unexpected),
+                         ("shape mismatch (file vs model)", shapes)):
         if items:
             more = f" (+{len(items) - _SHOW} more)" if len(items) > _SHOW else ""
             parts.append(f"{len(items)} {label}: {', '.join(items[:_SHOW])}{more}")
@@ -140,7 +144,8 @@ def bundled_checkpoint(name: str) -> Path:
 
 
 def resolve_checkpoint(path, default: str) -> Path:
-    """`path` if given (a bare name such as `dann_svhn` means that bundled model), else the bundled `default`."""
+    """`path` if given (a bare name such as `dann_svhn` means that bundled model), else the bundled
+    `default`."""
     if path is None:
         return bundled_checkpoint(default)
     path = Path(path)

@@ -35,7 +35,8 @@ def inspect(checkpoint, model):
     net, name, config = load_model(checkpoint, model)
     n_params = sum(p.numel() for p in net.parameters())
     click.echo(json.dumps({"file": checkpoint, "model": name, "config": config, "parameters": n_params,
-                           "state_dict_entries": len(net.state_dict()), "sha256": file_sha256(checkpoint)}, indent=2))
+                           "state_dict_entries": len(net.state_dict()), "sha256": file_sha256(checkpoint)},
+                          indent=2))
 
 
 @main.group()
@@ -44,7 +45,8 @@ def data():
 
 
 @data.command("synth")
-@click.option("--out", required=True, type=click.Path(file_okay=False, path_type=Path), help="Folder to create.")
+@click.option("--out", required=True, type=click.Path(file_okay=False, path_type=Path),
+              help="Folder to create.")
 @click.option("--mnist-idx", type=click.Path(exists=True, file_okay=False, path_type=Path), default=None,
               help="Folder with full MNIST train-images-idx3-ubyte / train-labels-idx1-ubyte (.gz ok).")
 @click.option("--seed", type=click.IntRange(min=0), default=0, show_default=True)
@@ -71,8 +73,8 @@ def synth(out, mnist_idx, seed, n_mnistm, n_usps, n_svhn, n_faces, noise_size, o
 
 # --- the sampler commands ------------------------------------------------------------------------
 
-PRECISION_HELP = ("fp16: the fp16 graph with fp32 islands (ort, trt; torch on CUDA). bf16: torch only; fast only "
-                  "on CPUs/GPUs with native bf16.")
+PRECISION_HELP = ("fp16: the fp16 graph with fp32 islands (ort, trt; torch on CUDA). bf16: torch only; "
+                  "fast only on CPUs/GPUs with native bf16.")
 
 
 def _engine_options(f):
@@ -80,8 +82,8 @@ def _engine_options(f):
     f = click.option("--threads", type=click.IntRange(min=1), default=None,
                      help="CPU threads for the engine (default: the library's choice).")(f)
     f = click.option("--device", default="auto", show_default=True,
-                     help="cpu, cuda, cuda:N or auto (cuda when torch sees a GPU). On cuda, engines run behind "
-                          "CUDA graphs.")(f)
+                     help="cpu, cuda, cuda:N or auto (cuda when torch sees a GPU). On cuda, engines run "
+                          "behind CUDA graphs.")(f)
     f = click.option("--precision", type=click.Choice(options.PRECISIONS), default="fp32", show_default=True,
                      help=PRECISION_HELP)(f)
     f = click.option("--backend", type=click.Choice(options.BACKENDS), default="auto", show_default=True,
@@ -94,8 +96,8 @@ def _open_engine(model, checkpoint, backend, precision, threads, device, default
     from hw2rt.checkpoints import resolve_checkpoint
     from hw2rt.engines import open_engine
 
-    return open_engine(model, resolve_checkpoint(checkpoint, default or model), backend=backend, precision=precision,
-                       device=device, threads=threads, dims=dims or None)
+    return open_engine(model, resolve_checkpoint(checkpoint, default or model), backend=backend,
+                       precision=precision, device=device, threads=threads, dims=dims or None)
 
 
 def _dims(noise):
@@ -105,26 +107,33 @@ def _dims(noise):
 
 def _report(summary, what):
     rate = f", {summary['images_per_s']:.2f} images/s" if "images_per_s" in summary else ""
-    click.echo(f"{what}: wrote {summary.get('images', '')} images to {summary.get('out_dir', summary.get('out', ''))}"
+    click.echo(f"{what}: wrote {summary.get('images', '')} images to "
+               f"{summary.get('out_dir', summary.get('out', ''))}"
                f" in {summary.get('seconds', 0):.1f} s{rate}")
 
 
 @main.command()
-@click.option("--noise-dir", required=True, type=click.Path(path_type=Path), help="Folder of NN.pt noise tensors.")
-@click.option("--out", required=True, type=click.Path(file_okay=False, path_type=Path), help="Output folder (NN.png).")
+@click.option("--noise-dir", required=True, type=click.Path(path_type=Path),
+              help="Folder of NN.pt noise tensors.")
+@click.option("--out", required=True, type=click.Path(file_okay=False, path_type=Path),
+              help="Output folder (NN.png).")
 @click.option("--checkpoint", type=click.Path(dir_okay=False, path_type=Path), default=None,
               help="Face UNet: the assignment's UNet.pt or an hw2rt .safetensors (default: bundled).")
 @click.option("--eta", type=float, default=0.0, show_default=True)
-@click.option("--steps", type=int, default=50, show_default=True, help="DDIM steps: timesteps i*(1000//steps)+1.")
+@click.option("--steps", type=int, default=50, show_default=True,
+              help="DDIM steps: timesteps i*(1000//steps)+1.")
 @click.option("--batch-size", type=click.IntRange(min=1), default=10, show_default=True)
 @click.option("--gt-dir", type=click.Path(file_okay=False, path_type=Path), default=None,
               help="Reference NN.png: print per-image and mean MSE (0-255 scale) and write mse.json.")
-@click.option("--seed", type=int, default=0, show_default=True, help="Seeds the eta > 0 noise (image i: seed + i).")
-@click.option("--eta-grid", type=str, default=None, help="e.g. 0,0.25,0.5,0.75,1: also write the report grid.")
-@click.option("--grid", type=click.Path(dir_okay=False, path_type=Path), default=None, help="Where the eta grid goes.")
+@click.option("--seed", type=int, default=0, show_default=True,
+              help="Seeds the eta > 0 noise (image i: seed + i).")
+@click.option("--eta-grid", type=str, default=None,
+              help="e.g. 0,0.25,0.5,0.75,1: also write the report grid.")
+@click.option("--grid", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="Where the eta grid goes.")
 @_engine_options
-def ddim(noise_dir, out, checkpoint, eta, steps, batch_size, gt_dir, seed, eta_grid, grid, backend, precision, threads,
-         device):
+def ddim(noise_dir, out, checkpoint, eta, steps, batch_size, gt_dir, seed, eta_grid, grid, backend, precision,
+         threads, device):
     """DDIM faces from a noise folder (HW2 Problem 2): NN.pt -> NN.png."""
     from hw2rt.io import read_noise_dir
     from hw2rt.runtime import jobs
@@ -144,21 +153,24 @@ def ddim(noise_dir, out, checkpoint, eta, steps, batch_size, gt_dir, seed, eta_g
             click.echo(f"  mean MSE {summary['mse']['mean']:.4f} (written to {Path(out) / 'mse.json'})")
         if etas:
             g = jobs.eta_grid(engine, noise, grid, etas, steps=steps, batch_size=batch_size, seed=seed)
-            click.echo(f"eta grid (rows {', '.join(g['rows'])}; eta {', '.join(f'{e:g}' for e in etas)}): {grid}")
+            click.echo(f"eta grid (rows {', '.join(g['rows'])}; "
+                       f"eta {', '.join(f'{e:g}' for e in etas)}): {grid}")
 
 
 def _parse_floats(text, option):
     try:
         return [float(v) for v in text.split(",") if v.strip()]
     except ValueError:
-        raise click.BadParameter(f"{text!r} is not a comma-separated list of numbers", param_hint=option) from None
+        raise click.BadParameter(f"{text!r} is not a comma-separated list of numbers",
+                                 param_hint=option) from None
 
 
 @main.command()
 @click.option("--noise-dir", required=True, type=click.Path(path_type=Path))
 @click.option("--pair", default="00,01", show_default=True, help="Two noise names from the folder.")
 @click.option("--mode", type=click.Choice(["slerp", "lerp", "both"]), default="both", show_default=True)
-@click.option("--out", required=True, type=click.Path(dir_okay=False, path_type=Path), help="The PNG to write.")
+@click.option("--out", required=True, type=click.Path(dir_okay=False, path_type=Path),
+              help="The PNG to write.")
 @click.option("--checkpoint", type=click.Path(dir_okay=False, path_type=Path), default=None)
 @click.option("--steps", type=int, default=50, show_default=True)
 @_engine_options
@@ -190,23 +202,25 @@ def interp(noise_dir, pair, mode, out, checkpoint, steps, backend, precision, th
 @click.option("--steps", type=int, default=1000, show_default=True,
               help="ancestral: T (the model's training T); ddim: the number of DDIM steps (<= 1000).")
 @click.option("--eta", type=float, default=0.0, show_default=True,
-              help="ddim only: 0 is deterministic; 1 adds fresh noise every step, like the ancestral sampler.")
+              help="ddim only: 0 is deterministic; 1 adds fresh noise every step, "
+                   "like the ancestral sampler.")
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--batch-size", type=click.IntRange(min=1), default=250, show_default=True,
               help="Images per sampler call (the engine sees twice this, for guidance).")
-@click.option("--grid", type=click.Path(dir_okay=False, path_type=Path), default=None, help="10x10 report grid.")
+@click.option("--grid", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="10x10 report grid.")
 @click.option("--frames", type=click.Path(dir_okay=False, path_type=Path), default=None,
               help="Six reverse-process frames of the first 0.")
 @_engine_options
-def ddpm(out, checkpoint, per_digit, w, sampler, steps, eta, seed, batch_size, grid, frames, backend, precision,
-         threads, device):
+def ddpm(out, checkpoint, per_digit, w, sampler, steps, eta, seed, batch_size, grid, frames, backend,
+         precision, threads, device):
     """Guided DDPM digits (HW2 Problem 1): {d}_{i:03d}.png for d = 0..9, i = 1..per-digit."""
     from hw2rt.runtime import jobs
 
     jobs.digit_plan(sampler, steps, eta)  # refused before the engine is opened (an export takes seconds)
     with _open_engine("digit_unet", checkpoint, backend, precision, threads, device) as engine:
-        s = jobs.digit_job(engine, out, per_digit=per_digit, w=w, sampler=sampler, steps=steps, eta=eta, seed=seed,
-                           batch_size=batch_size, grid_path=grid, frames_path=frames)
+        s = jobs.digit_job(engine, out, per_digit=per_digit, w=w, sampler=sampler, steps=steps, eta=eta,
+                           seed=seed, batch_size=batch_size, grid_path=grid, frames_path=frames)
         eta_note = f", eta {eta:g}" if sampler == "ddim" else ""
         _report(s, f"ddpm ({engine.name}, {sampler} {s['steps']} steps of T={s['T']}{eta_note}, w={w:g})")
     for key in ("grid", "frames"):
@@ -233,16 +247,19 @@ def classify(images, out, checkpoint, batch_size, features, backend, precision, 
     from hw2rt.checkpoints import default_dann
     from hw2rt.runtime import jobs
 
-    with _open_engine("dann", checkpoint, backend, precision, threads, device, default=default_dann(images)) as engine:
+    with _open_engine("dann", checkpoint, backend, precision, threads, device,
+                      default=default_dann(images)) as engine:
         s = jobs.classify_job(engine, images, out, batch_size=batch_size, features_path=features)
         click.echo(f"classify ({engine.name}): {s['images']} images -> {out} in {s['seconds']:.2f} s "
-                   f"({s['images_per_s']:.0f} images/s)" + (f"; {s['resized']} resized to 28x28" if s["resized"] else ""))
+                   f"({s['images_per_s']:.0f} images/s)"
+                   + (f"; {s['resized']} resized to 28x28" if s["resized"] else ""))
     if features:
         click.echo(f"  features: {features}")
 
 
 @main.command()
-@click.option("--out", type=click.Path(file_okay=False, path_type=Path), default=Path("outputs/demo"), show_default=True)
+@click.option("--out", type=click.Path(file_okay=False, path_type=Path), default=Path("outputs/demo"),
+              show_default=True)
 @click.option("--quick", is_flag=True, help="Tiny sizes: a smoke run in seconds.")
 @click.option("--backend", type=click.Choice(["torch", "ort", "auto"]), default="auto", show_default=True)
 @click.option("--threads", type=click.IntRange(min=1), default=None)
@@ -258,10 +275,12 @@ def demo(out, quick, backend, threads):
 @click.option("--model", required=True, type=click.Choice(options.MODELS))
 @click.option("--checkpoint", type=click.Path(dir_okay=False, path_type=Path), default=None,
               help="Default: the bundled model.")
-@click.option("--out", required=True, type=click.Path(dir_okay=False, path_type=Path), help="The .onnx to write.")
+@click.option("--out", required=True, type=click.Path(dir_okay=False, path_type=Path),
+              help="The .onnx to write.")
 @click.option("--precision", type=click.Choice(options.GRAPH_PRECISIONS), default="fp32", show_default=True,
               help="fp16: fp16 graph with fp32 islands (timestep embedding, GroupNorm statistics, softmax).")
-@click.option("--opset", type=click.IntRange(min=18), default=None, help="ONNX opset (default: hw2rt's, >= 18).")
+@click.option("--opset", type=click.IntRange(min=18), default=None,
+              help="ONNX opset (default: hw2rt's, >= 18).")
 @click.option("--size", type=click.IntRange(min=32), default=None,
               help="face_unet: the H = W to trace with (the graph stays dynamic in H and W).")
 def export(model, checkpoint, out, precision, opset, size):
@@ -290,8 +309,8 @@ def parity(model, checkpoint, steps, size, no_e2e, json_path, backend, precision
     from hw2rt.parity import format_report, run_parity
 
     dims = {"height": size, "width": size} if size and model == "face_unet" else None
-    report = run_parity(model, checkpoint, backend=backend, precision=precision, device=device, threads=threads,
-                        dims=dims, steps=steps, e2e=not no_e2e, json_path=json_path)
+    report = run_parity(model, checkpoint, backend=backend, precision=precision, device=device,
+                        threads=threads, dims=dims, steps=steps, e2e=not no_e2e, json_path=json_path)
     click.echo(format_report(report))
     if not report["passed"]:
         raise SystemExit(1)
@@ -349,8 +368,10 @@ def train_ddpm_cmd(data, steps, n_feat, ema, cosine, out, seed, batch_size, lr, 
 
 
 @train.command("dann")
-@click.option("--source", required=True, type=click.Path(file_okay=False, path_type=Path), help="Source domain folder.")
-@click.option("--target", required=True, type=click.Path(file_okay=False, path_type=Path), help="Target domain folder.")
+@click.option("--source", required=True, type=click.Path(file_okay=False, path_type=Path),
+              help="Source domain folder.")
+@click.option("--target", required=True, type=click.Path(file_okay=False, path_type=Path),
+              help="Target domain folder.")
 @click.option("--mode", type=click.Choice(["source", "dann", "target"]), default="dann", show_default=True,
               help="source: lower bound; dann: adaptation; target: upper bound.")
 @click.option("--epochs", type=click.IntRange(min=1), default=20, show_default=True)
@@ -381,7 +402,8 @@ def train_classifier_cmd(data, epochs, out, seed, batch_size, lr, device, resume
               help="A folder of face images or a hw2_data root (face/faces).")
 @click.option("--steps", type=click.IntRange(min=1), default=20000, show_default=True)
 @click.option("--size", type=click.IntRange(min=32), default=32, show_default=True)
-@click.option("--base", type=click.IntRange(min=8), default=32, show_default=True, help="FaceUNet width (128 = HW2's).")
+@click.option("--base", type=click.IntRange(min=8), default=32, show_default=True,
+              help="FaceUNet width (128 = HW2's).")
 @_train_options
 def train_face_cmd(data, steps, size, base, out, seed, batch_size, lr, device, resume, overwrite):
     """A reduced-width FaceUNet as an unconditional DDPM (the face schedule; DDIM-ready)."""
@@ -392,7 +414,8 @@ def train_face_cmd(data, steps, size, base, out, seed, batch_size, lr, device, r
 
 
 @main.command("eval-digits")
-@click.option("--images", required=True, type=click.Path(path_type=Path), help="Folder of {d}_{i:03d}.png digits.")
+@click.option("--images", required=True, type=click.Path(path_type=Path),
+              help="Folder of {d}_{i:03d}.png digits.")
 @click.option("--classifier", type=click.Path(dir_okay=False, path_type=Path), default=None,
               help="The grader: the assignment's Classifier.pth or an hw2rt checkpoint (default: bundled).")
 def eval_digits(images, classifier):
@@ -407,14 +430,15 @@ def eval_digits(images, classifier):
 
 
 @main.command()
-@click.option("--checkpoint", type=click.Path(dir_okay=False, path_type=Path), required=True, help="DANN checkpoint.")
+@click.option("--checkpoint", type=click.Path(dir_okay=False, path_type=Path), required=True,
+              help="DANN checkpoint.")
 @click.option("--source", required=True, type=click.Path(file_okay=False, path_type=Path))
 @click.option("--target", required=True, type=click.Path(file_okay=False, path_type=Path))
 @click.option("--out", required=True, type=str, help="Prefix: PREFIX_digit.png and PREFIX_domain.png.")
 @click.option("--n-per-domain", type=click.IntRange(min=10), default=1000, show_default=True)
 @click.option("--bn-stats", type=click.Choice(["own", "checkpoint"]), default="own", show_default=True,
-              help="own: each domain normalised by BatchNorm statistics of its own training images (as hw2rt's "
-                   "DANN trains); checkpoint: the stored running statistics for both.")
+              help="own: each domain normalised by BatchNorm statistics of its own training images "
+                   "(as hw2rt's DANN trains); checkpoint: the stored running statistics for both.")
 def tsne(checkpoint, source, target, out, n_per_domain, bn_stats):
     """t-SNE of the validation features (the CNN's 512-d output), by digit and by domain."""
     from hw2rt.evaluate import tsne as run_tsne
@@ -445,19 +469,22 @@ def _csv(text, kind=str):
 
 
 @main.command()
-@click.option("--suite", type=click.Choice(["cpu", "quick", "gpu", "cpu-smoke"]), default="cpu", show_default=True,
-              help="cpu: make bench; quick: tiny models in under a minute; gpu: the assignment's jobs on a CUDA GPU "
-                   "(benchmarks/gpu_check.sh); cpu-smoke: the gpu suite at tiny sizes on the CPU.")
-@click.option("--model", type=click.Choice(["digit_unet", "face_unet", "dann", "digit_classifier"]), default=None,
-              help="One network (default: the suite's).")
+@click.option("--suite", type=click.Choice(["cpu", "quick", "gpu", "cpu-smoke"]), default="cpu",
+              show_default=True,
+              help="cpu: make bench; quick: tiny models in under a minute; gpu: the assignment's jobs on a "
+                   "CUDA GPU (benchmarks/gpu_check.sh); cpu-smoke: the gpu suite at tiny sizes on the CPU.")
+@click.option("--model", type=click.Choice(["digit_unet", "face_unet", "dann", "digit_classifier"]),
+              default=None, help="One network (default: the suite's).")
 @click.option("--backends", default=None,
               help=f"Comma list of runners (default: the suite's): {', '.join(RUNNERS)}, diffusers. "
                    "torch eager is always included: every ratio is against it.")
-@click.option("--batches", default=None, help="Comma list of batch sizes for the per-call sweep (default: the suite's).")
+@click.option("--batches", default=None,
+              help="Comma list of batch sizes for the per-call sweep (default: the suite's).")
 @click.option("--threads", type=click.IntRange(min=1), default=None,
               help="Intra-op threads of every runner (default: the suite's; 1 on the CPU suites).")
 @click.option("--budget", type=click.FloatRange(min=1), default=None,
-              help="Seconds for the whole run: sections that would not fit are skipped (default: the suite's).")
+              help="Seconds for the whole run: sections that would not fit are skipped "
+                   "(default: the suite's).")
 @click.option("--json", "json_path", type=click.Path(dir_okay=False, path_type=Path), default=None,
               help="Write every figure and the environment here (rewritten after every section).")
 @click.option("--md", "md_path", type=click.Path(dir_okay=False, path_type=Path), default=None,
@@ -466,16 +493,21 @@ def _csv(text, kind=str):
               help="Write a PNG of latency against batch per runner.")
 @click.option("--cache-dir", type=click.Path(file_okay=False, path_type=Path), default=None,
               help="Export cache (default $HW2RT_CACHE or ~/.cache/hw2rt).")
-def bench(suite, model, backends, batches, threads, budget, json_path, md_path, plot_path, cache_dir):
+@click.option("--quick", is_flag=True, help="Short for --suite quick.")
+def bench(suite, model, backends, batches, threads, budget, json_path, md_path, plot_path, cache_dir, quick):
     """Time every runner side by side on the jobs' own loops: per-call latency, throughput, memory,
     FLOP/s against the measured peak, end-to-end loops against a diffusers baseline, cost growth.
     Exit status 1 when a section failed."""
     from hw2rt.bench.report import markdown, plot, write_markdown
     from hw2rt.bench.suites import make_suite, run_bench
 
-    chosen = make_suite(suite, model=model, batches=_csv(batches, int), backends=_csv(backends))
+    if quick and click.get_current_context().get_parameter_source("suite").name == "COMMANDLINE":
+        raise click.UsageError("--quick is short for --suite quick: give one of them")
+    chosen = make_suite("quick" if quick else suite, model=model, batches=_csv(batches, int),
+                        backends=_csv(backends))
     result = run_bench(chosen, threads=threads, cache_dir=cache_dir, budget_s=budget, json_path=json_path,
-                       command=_command_line(click.get_current_context()), log=lambda m: click.echo(m, err=True))
+                       command=_command_line(click.get_current_context()),
+                       log=lambda m: click.echo(m, err=True))
     if md_path:
         write_markdown(result, md_path)
     if plot_path:

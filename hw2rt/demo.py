@@ -31,7 +31,8 @@ PARITY = ("face_unet", "digit_unet", "dann_usps", "digit_classifier")  # one of 
 
 
 def demo_models(model_dir: Path) -> dict:
-    """bundled name -> (checkpoint path, description): bundled where present, else a seeded random small model."""
+    """bundled name -> (checkpoint path, description): bundled where present, else a seeded random
+    small model."""
     chosen = {}
     for name, model in BUNDLED.items():
         bundled = ASSETS / f"{name}.safetensors"
@@ -81,8 +82,9 @@ def run_demo(out_dir="outputs/demo", *, quick=False, backend="auto", threads=Non
     stage(f"parity: {backend} vs torch fp32")
     for name in PARITY:
         dims = {"height": 32, "width": 32} if name == "face_unet" else None
-        report = run_parity(BUNDLED[name], models[name][0], backend=backend, device="cpu", threads=threads, dims=dims,
-                            steps=steps if name == "face_unet" else ddpm_t, e2e_images=2, e2e=not quick)
+        report = run_parity(BUNDLED[name], models[name][0], backend=backend, device="cpu", threads=threads,
+                            dims=dims, steps=steps if name == "face_unet" else ddpm_t, e2e_images=2,
+                            e2e=not quick)
         parity.append(report)
         log(f"  {name}: {'passed' if report['passed'] else 'FAILED'}")
 
@@ -105,9 +107,11 @@ def run_demo(out_dir="outputs/demo", *, quick=False, backend="auto", threads=Non
     digit_eta = 1.0
     stage(f"digits: guided DDIM, {steps} steps of T=1000, eta {digit_eta:g}")
     with open_engine("digit_unet", models["digit_unet"][0], backend=backend, threads=threads) as digit:
-        digits = jobs.digit_job(digit, out / "digits", per_digit=per_digit, sampler="ddim", steps=steps, eta=digit_eta,
-                                grid_path=out / "digit_grid.png", frames_path=out / "frames.png", batch_size=100)
-    figures[f"digits (rows 0-9), DDIM {steps} steps of T=1000, eta {digit_eta:g}, w=2"] = [out / "digit_grid.png"]
+        digits = jobs.digit_job(digit, out / "digits", per_digit=per_digit, sampler="ddim", steps=steps,
+                                eta=digit_eta, grid_path=out / "digit_grid.png",
+                                frames_path=out / "frames.png", batch_size=100)
+    figures[f"digits (rows 0-9), DDIM {steps} steps of T=1000, "
+            f"eta {digit_eta:g}, w=2"] = [out / "digit_grid.png"]
     accuracy["generated digits (grader)"] = digit_accuracy(out / "digits", models["digit_classifier"][0],
                                                            device="cpu")["accuracy"]
     figures["reverse process of the first 0"] = [out / "frames.png"]
@@ -195,8 +199,10 @@ def _html(models, parity, figures, accuracy, timings, faces, digits, backend, sp
         worst = max(r["per_call"]["outputs"].values(), key=lambda s: s["required_rtol"])
         e2e = r.get("end_to_end")
         e2e_mse = f"{e2e['mean_image_mse_255']:.4g}" if e2e else ""
-        rows.append(f"<tr><td>{r['model']}</td><td>{r['candidate']['backend']} {r['candidate']['precision']}</td>"
-                    f"<td>{worst['max_abs']:.3g}</td><td>{worst['required_rtol']:.3g}</td><td>{worst['cosine']:.7f}</td>"
+        rows.append(f"<tr><td>{r['model']}</td>"
+                    f"<td>{r['candidate']['backend']} {r['candidate']['precision']}</td>"
+                    f"<td>{worst['max_abs']:.3g}</td><td>{worst['required_rtol']:.3g}</td>"
+                    f"<td>{worst['cosine']:.7f}</td>"
                     f"<td>{e2e_mse}</td>"
                     f"<td>{'passed' if r['passed'] else 'FAILED'}</td></tr>")
     parts = [
@@ -208,8 +214,9 @@ def _html(models, parity, figures, accuracy, timings, faces, digits, backend, sp
          "(not the assignment's data; numbers here are not the assignment's numbers).</p>"),
         "<h2>Models</h2><ul>" + "".join(f"<li>{k}: {esc(d)} (<code>{esc(str(p))}</code>)</li>"
                                         for k, (p, d) in models.items()) + "</ul>",
-        "<h2>Parity against the torch fp32 reference</h2><table><tr><th>model</th><th>engine</th><th>max abs err</th>"
-        "<th>needs rtol</th><th>cosine</th><th>end-to-end image MSE (0-255)</th><th></th></tr>" + "".join(rows) + "</table>",
+        "<h2>Parity against the torch fp32 reference</h2><table><tr><th>model</th><th>engine</th>"
+        "<th>max abs err</th><th>needs rtol</th><th>cosine</th><th>end-to-end image MSE (0-255)</th>"
+        "<th></th></tr>" + "".join(rows) + "</table>",
         "<h2>Accuracy (stand-in data)</h2><ul>"
         + "".join(f"<li>{k}: {v:.4f}</li>" for k, v in accuracy.items()) + "</ul>",
         (f"<p>Faces: {faces['images']} images, {faces['images_per_s']:.2f} images/s. "
@@ -219,19 +226,22 @@ def _html(models, parity, figures, accuracy, timings, faces, digits, backend, sp
          "(the assignment's 1000-step ancestral DDPM of 1000 digits would take tens of minutes on a CPU; "
          "the demo samples with DDIM, <code>hw2rt ddpm --sampler ddim --eta 1</code>).</p>"),
         "<h2>Speed: torch eager against the engines, side by side</h2>",
-        (f"<p>One call per network on the same inputs, the runners alternating call by call ({esc(str(len(speed)))} "
-         "rows; median and p10-p90 of the timed calls after a warm-up). x = speed-up against torch eager fp32 in "
-         "this run. <code>hw2rt bench</code> measures every runner at more sizes.</p>"),
+        (f"<p>One call per network on the same inputs, the runners alternating call by call "
+         f"({esc(str(len(speed)))} rows; median and p10-p90 of the timed calls after a warm-up). "
+         "x = speed-up against torch eager fp32 in this run. "
+         "<code>hw2rt bench</code> measures every runner at more sizes.</p>"),
         "<table><tr><th>network</th><th>runner</th><th>ms per call</th><th>p10-p90</th><th>x torch</th></tr>"
         + "".join(f"<tr><td>{esc(r['network'])}</td><td>{esc(r['runner'])}</td><td>{r['median_ms']:.2f}</td>"
-                  f"<td>{r['p10_ms']:.2f}-{r['p90_ms']:.2f}</td><td>{r['x_torch']:.2f}</td></tr>" for r in speed)
+                  f"<td>{r['p10_ms']:.2f}-{r['p90_ms']:.2f}</td><td>{r['x_torch']:.2f}</td></tr>"
+                  for r in speed)
         + "</table>",
         _img(speed_png),
         "<h2>Figures</h2>",
     ]
     for title, paths in figures.items():
         parts.append(f"<h3>{esc(title)}</h3>" + " ".join(_img(p) for p in paths))
-    parts.append("<h2>Timings</h2><table>" + "".join(f"<tr><td>{esc(n)}</td><td>{s:.1f} s</td></tr>" for n, s in timings)
+    parts.append("<h2>Timings</h2><table>"
+                 + "".join(f"<tr><td>{esc(n)}</td><td>{s:.1f} s</td></tr>" for n, s in timings)
                  + "</table>")
     return "\n".join(parts)
 

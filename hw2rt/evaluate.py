@@ -28,7 +28,8 @@ def _first_output(out):
 
 
 @torch.no_grad()
-def predict(module: nn.Module, images_u8: torch.Tensor, *, batch_size: int = 1024, device=None) -> torch.Tensor:
+def predict(module: nn.Module, images_u8: torch.Tensor, *, batch_size: int = 1024,
+            device=None) -> torch.Tensor:
     """Class predictions (int64 [N], on the CPU) of a classifier for uint8 [N,3,H,W] images.
 
     The module gets RGB in [0,1]; its first output (logits or log-probabilities) is arg-maxed.
@@ -45,7 +46,8 @@ def predict(module: nn.Module, images_u8: torch.Tensor, *, batch_size: int = 102
     return torch.cat(preds) if preds else torch.empty(0, dtype=torch.int64)
 
 
-def dataset_accuracy(module: nn.Module, images_u8: torch.Tensor, labels: torch.Tensor, *, batch_size: int = 1024) -> float:
+def dataset_accuracy(module: nn.Module, images_u8: torch.Tensor, labels: torch.Tensor, *,
+                     batch_size: int = 1024) -> float:
     preds = predict(module, images_u8, batch_size=batch_size)
     return float((preds == labels.cpu()).float().mean().item())
 
@@ -156,7 +158,8 @@ def tsne(
     if n < 4:
         raise Hw2rtError(f"{source_dir} + {target_dir}: t-SNE needs at least 4 images, found {n}")
     perp = min(perplexity, (n - 1) / 3.0)
-    emb = TSNE(n_components=2, perplexity=perp, init="pca", learning_rate="auto", random_state=seed).fit_transform(x)
+    emb = TSNE(n_components=2, perplexity=perp, init="pca", learning_rate="auto",
+               random_state=seed).fit_transform(x)
 
     out_prefix = Path(out_prefix)
     names = [Path(d).name for d in domains]

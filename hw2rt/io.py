@@ -78,7 +78,8 @@ def read_noise_dir(folder) -> tuple[list[str], torch.Tensor]:
     tensors = [read_noise(f) for f in files]
     for f, x in zip(files, tensors):
         if x.shape != tensors[0].shape:
-            raise Hw2rtError(f"{f}: shape {list(x.shape)} differs from {files[0].name}'s {list(tensors[0].shape)}")
+            raise Hw2rtError(f"{f}: shape {list(x.shape)} differs from {files[0].name}'s "
+                             f"{list(tensors[0].shape)}")
     return [f.stem for f in files], torch.cat(tensors)
 
 
@@ -119,7 +120,8 @@ def read_image(path) -> np.ndarray:
 
 def list_images(folder) -> list[Path]:
     folder = _existing_dir(folder, "image")
-    files = sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES and not p.name.startswith("."))
+    files = sorted(p for p in folder.iterdir()
+                   if p.suffix.lower() in IMAGE_SUFFIXES and not p.name.startswith("."))
     if not files:
         raise Hw2rtError(f"{folder}: no images in the folder")
     return files
@@ -151,7 +153,8 @@ def read_labels_csv(path, data_dir=None) -> list[tuple[str, int]]:
             try:
                 rows.append((row[0].strip(), int(row[1])))
             except (IndexError, ValueError):
-                raise Hw2rtError(f"{path}: line {line_no}: expected 'image_name,label', found {row}") from None
+                raise Hw2rtError(f"{path}: line {line_no}: expected 'image_name,label', "
+                                 f"found {row}") from None
     if data_dir is not None:
         for name, _ in rows:
             if not (Path(data_dir) / name).is_file():

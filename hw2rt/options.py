@@ -4,7 +4,8 @@
 MODELS = ("face_unet", "digit_unet", "dann", "digit_classifier")
 BACKENDS = ("auto", "torch", "ort", "trt")
 PRECISIONS = ("fp32", "fp16", "bf16")  # what some engine serves
-GRAPH_PRECISIONS = ("fp32", "fp16")  # what an exported ONNX graph holds (bf16 lives on the torch backend only)
+# what an exported ONNX graph holds (bf16 lives on the torch backend only)
+GRAPH_PRECISIONS = ("fp32", "fp16")
 SAMPLERS = ("ancestral", "ddim")  # the digit job's
 DEVICES = ("auto", "cpu", "cuda")  # also "cuda:N"
 

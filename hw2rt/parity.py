@@ -60,7 +60,8 @@ DAMP = {"face_unet": 0.02, "digit_unet": 0.02}
 E2E_STEPS = {"face_unet": 20, "digit_unet": 50}
 
 
-def random_model(model: str, config: dict | None = None, *, seed: int = 0, damp: float | None = None) -> nn.Module:
+def random_model(model: str, config: dict | None = None, *, seed: int = 0,
+                 damp: float | None = None) -> nn.Module:
     """A seeded random network (eval mode); diffusion models get their last conv scaled by `damp`
     (default DAMP[model]; 1.0 leaves it as initialised). Leaves torch's global RNG as it was."""
     with torch.random.fork_rng(devices=[]):
@@ -121,8 +122,9 @@ def _sample(model: str, engine: Engine, x: torch.Tensor, *, steps: int, seed: in
                               batch_size=len(labels), progress=False)
 
 
-def end_to_end(reference: Engine, candidate: Engine, *, images: int = 2, seed: int = 0, dims: dict | None = None,
-               steps: int | None = None, guidance: float = 2.0, budget: float) -> dict | None:
+def end_to_end(reference: Engine, candidate: Engine, *, images: int = 2, seed: int = 0,
+               dims: dict | None = None, steps: int | None = None, guidance: float = 2.0,
+               budget: float) -> dict | None:
     """The full sampler on both engines from the same noise; image MSE (0..255) per image.
     None for the classifiers, which have no sampler."""
     model = reference.model
@@ -149,14 +151,16 @@ def end_to_end(reference: Engine, candidate: Engine, *, images: int = 2, seed: i
     return result
 
 
-def parity_report(reference: Engine, candidate: Engine, *, batch: int = 4, seed: int = 0, dims: dict | None = None,
-                  e2e: bool = True, e2e_images: int = 2, steps: int | None = None, source: dict | None = None) -> dict:
+def parity_report(reference: Engine, candidate: Engine, *, batch: int = 4, seed: int = 0,
+                  dims: dict | None = None, e2e: bool = True, e2e_images: int = 2, steps: int | None = None,
+                  source: dict | None = None) -> dict:
     """Compare `candidate` with `reference` (the torch fp32 engine of the same weights)."""
     budgets = BUDGETS[candidate.precision]
     report = {
         "model": reference.model,
         "source": source or {},
-        "reference": {"backend": reference.backend, "precision": reference.precision, "device": str(reference.device)},
+        "reference": {"backend": reference.backend, "precision": reference.precision,
+                      "device": str(reference.device)},
         "candidate": {**candidate.describe(), "name": candidate.name},
         "budgets": budgets,
         "per_call": per_call(reference, candidate, batch=batch, seed=seed, dims=dims,
@@ -201,13 +205,14 @@ def open_pair(model: str, checkpoint=None, *, backend: str = "auto", precision: 
 
 
 def run_parity(model: str, checkpoint=None, *, backend: str = "auto", precision: str = "fp32", device="auto",
-               threads: int | None = None, cache_dir=None, batch: int = 4, seed: int = 0, dims: dict | None = None,
-               e2e: bool = True, e2e_images: int = 2, steps: int | None = None, json_path=None) -> dict:
+               threads: int | None = None, cache_dir=None, batch: int = 4, seed: int = 0,
+               dims: dict | None = None, e2e: bool = True, e2e_images: int = 2, steps: int | None = None,
+               json_path=None) -> dict:
     """`hw2rt parity`: the torch fp32 CPU reference against `backend`/`precision` on `device` (see
     `open_pair`). Writes the report as JSON to `json_path` when given. Returns the report dict."""
     reference, candidate, source, dims = open_pair(model, checkpoint, backend=backend, precision=precision,
-                                                   device=device, threads=threads, cache_dir=cache_dir, seed=seed,
-                                                   dims=dims)
+                                                   device=device, threads=threads, cache_dir=cache_dir,
+                                                   seed=seed, dims=dims)
     try:
         report = parity_report(reference, candidate, batch=batch, seed=seed, dims=dims, e2e=e2e,
                                e2e_images=e2e_images, steps=steps, source=source)
@@ -239,12 +244,14 @@ def format_report(report: dict) -> str:
     elif src:
         lines.append(f"weights: {src.get('note', 'random')}, config {json.dumps(src.get('config', {}))}")
     pc = report["per_call"]
-    lines += ["", f"per call (batch {pc['batch']}, seed {pc['seed']}{', dims ' + json.dumps(pc['dims']) if pc['dims'] else ''}):",
+    lines += ["", (f"per call (batch {pc['batch']}, seed {pc['seed']}"
+                   f"{', dims ' + json.dumps(pc['dims']) if pc['dims'] else ''}):"),
               "| output | max abs | mean abs | MSE | cosine | scale | needs rtol | budget rtol | |",
               "|---|---|---|---|---|---|---|---|---|"]
     for name, s in pc["outputs"].items():
-        lines.append(f"| {name} | {_g(s['max_abs'])} | {_g(s['mean_abs'])} | {_g(s['mse'])} | {s['cosine']:.7f} | "
-                     f"{_g(s['scale'])} | {_g(s['required_rtol'])} | {_g(s['budget_rtol'])} | {ok(s['passed'])} |")
+        lines.append(f"| {name} | {_g(s['max_abs'])} | {_g(s['mean_abs'])} | {_g(s['mse'])} | "
+                     f"{s['cosine']:.7f} | {_g(s['scale'])} | {_g(s['required_rtol'])} | "
+                     f"{_g(s['budget_rtol'])} | {ok(s['passed'])} |")
     e = report.get("end_to_end")
     if e:
         line = (f"end to end ({e['sampler']}, {e['steps']} steps, {e['images']} images, seed {e['seed']}): "

@@ -57,18 +57,21 @@ def environment(device, threads: int | None) -> dict:
     from hw2rt.engines.trt import tensorrt_version
 
     env = {"cpu": cpu_name(), "cpu_flags": cpu_flags(), "logical_cpus": os.cpu_count(),
-           "torch_cpu_capability": torch.backends.cpu.get_cpu_capability(), "threads": threads or torch.get_num_threads(),
+           "torch_cpu_capability": torch.backends.cpu.get_cpu_capability(),
+           "threads": threads or torch.get_num_threads(),
            "device": str(device), "platform": platform.platform(), "loadavg_start": list(os.getloadavg()),
            "versions": _versions(), "ort_providers": available_providers(), "tensorrt": tensorrt_version()}
     if is_cuda(device):
         p = torch.cuda.get_device_properties(torch.device(device))
-        env.update({"gpu": torch.cuda.get_device_name(torch.device(device)), "capability": f"{p.major}.{p.minor}",
+        env.update({"gpu": torch.cuda.get_device_name(torch.device(device)),
+                    "capability": f"{p.major}.{p.minor}",
                     "gpu_memory_gib": round(p.total_memory / 2**30, 1), "sm_count": p.multi_processor_count,
                     "torch_cuda": torch.version.cuda, "cudnn": torch.backends.cudnn.version()})
         if shutil.which("nvidia-smi"):
             try:
                 q = subprocess.run(["nvidia-smi", "--query-gpu=driver_version,name,clocks.max.sm,power.limit",
-                                    "--format=csv,noheader"], capture_output=True, text=True, timeout=20, check=False)
+                                    "--format=csv,noheader"],
+                                   capture_output=True, text=True, timeout=20, check=False)
                 env["nvidia_smi"] = q.stdout.strip()
             except (OSError, subprocess.SubprocessError) as exc:
                 env["nvidia_smi"] = f"failed: {first_line(exc)}"

@@ -15,14 +15,15 @@ def fastest(rows: list, exclude=()) -> str | None:
     if not rows:
         return None
     key = "median_s" if "median_s" in rows[0] else "median_ms"
-    ok = [r for r in rows if r[key] is not None and r["backend"] not in exclude and r["parity_passed"] is not False
-          and not r.get("extrapolated")]
+    ok = [r for r in rows if r[key] is not None and r["backend"] not in exclude
+          and r["parity_passed"] is not False and not r.get("extrapolated")]
     return min(ok, key=lambda r: r[key])["backend"] if ok else None
 
 
 def graph_speedups(result: dict) -> list:
     """Per call, each "+graphs" runner against the same engine without graphs, where both ran."""
-    calls = {(r["model"], r["batch"], r["backend"]): r for r in result["per_call"] if r["median_ms"] is not None}
+    calls = {(r["model"], r["batch"], r["backend"]): r for r in result["per_call"]
+             if r["median_ms"] is not None}
     out = []
     for (model, batch, name), row in calls.items():
         base = name.removesuffix("+graphs")
@@ -51,9 +52,10 @@ def _goal_digit_loop_2x(result):
     row = next(s for s in loop if s["backend"] == best)
     call = next((r for r in result["per_call"] if (r["model"], r["batch"], r["backend"])
                  == ("digit_unet", row["batch"], best)), None)
-    return {"goal": f"fastest path >= 2x torch eager fp32 on the digit job's DDIM loop at batch {row['batch']}, "
-                    "within the parity budget",
-            "target": 2.0, "value": row["speedup_vs_torch"], "met": row["speedup_vs_torch"] >= 2.0, "backend": best,
+    return {"goal": f"fastest path >= 2x torch eager fp32 on the digit job's DDIM loop at batch "
+                    f"{row['batch']}, within the parity budget",
+            "target": 2.0, "value": row["speedup_vs_torch"], "met": row["speedup_vs_torch"] >= 2.0,
+            "backend": best,
             "parity": {"loop_image_mse_255": row["parity_value"], "loop_budget": row["parity_budget"],
                        "per_call_rel_max_abs": call and call["parity_value"],
                        "per_call_budget": call and call["parity_budget"]}}
@@ -70,19 +72,21 @@ def _goal_face_peak_85(result):
     return {"goal": f"fastest backend reaches >= 85% of its precision's measured peak on the face UNet at "
                     f"{dims.get('height')}x{dims.get('width')} (batch {top_batch})",
             "target": 0.85, "value": row["peak_fraction"],
-            "met": row["peak_fraction"] is not None and row["peak_fraction"] >= 0.85, "backend": row["backend"],
+            "met": row["peak_fraction"] is not None and row["peak_fraction"] >= 0.85,
+            "backend": row["backend"],
             "achieved_gflops": row["achieved_gflops"], "peak_gflops": row["peak_gflops"],
             "compute_precision": row["compute_precision"]}
 
 
 def _goal_fp16_image_mse(result):
-    rows = [s for s in result["scenarios"] if s["precision"] == "fp16" and s["parity_metric"] == "image_mse_255"
-            and s["parity_value"] is not None]
+    rows = [s for s in result["scenarios"] if s["precision"] == "fp16"
+            and s["parity_metric"] == "image_mse_255" and s["parity_value"] is not None]
     if not rows:
         return None
     worst = max(rows, key=lambda s: s["parity_value"])
-    return {"goal": "every fp16 runner's images within image MSE 0.3 of fp32 on the jobs' loops", "target": 0.3,
-            "value": worst["parity_value"], "backend": worst["backend"], "met": worst["parity_value"] <= 0.3,
+    return {"goal": "every fp16 runner's images within image MSE 0.3 of fp32 on the jobs' loops",
+            "target": 0.3, "value": worst["parity_value"], "backend": worst["backend"],
+            "met": worst["parity_value"] <= 0.3,
             "values": {f"{s['scenario']}/{s['backend']}": s["parity_value"] for s in rows}}
 
 
@@ -100,7 +104,8 @@ def _goal_graphs_faster(result):
 GOALS = {
     "digit_loop_2x": _goal_digit_loop_2x,
     "face_peak_85": _goal_face_peak_85,
-    "face_job_1s": lambda r: _loop_goal(r, "face_ddim_loop", 1.0, "the face job ({images} faces, {steps} DDIM steps)"),
+    "face_job_1s": lambda r: _loop_goal(r, "face_ddim_loop", 1.0,
+                                        "the face job ({images} faces, {steps} DDIM steps)"),
     "digit_job_15s": lambda r: _loop_goal(r, "digit_ancestral_loop", 15.0,
                                           "the digit job ({images} digits, {steps} guided DDPM steps)"),
     "fp16_image_mse": _goal_fp16_image_mse,
@@ -148,7 +153,8 @@ def markdown(result: dict) -> str:
             f"{n}: {s['status']} ({s.get('error') or s.get('reason')})" for n, s in not_ok.items()), ""]
     missing = {n: r["reason"] for n, r in result["runners"].items() if not r["available"]}
     if missing:
-        lines += ["Runners not available here: " + "; ".join(f"{n} ({why})" for n, why in missing.items()), ""]
+        lines += ["Runners not available here: "
+                  + "; ".join(f"{n} ({why})" for n, why in missing.items()), ""]
     if result["goals"]:
         lines += ["### Goals", "", "| goal | runner | value | target | met |", "|---|---|---|---|---|"]
         for g in result["goals"]:
@@ -286,11 +292,13 @@ def speed_chart(rows: list, path, title: str) -> None:
     fig, ax = plt.subplots(figsize=(9, 0.45 * len(rows) + 1.2))
     labels = [f"{r['network']} / {r['runner']}" for r in rows][::-1]
     med = [r["median_ms"] for r in rows][::-1]
-    err = [[m - r["p10_ms"] for m, r in zip(med, rows[::-1])], [r["p90_ms"] - m for m, r in zip(med, rows[::-1])]]
-    bars = ax.barh(labels, med, xerr=err, capsize=3, color=["#4c72b0" if r["runner"] == REFERENCE else "#dd8452"
-                                                            for r in rows[::-1]])
+    err = [[m - r["p10_ms"] for m, r in zip(med, rows[::-1])],
+           [r["p90_ms"] - m for m, r in zip(med, rows[::-1])]]
+    bars = ax.barh(labels, med, xerr=err, capsize=3,
+                   color=["#4c72b0" if r["runner"] == REFERENCE else "#dd8452" for r in rows[::-1]])
     for bar, r in zip(bars, rows[::-1]):
-        ax.text(r["p90_ms"], bar.get_y() + bar.get_height() / 2, f"  {r['x_torch']:.2f}x", va="center", fontsize=8)
+        ax.text(r["p90_ms"], bar.get_y() + bar.get_height() / 2, f"  {r['x_torch']:.2f}x",
+                va="center", fontsize=8)
     ax.set(xscale="log", xlabel="ms per call (median, p10-p90; log scale)", title=title)
     ax.grid(True, axis="x", alpha=0.3)
     fig.tight_layout()

@@ -17,16 +17,20 @@ RUNNERS = {
     "trt": {"backend": "trt", "precision": "fp16", "label": "TensorRT fp16"},
     "torch+graphs": {"backend": "torch", "precision": "fp32", "graphs": True,
                      "label": "torch fp32, CUDA graphs"},
-    "bf16+graphs": {"backend": "torch", "precision": "bf16", "graphs": True, "label": "torch bf16, CUDA graphs"},
-    "fp16+graphs": {"backend": "torch", "precision": "fp16", "graphs": True, "label": "torch fp16, CUDA graphs"},
+    "bf16+graphs": {"backend": "torch", "precision": "bf16", "graphs": True,
+                    "label": "torch bf16, CUDA graphs"},
+    "fp16+graphs": {"backend": "torch", "precision": "fp16", "graphs": True,
+                    "label": "torch fp16, CUDA graphs"},
     "fp16-compile+graphs": {"backend": "torch", "precision": "fp16", "graphs": True,
                             "compile": {"dynamic": False}, "label": "torch.compile fp16, CUDA graphs"},
     "ort-fp16+graphs": {"backend": "ort", "precision": "fp16", "graphs": True,
                         "label": "ONNX Runtime fp16 graph, CUDA graphs"},
-    "trt+graphs": {"backend": "trt", "precision": "fp16", "graphs": True, "label": "TensorRT fp16, CUDA graphs"},
+    "trt+graphs": {"backend": "trt", "precision": "fp16", "graphs": True,
+                   "label": "TensorRT fp16, CUDA graphs"},
 }
 REFERENCE = "torch"  # every ratio and parity figure is against torch eager fp32
-DIFFUSERS = "diffusers"  # the external baseline of the loops: the plain module driven by diffusers' DDIMScheduler
+# the external baseline of the loops: the plain module driven by diffusers' DDIMScheduler
+DIFFUSERS = "diffusers"
 
 
 def is_cuda(device) -> bool:

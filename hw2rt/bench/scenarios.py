@@ -27,7 +27,8 @@ CALL_FIELDS = ("median_ms", "p10_ms", "p90_ms", "n", "first_call_ms", "first_cal
                "memory_method", "parity_metric", "parity_value", "parity_budget", "parity_passed",
                "speedup_vs_torch", "skipped")
 SCENARIO_FIELDS = ("median_s", "p10_s", "p90_s", "n", "per_step_ms", "images_per_s", "speedup_vs_torch",
-                   "parity_metric", "parity_value", "parity_budget", "parity_passed", "extrapolated", "skipped")
+                   "parity_metric", "parity_value", "parity_budget", "parity_passed", "extrapolated",
+                   "skipped")
 
 
 def _empty_row(**ids) -> dict:
@@ -126,7 +127,8 @@ class Loop:
     sampler: str = "ddim"  # digits: the digit job's sampler
     repeats: int = 3
     cap_s: float | None = None  # a timed run stops here and is extrapolated
-    max_steps: dict = field(default_factory=dict)  # runner -> steps after which it stops (a slow GPU reference)
+    # runner -> steps after which it stops (a slow GPU reference)
+    max_steps: dict = field(default_factory=dict)
     parity_images: int | None = None  # the first images run in full for parity when a run stopped early
 
 
@@ -152,9 +154,9 @@ def diffusers_ddim(eps_fn, x: torch.Tensor, steps: int, timesteps: list | None =
     """
     from diffusers import DDIMScheduler  # imported by the *_loop_fns builders already: not timed here
 
-    sched = DDIMScheduler(num_train_timesteps=train_steps, beta_start=1e-4, beta_end=0.02, beta_schedule="linear",
-                          timestep_spacing="leading", steps_offset=1, set_alpha_to_one=False,
-                          clip_sample=True)
+    sched = DDIMScheduler(num_train_timesteps=train_steps, beta_start=1e-4, beta_end=0.02,
+                          beta_schedule="linear", timestep_spacing="leading", steps_offset=1,
+                          set_alpha_to_one=False, clip_sample=True)
     sched.set_timesteps(steps)
     for t in (sched.timesteps if timesteps is None else torch.tensor(timesteps)):
         eps = eps_fn(x, t.expand(x.shape[0]).to(x.device))
@@ -190,11 +192,13 @@ def digit_loop_fns(engines: dict, net, loop, device, w: float = 2.0) -> tuple[di
                     raise StopEarly
 
         try:
-            return sample_digits(engine, labels[:n], plan, w=w, batch_size=n, callback=callback, progress=False)
+            return sample_digits(engine, labels[:n], plan, w=w, batch_size=n, callback=callback,
+                                 progress=False)
         except StopEarly:
             return Partial(done[0], total)
 
-    fns = {name: partial(run, e, loop.images, loop.cap_s, loop.max_steps.get(name)) for name, e in engines.items()}
+    fns = {name: partial(run, e, loop.images, loop.cap_s, loop.max_steps.get(name))
+           for name, e in engines.items()}
     parity = {name: partial(run, e, loop.parity_images or loop.images) for name, e in engines.items()}
     if loop.sampler == "ddim":
         def plain(xt, ct, tt, mask):
@@ -237,10 +241,12 @@ def loop_scenario(scenario: str, case, fns: dict, parity_fns: dict, per_call: li
     rows, active = {}, {}
     for name, fn in fns.items():
         precision = "fp32" if name == DIFFUSERS else RUNNERS[name]["precision"]
-        label = "diffusers DDIMScheduler loop, torch eager fp32" if name == DIFFUSERS else RUNNERS[name]["label"]
+        label = ("diffusers DDIMScheduler loop, torch eager fp32" if name == DIFFUSERS
+                 else RUNNERS[name]["label"])
         row = _scenario_row(scenario=scenario, model=model, config=case.config, dims=case.dims, batch=batch,
-                            images=loop.images, steps=loop.steps, backend=name, label=label, precision=precision,
-                            parity_metric="image_mse_255", parity_budget=BUDGETS[precision]["e2e_image_mse_255"],
+                            images=loop.images, steps=loop.steps, backend=name, label=label,
+                            precision=precision, parity_metric="image_mse_255",
+                            parity_budget=BUDGETS[precision]["e2e_image_mse_255"],
                             skipped=_loop_skip(name, calls.get(name), suite))
         if row["skipped"] is None:
             active[name] = fn
@@ -255,8 +261,10 @@ def loop_scenario(scenario: str, case, fns: dict, parity_fns: dict, per_call: li
         row.update(summarize(times[name], "s"))
         if isinstance(outs[name], Partial):
             scale = outs[name].steps / max(outs[name].done, 1)
-            row.update(median_s=row["median_s"] * scale, p10_s=row["p10_s"] * scale, p90_s=row["p90_s"] * scale,
-                       extrapolated=f"ran {outs[name].done} of {outs[name].steps} steps; time scaled linearly")
+            row.update(median_s=row["median_s"] * scale, p10_s=row["p10_s"] * scale,
+                       p90_s=row["p90_s"] * scale,
+                       extrapolated=f"ran {outs[name].done} of {outs[name].steps} steps; "
+                                    "time scaled linearly")
         row.update(per_step_ms=1e3 * row["median_s"] / loop.steps, images_per_s=loop.images / row["median_s"])
         mses = [mse_255(a, to_uint8(b)) for a, b in zip(ref, complete[name].cpu())]
         row["parity_value"] = sum(mses) / len(mses)

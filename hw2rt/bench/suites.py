@@ -97,21 +97,25 @@ GPU_GOALS = ("face_job_1s", "digit_job_15s", "fp16_image_mse", "graphs_faster")
 
 def _suite(name: str) -> Suite:
     if name == "quick":  # tiny models: the whole pipeline in well under a minute
-        return Suite("quick", "cpu", [Case("digit_unet", {"n_feat": 16}, {}, (1, 4), (4,)),
-                                      Case("face_unet", {"base": 32}, {"height": 32, "width": 32}, (2,), (2,)),
-                                      Case("dann", {}, {}, (1, 32), (32,))],
-                     ["torch", "bf16", "ort"], digit_loop=Loop(2, 4, repeats=2), face_loop=Loop(2, 2, repeats=2),
-                     dann_images=64, growth={"images": [1, 2], "base_steps": 2, "steps": [2, 4], "steps_images": 1},
-                     goals=CPU_GOALS, point_s=0.3, max_repeats=5, loop_repeats=2, max_point_s=10, slow_factor=1e9,
-                     peak_budget_s=0.05)
+        return Suite("quick", "cpu",
+                     [Case("digit_unet", {"n_feat": 16}, {}, (1, 4), (4,)),
+                      Case("face_unet", {"base": 32}, {"height": 32, "width": 32}, (2,), (2,)),
+                      Case("dann", {}, {}, (1, 32), (32,))],
+                     ["torch", "bf16", "ort"], digit_loop=Loop(2, 4, repeats=2),
+                     face_loop=Loop(2, 2, repeats=2), dann_images=64,
+                     growth={"images": [1, 2], "base_steps": 2, "steps": [2, 4], "steps_images": 1},
+                     goals=CPU_GOALS, point_s=0.3, max_repeats=5, loop_repeats=2, max_point_s=10,
+                     slow_factor=1e9, peak_budget_s=0.05)
     if name == "cpu":  # the sizes, fitted to ~10 minutes on one core
-        return Suite("cpu", "cpu", [Case("digit_unet", {"n_feat": 128}, {}, (1, 4, 20), (20,)),
-                                    Case("face_unet", {"base": 128}, {"height": 64, "width": 64}, (1, 4), (4,),
-                                         skip={"compile": FACE_COMPILE_SKIP}),
-                                    Case("dann", {}, {}, (1, 64, 512), (512,))],
-                     ["torch", "compile", "bf16", "ort", "ort-fp16"], digit_loop=Loop(10, 5), face_loop=Loop(4, 2),
-                     dann_images=2048,
-                     growth={"images": [1, 2, 5, 10], "base_steps": 5, "steps": [10, 30, 50], "steps_images": 1},
+        return Suite("cpu", "cpu",
+                     [Case("digit_unet", {"n_feat": 128}, {}, (1, 4, 20), (20,)),
+                      Case("face_unet", {"base": 128}, {"height": 64, "width": 64}, (1, 4), (4,),
+                           skip={"compile": FACE_COMPILE_SKIP}),
+                      Case("dann", {}, {}, (1, 64, 512), (512,))],
+                     ["torch", "compile", "bf16", "ort", "ort-fp16"], digit_loop=Loop(10, 5),
+                     face_loop=Loop(4, 2), dann_images=2048,
+                     growth={"images": [1, 2, 5, 10], "base_steps": 5, "steps": [10, 30, 50],
+                             "steps_images": 1},
                      goals=CPU_GOALS, max_point_s=30,
                      loop_skip={"ort-fp16": "on the CPU the fp16 graph computes in fp32 (cast insertion): "
                                             "per call only"})
@@ -119,11 +123,12 @@ def _suite(name: str) -> Suite:
     if name == "gpu":  # the assignment's jobs on one GPU, under the budget of a lent machine
         return Suite("gpu", "cuda",
                      [Case("digit_unet", {"n_feat": 128}, {}, (1, 20, 64, 200, 500), (500,)),
-                      Case("face_unet", {"base": 128}, {"height": 256, "width": 256}, (1, 4, 10), skip=compiled),
+                      Case("face_unet", {"base": 128}, {"height": 256, "width": 256}, (1, 4, 10),
+                           skip=compiled),
                       Case("dann", {}, {}, (64, 2048), skip=compiled),
                       Case("digit_classifier", {}, {}, (64, 2048), skip=compiled)],
-                     ["torch", "torch+graphs", "fp16", "fp16+graphs", "bf16+graphs", "ort-fp16", "trt", "trt+graphs",
-                      "fp16-compile+graphs"],
+                     ["torch", "torch+graphs", "fp16", "fp16+graphs", "bf16+graphs", "ort-fp16", "trt",
+                      "trt+graphs", "fp16-compile+graphs"],
                      digit_loop=Loop(1000, 1000, sampler="ancestral", repeats=1, cap_s=30,
                                      max_steps={"torch": 200, "torch+graphs": 200}, parity_images=50),
                      face_loop=Loop(10, 50, repeats=3), dann_images=10000, goals=GPU_GOALS, threads=None,
@@ -134,9 +139,11 @@ def _suite(name: str) -> Suite:
                       Case("face_unet", {"base": 32, "norm_groups": 8}, {"height": 32, "width": 32}, (2,)),
                       Case("dann", {}, {}, (8,)), Case("digit_classifier", {}, {}, (8,))],
                      ["torch", "bf16+graphs", "ort-fp16", "trt+graphs"],
-                     digit_loop=Loop(20, 12, sampler="ancestral", repeats=1, max_steps={"torch": 6}, parity_images=10),
-                     face_loop=Loop(2, 4, repeats=1), dann_images=64, goals=GPU_GOALS, budget_s=110, point_s=0.2,
-                     max_repeats=3, loop_repeats=1, max_point_s=10, slow_factor=1e9, peak_budget_s=0.05)
+                     digit_loop=Loop(20, 12, sampler="ancestral", repeats=1, max_steps={"torch": 6},
+                                     parity_images=10),
+                     face_loop=Loop(2, 4, repeats=1), dann_images=64, goals=GPU_GOALS, budget_s=110,
+                     point_s=0.2, max_repeats=3, loop_repeats=1, max_point_s=10, slow_factor=1e9,
+                     peak_budget_s=0.05)
     raise Hw2rtError(f"unknown suite {name!r}; choose one of {', '.join(SUITES)}")
 
 
@@ -157,7 +164,8 @@ def make_suite(name: str = "cpu", *, model: str | None = None, batches: list | N
     if backends:
         unknown = [b for b in backends if b not in RUNNERS and b != DIFFUSERS]
         if unknown:
-            raise Hw2rtError(f"unknown backend(s) {', '.join(unknown)}; choose from {', '.join([*RUNNERS, DIFFUSERS])}")
+            raise Hw2rtError(f"unknown backend(s) {', '.join(unknown)}; "
+                             f"choose from {', '.join([*RUNNERS, DIFFUSERS])}")
         s.backends = [b for b in backends if b != DIFFUSERS]
     if REFERENCE not in s.backends:
         s.backends.insert(0, REFERENCE)  # every ratio and parity figure is against torch eager
@@ -213,17 +221,18 @@ def run_bench(suite: Suite, *, threads: int | None = None, cache_dir=None, comma
     if threads:
         torch.set_num_threads(threads)
     budget_s = budget_s if budget_s is not None else suite.budget_s
-    result = {"schema": SCHEMA, "suite": suite.name, "created": datetime.now().astimezone().isoformat(timespec="seconds"),
+    result = {"schema": SCHEMA, "suite": suite.name,
+              "created": datetime.now().astimezone().isoformat(timespec="seconds"),
               "command": command, "budget_s": budget_s, "env": environment(device, threads), "runners": {},
               "peaks": {}, "per_call": [], "scenarios": [], "growth": [], "goals": [], "sections": {}}
     run = _Run(result, budget_s, json_path, log)
-    log(f"# hw2rt bench, {suite.name} suite, on {result['env'].get('gpu') or result['env']['cpu']} ({device}, "
-        f"{result['env']['threads']} thread(s)): {', '.join(suite.backends)}")
+    log(f"# hw2rt bench, {suite.name} suite, on {result['env'].get('gpu') or result['env']['cpu']} "
+        f"({device}, {result['env']['threads']} thread(s)): {', '.join(suite.backends)}")
     for name in suite.backends:
         reason = unavailable(name, device)
         result["runners"][name] = {"label": RUNNERS[name]["label"], "precision": RUNNERS[name]["precision"],
-                                   "compute_precision": compute_precision(name, device), "available": reason is None,
-                                   "reason": reason, "open_s": {}}
+                                   "compute_precision": compute_precision(name, device),
+                                   "available": reason is None, "reason": reason, "open_s": {}}
     backends = [n for n in suite.backends if result["runners"][n]["available"]]
     precisions = sorted({compute_precision(n, device) for n in backends})
 
@@ -279,15 +288,15 @@ def _run_case(run: _Run, suite: Suite, case: Case, backends: list, device, threa
 
         def digits():
             fns, parity = digit_loop_fns(live, net, loop, device)
-            result["scenarios"] += loop_scenario(f"digit_{loop.sampler}_loop", case, fns, parity, rows, loop=loop,
-                                                 suite=suite, device=device, log=log)
+            result["scenarios"] += loop_scenario(f"digit_{loop.sampler}_loop", case, fns, parity, rows,
+                                                 loop=loop, suite=suite, device=device, log=log)
 
         run.section(f"digit_unet: the digit job's loop ({loop.sampler})", digits, min_s=30)
     if case.model == "face_unet" and suite.face_loop:
         def faces():
             fns, parity = face_loop_fns(live, net, suite.face_loop, case.dims, device)
-            result["scenarios"] += loop_scenario("face_ddim_loop", case, fns, parity, rows, loop=suite.face_loop,
-                                                 suite=suite, device=device, log=log)
+            result["scenarios"] += loop_scenario("face_ddim_loop", case, fns, parity, rows,
+                                                 loop=suite.face_loop, suite=suite, device=device, log=log)
 
         run.section("face_unet: the face job's DDIM loop", faces, min_s=30)
     if case.model == "dann" and suite.dann_images:

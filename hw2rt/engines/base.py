@@ -41,7 +41,8 @@ class Engine:
 
     @property
     def name(self) -> str:
-        return f"{self.model} ({self.backend} {self.precision} {self.device.type}{', ' + self.source if self.source else ''})"
+        return (f"{self.model} ({self.backend} {self.precision} {self.device.type}"
+                f"{', ' + self.source if self.source else ''})")
 
     def describe(self) -> dict:
         return {"engine": type(self).__name__, "backend": self.backend, "precision": self.precision,
@@ -83,10 +84,12 @@ def _as_tensor(value, name: str, where: str) -> torch.Tensor:
         return value
     if isinstance(value, np.ndarray):
         return torch.from_numpy(np.ascontiguousarray(value))
-    raise Hw2rtError(f"{where}: input {name!r} must be a torch tensor or numpy array, got {type(value).__name__}")
+    raise Hw2rtError(f"{where}: input {name!r} must be a torch tensor or numpy array, "
+                     f"got {type(value).__name__}")
 
 
-def check_feeds(inputs: tuple, feeds: Mapping, *, max_batch: int | None = None, where: str = "engine") -> dict:
+def check_feeds(inputs: tuple, feeds: Mapping, *, max_batch: int | None = None,
+                where: str = "engine") -> dict:
     """Validate `feeds` against the input specs; returns {name: torch.Tensor} in spec order.
 
     Checks: exactly the spec's names; dtype equal to the spec's (no silent casts: an fp64 or

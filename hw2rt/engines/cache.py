@@ -89,7 +89,8 @@ def get_or_build(kind: str, label: str, parts: dict, filename: str, build: Calla
     return CacheEntry(artefact, key, built=True, reason=problem)
 
 
-def onnx_key_parts(model: str, config: dict, source_sha256: str, precision: str, opset: int, dims: dict) -> dict:
+def onnx_key_parts(model: str, config: dict, source_sha256: str, precision: str, opset: int,
+                   dims: dict) -> dict:
     """Everything an exported graph depends on: weights, network, precision, opset, traced sizes
     and the exporter's, torch's, onnx's and hw2rt's versions."""
     from hw2rt.export import exporter_versions

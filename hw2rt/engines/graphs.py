@@ -173,7 +173,8 @@ class BucketedRunner:
             raise ValueError("BucketedRunner needs at least one tensor argument (the batch)")
         sizes = {leaves[i].shape[0] if leaves[i].dim() else None for i in tensor_idx}
         if len(sizes) != 1 or None in sizes:
-            raise ValueError(f"all tensor arguments need the same batch size in dim 0 (found {sorted(map(str, sizes))})")
+            raise ValueError(f"all tensor arguments need the same batch size in dim 0 "
+                             f"(found {sorted(map(str, sizes))})")
         n = sizes.pop()
         if n == 0:
             return self.fn(*args, **kwargs)
@@ -297,7 +298,8 @@ class GraphedEngine(Engine):
                 raise ValueError(f"{engine.name} has no max_batch: give buckets or max_batch")
         runner = BucketedRunner(engine.run, buckets, max_batch=max_batch, graphs=graphs, warmup=warmup)
         if engine.max_batch is not None and runner.max_batch > engine.max_batch:
-            raise ValueError(f"bucket {runner.max_batch} exceeds {engine.name}'s max_batch {engine.max_batch}")
+            raise ValueError(f"bucket {runner.max_batch} exceeds {engine.name}'s max_batch "
+                             f"{engine.max_batch}")
         super().__init__(engine.model, engine.inputs, engine.outputs, device=engine.device,
                          precision=engine.precision, max_batch=None, source=engine.source)
         self.engine = engine

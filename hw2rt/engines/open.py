@@ -81,8 +81,8 @@ def open_engine(model: str, source=None, *, backend: str = "auto", precision: st
     if backend == "auto":
         backend = pick_backend(device, precision)
     if precision is not None and precision not in options.GRAPH_PRECISIONS and backend != "torch":
-        raise Hw2rtError(f"precision {precision} runs on the torch backend only (there is no {precision} ONNX "
-                         f"graph for {backend}); use --backend torch, or fp32/fp16 on {backend}")
+        raise Hw2rtError(f"precision {precision} runs on the torch backend only (there is no {precision} "
+                         f"ONNX graph for {backend}); use --backend torch, or fp32/fp16 on {backend}")
     if compile and backend != "torch":
         raise Hw2rtError(f"torch.compile applies to the torch backend, not {backend}")
     graphed = device.type == "cuda" if graphs == "auto" else graphs
@@ -111,8 +111,8 @@ def _open_backend(model, source, backend, precision, device, max_batch, threads,
     precision = precision or "fp32"
     weights = resolve_source(model, source)
     if backend == "torch":
-        return TorchEngine(weights.net, model, precision=precision, device=device, compile=compile, threads=threads,
-                           max_batch=max_batch, source=weights.label)
+        return TorchEngine(weights.net, model, precision=precision, device=device, compile=compile,
+                           threads=threads, max_batch=max_batch, source=weights.label)
     entry = cached_onnx(model, weights, precision=precision, opset=opset, cache_dir=cache_dir)
     engine = OrtEngine(entry.path, model=model, device=device, threads=threads, max_batch=max_batch,
                        trt_cache_dir=cache_root(cache_dir) / "ort_trt")

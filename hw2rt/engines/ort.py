@@ -51,7 +51,8 @@ def gpu_providers(device: torch.device, *, tensorrt: bool = True, trt_cache_dir:
         raise Hw2rtError("device cuda requested, but torch sees no CUDA GPU")
     index = device.index if device.index is not None else torch.cuda.current_device()
     stream = str(torch.cuda.current_stream(index).cuda_stream)
-    providers = [("CUDAExecutionProvider", {"device_id": index, "user_compute_stream": stream}), "CPUExecutionProvider"]
+    providers = [("CUDAExecutionProvider", {"device_id": index, "user_compute_stream": stream}),
+                 "CPUExecutionProvider"]
     if tensorrt and "TensorrtExecutionProvider" in avail:
         opts = {"device_id": index, "user_compute_stream": stream}
         if trt_cache_dir is not None:
@@ -83,7 +84,8 @@ class OrtEngine(Engine):
         try:
             session = ort.InferenceSession(str(path), session_options(threads), providers=providers)
         except Exception as exc:  # noqa: BLE001 -- onnxruntime raises its own Fail/InvalidProtobuf/... types
-            raise Hw2rtError(f"{path}: not a loadable ONNX model (truncated or corrupt?): {first_line(exc)}") from None
+            raise Hw2rtError(f"{path}: not a loadable ONNX model (truncated or corrupt?): "
+                             f"{first_line(exc)}") from None
         meta = {k.removeprefix(META_PREFIX): v for k, v in session.get_modelmeta().custom_metadata_map.items()
                 if k.startswith(META_PREFIX)}
         if "model" not in meta:
@@ -94,13 +96,15 @@ class OrtEngine(Engine):
             spec = get_spec(meta["model"])
         except ValueError as exc:
             raise Hw2rtError(f"{path}: {exc}") from None
-        for kind, got, want in (("inputs", session.get_inputs(), spec.inputs), ("outputs", session.get_outputs(), spec.outputs)):
+        for kind, got, want in (("inputs", session.get_inputs(), spec.inputs),
+                                ("outputs", session.get_outputs(), spec.outputs)):
             got_sig = [(a.name, _ORT_TYPES.get(a.type), len(a.shape)) for a in got]
             want_sig = [(s.name, s.dtype, len(s.shape)) for s in want]
             if got_sig != want_sig:
-                raise Hw2rtError(f"{path}: graph {kind} {got_sig} do not match the {spec.name} spec {want_sig}")
-        super().__init__(spec.name, spec.inputs, spec.outputs, device=device, precision=meta.get("precision", "fp32"),
-                         max_batch=max_batch, source=str(path))
+                raise Hw2rtError(f"{path}: graph {kind} {got_sig} do not match the {spec.name} spec "
+                                 f"{want_sig}")
+        super().__init__(spec.name, spec.inputs, spec.outputs, device=device,
+                         precision=meta.get("precision", "fp32"), max_batch=max_batch, source=str(path))
         self.path = path
         self.metadata = meta
         self.session = session
@@ -111,7 +115,8 @@ class OrtEngine(Engine):
         try:
             if self.device.type == "cuda":
                 return self._run_bound(feeds)
-            outs = self.session.run(self._out_names, {k: v.detach().contiguous().numpy() for k, v in feeds.items()})
+            outs = self.session.run(self._out_names,
+                                    {k: v.detach().contiguous().numpy() for k, v in feeds.items()})
         except Hw2rtError:
             raise
         except Exception as exc:  # noqa: BLE001 -- ORT's error types are not importable portably

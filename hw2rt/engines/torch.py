@@ -88,7 +88,8 @@ class TorchEngine(Engine):
         if precision != "fp32":
             module = reduced_precision_module(net, model, precision, self.device)
         elif any(p.device != self.device for p in net.parameters()):
-            module = copy.deepcopy(net).to(self.device)  # never move the caller's module (it may be a CPU reference)
+            # never move the caller's module (it may be a CPU reference)
+            module = copy.deepcopy(net).to(self.device)
         else:
             module = net
         self.module = module.eval()

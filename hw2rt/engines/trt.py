@@ -1,4 +1,5 @@
-"""The native TensorRT backend: build a plan from the exported ONNX graph (fp32, or fp16 with fp32 islands), cache it, run it.
+"""The native TensorRT backend: build a plan from the exported ONNX graph (fp32, or fp16 with fp32
+islands), cache it, run it.
 
 TensorRT 10 and 11 only, strongly typed networks only. TensorRT 11 removed the fp16 builder
 flag (and every other weak-typing flag): the precision of each layer is the one the ONNX graph
@@ -45,7 +46,8 @@ def import_tensorrt():
     try:
         import tensorrt as trt
     except ImportError as exc:
-        raise Hw2rtError(f"the trt backend needs TensorRT, which is not installed ({exc}); {_INSTALL_HINT}") from None
+        raise Hw2rtError(f"the trt backend needs TensorRT, which is not installed ({exc}); "
+                         f"{_INSTALL_HINT}") from None
     except Exception as exc:  # noqa: BLE001 -- a broken install: missing libnvinfer, CUDA mismatch, ...
         raise Hw2rtError(f"TensorRT is installed but does not load: {first_line(exc, 200)}; "
                          f"{_INSTALL_HINT}") from None
@@ -100,7 +102,8 @@ def _torch_dtype(trt, dt) -> torch.dtype:
 
 # --- build ------------------------------------------------------------------------------------------
 
-def profile_shapes(spec: ModelSpec, max_batch: int, opt_batch: int | None = None, dims: dict | None = None) -> dict:
+def profile_shapes(spec: ModelSpec, max_batch: int, opt_batch: int | None = None,
+                   dims: dict | None = None) -> dict:
     """{input name: (min, opt, max) shapes}: batch 1 / opt / max, the other named axes from `dims`."""
     if max_batch < 1:
         raise Hw2rtError(f"max batch must be >= 1 (got {max_batch})")
@@ -148,7 +151,8 @@ def build_plan(onnx_path, spec: ModelSpec | str, *, max_batch: int, opt_batch: i
         builder = trt.Builder(logger)
         strongly_typed = getattr(trt.NetworkDefinitionCreationFlag, "STRONGLY_TYPED", None)
         if strongly_typed is None and _major(trt.__version__) < 11:
-            raise Hw2rtError(f"TensorRT {trt.__version__} has no strongly typed networks; need TensorRT >= 10")
+            raise Hw2rtError(f"TensorRT {trt.__version__} has no strongly typed networks; "
+                             "need TensorRT >= 10")
         flags = (1 << int(strongly_typed)) if strongly_typed is not None else 0
         network = builder.create_network(flags)
         parser = trt.OnnxParser(network, logger)
@@ -157,7 +161,8 @@ def build_plan(onnx_path, spec: ModelSpec | str, *, max_batch: int, opt_batch: i
             raise Hw2rtError(f"{onnx_path}: TensorRT could not parse the ONNX graph: {errors[:400]}")
         names = [network.get_input(i).name for i in range(network.num_inputs)]
         if sorted(names) != sorted(shapes):
-            raise Hw2rtError(f"{onnx_path}: graph inputs {names} differ from the {spec.name} spec {list(shapes)}")
+            raise Hw2rtError(f"{onnx_path}: graph inputs {names} differ from the {spec.name} spec "
+                             f"{list(shapes)}")
 
         config = builder.create_builder_config()
         config.builder_optimization_level = int(opt_level)
@@ -218,11 +223,13 @@ class TrtEngine(Engine):
         self._dtype = {n: _torch_dtype(trt, self._engine.get_tensor_dtype(n)) for n in names}
         want_in, want_out = [s.name for s in spec.inputs], [s.name for s in spec.outputs]
         if sorted(self._in) != sorted(want_in) or sorted(self._out) != sorted(want_out):
-            raise Hw2rtError(f"{source or model}: plan I/O {self._in} -> {self._out} differs from the {model} "
-                             f"spec {want_in} -> {want_out}")
+            raise Hw2rtError(f"{source or model}: plan I/O {self._in} -> {self._out} differs from the "
+                             f"{model} spec {want_in} -> {want_out}")
         # The profile bounds each call: its max batch is the engine's max_batch.
-        self.min_shapes = {s.name: tuple(self._engine.get_tensor_profile_shape(s.name, 0)[0]) for s in spec.inputs}
-        self.max_shapes = {s.name: tuple(self._engine.get_tensor_profile_shape(s.name, 0)[2]) for s in spec.inputs}
+        self.min_shapes = {s.name: tuple(self._engine.get_tensor_profile_shape(s.name, 0)[0])
+                           for s in spec.inputs}
+        self.max_shapes = {s.name: tuple(self._engine.get_tensor_profile_shape(s.name, 0)[2])
+                           for s in spec.inputs}
         super().__init__(model, spec.inputs, spec.outputs, device=device, precision=precision,
                          max_batch=int(self.max_shapes[spec.inputs[0].name][0]), source=source)
 
@@ -230,8 +237,8 @@ class TrtEngine(Engine):
         for name, t in feeds.items():
             lo, hi = self.min_shapes[name], self.max_shapes[name]
             if len(lo) != t.dim() or any(not a <= n <= b for a, n, b in zip(lo, t.shape, hi)):
-                raise Hw2rtError(f"{self.name}: input {name!r} of shape {list(t.shape)} is outside the plan's "
-                                 f"profile {list(lo)}..{list(hi)}; rebuild with other dims")
+                raise Hw2rtError(f"{self.name}: input {name!r} of shape {list(t.shape)} is outside the "
+                                 f"plan's profile {list(lo)}..{list(hi)}; rebuild with other dims")
 
     def _run(self, feeds: dict) -> dict:
         self._check_profile(feeds)
@@ -256,7 +263,8 @@ class TrtEngine(Engine):
         for name in self._out:
             shape = tuple(ctx.get_tensor_shape(name))
             if any(d < 0 for d in shape):
-                raise Hw2rtError(f"{self.name}: output {name!r} shape {shape} is not determined by the inputs")
+                raise Hw2rtError(f"{self.name}: output {name!r} shape {shape} is not determined by the "
+                                 "inputs")
             # Allocated on the caller's stream: that is where the caller will use and free it.
             out = torch.empty(shape, dtype=self._dtype[name], device=device)
             ctx.set_tensor_address(name, out.data_ptr())
@@ -292,7 +300,8 @@ def trt_key_parts(onnx_sha256: str, model: str, *, precision: str, profile: dict
     TensorRT version and the GPU (a plan runs only where it was built)."""
     trt = import_tensorrt()
     return {"kind": "trt", "model": model, "onnx_sha256": onnx_sha256, "precision": precision,
-            "profile": {k: [list(s) for s in v] for k, v in sorted(profile.items())}, "opt_level": int(opt_level),
+            "profile": {k: [list(s) for s in v] for k, v in sorted(profile.items())},
+            "opt_level": int(opt_level),
             "tensorrt": trt.__version__, "gpu": gpu_identity(device)}
 
 
@@ -325,13 +334,15 @@ def open_trt_engine(model: str, source=None, *, precision: str | None = None, de
         if meta.get("model") != spec.name:
             raise Hw2rtError(f"{onnx_path}: not an hw2rt export of {spec.name} (found {meta.get('model')!r})")
         if precision is not None and precision != meta.get("precision"):
-            raise Hw2rtError(f"{onnx_path}: is an {meta.get('precision')} graph, but {precision} was asked for")
+            raise Hw2rtError(f"{onnx_path}: is an {meta.get('precision')} graph, "
+                             f"but {precision} was asked for")
         precision = meta.get("precision", "fp32")
     else:
         precision = precision or "fp16"
         if precision not in GRAPH_PRECISIONS:
             raise Hw2rtError(f"the trt backend builds fp16 or fp32 graphs, not {precision!r}")
-        # The graph is dynamic in every named axis: trace at the default (cheap) size, fix `dims` in the profile.
+        # The graph is dynamic in every named axis: trace at the default (cheap) size,
+        # fix `dims` in the profile.
         onnx_path = cached_onnx(spec.name, resolve_source(spec.name, source), precision=precision,
                                 opset=opset or DEFAULT_OPSET, cache_dir=cache_dir).path
     max_batch = int(max_batch or spec.max_batch)

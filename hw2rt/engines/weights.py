@@ -36,7 +36,8 @@ def resolve_source(model: str, source=None) -> Weights:
         return Weights(source.eval(), f"<{type(source).__name__} module>", None)
     path = resolve_checkpoint(source, model)
     if path.suffix == ".onnx":
-        raise Hw2rtError(f"{path}: an ONNX graph holds no torch module; give the checkpoint it was exported from")
+        raise Hw2rtError(f"{path}: an ONNX graph holds no torch module; "
+                         "give the checkpoint it was exported from")
     net, _, _ = load_model(path, model)
     return Weights(net, str(path), path)
 

@@ -18,7 +18,7 @@ from hw2rt.export.onnx_export import (
 )
 
 __all__ = [
-    "DEFAULT_OPSET", "EXPORTER", "META_PREFIX", "MIN_OPSET", "PRECISIONS", "Fp16Network", "cast_floats", "check_graph",
-    "export_checkpoint", "export_onnx", "exporter_versions", "fold_batchnorm", "hw2rt_version", "prepare_module", "read_metadata",
-    "state_dict_sha256", "to_fp16", "trace_dims",
+    "DEFAULT_OPSET", "EXPORTER", "META_PREFIX", "MIN_OPSET", "PRECISIONS", "Fp16Network", "cast_floats",
+    "check_graph", "export_checkpoint", "export_onnx", "exporter_versions", "fold_batchnorm", "hw2rt_version",
+    "prepare_module", "read_metadata", "state_dict_sha256", "to_fp16", "trace_dims",
 ]

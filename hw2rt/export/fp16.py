@@ -30,7 +30,8 @@ from hw2rt.models.face_unet import TimeEmbedding
 
 # Modules that run entirely in fp32 inside an fp16 network.
 FP32_MODULES = (nn.GroupNorm, TimeEmbedding)
-_SOFTMAX = {F.softmax, F.log_softmax, torch.softmax, torch.log_softmax, torch.Tensor.softmax, torch.Tensor.log_softmax}
+_SOFTMAX = {F.softmax, F.log_softmax, torch.softmax, torch.log_softmax, torch.Tensor.softmax,
+            torch.Tensor.log_softmax}
 
 
 class Fp32Softmax(TorchFunctionMode):

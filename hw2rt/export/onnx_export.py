@@ -47,7 +47,8 @@ def hw2rt_version() -> str:
 
 def exporter_versions() -> dict:
     """Everything the bytes of an export depend on besides the weights and the arguments."""
-    return {"exporter": EXPORTER, "torch": torch.__version__, "onnx": onnx.__version__, "hw2rt": hw2rt_version()}
+    return {"exporter": EXPORTER, "torch": torch.__version__, "onnx": onnx.__version__,
+            "hw2rt": hw2rt_version()}
 
 
 def state_dict_sha256(net: nn.Module) -> str:
@@ -66,7 +67,8 @@ def trace_dims(spec: ModelSpec, dims: dict | None = None) -> dict:
 
 
 def dynamic_axes(spec: ModelSpec) -> dict:
-    return {s.name: {i: d for i, d in enumerate(s.shape) if isinstance(d, str)} for s in (*spec.inputs, *spec.outputs)}
+    return {s.name: {i: d for i, d in enumerate(s.shape) if isinstance(d, str)}
+            for s in (*spec.inputs, *spec.outputs)}
 
 
 def prepare_module(net: nn.Module, precision: str) -> nn.Module:
@@ -138,7 +140,8 @@ def check_graph(model: onnx.ModelProto, spec: ModelSpec, where: str = "model"):
         onnx.shape_inference.infer_shapes(model, check_type=True, strict_mode=True)
     except Exception as exc:  # noqa: BLE001 -- onnx raises ValidationError / InferenceError / RuntimeError
         raise Hw2rtError(f"{where}: exported graph failed the ONNX checks: {first_line(exc, 200)}") from None
-    for kind, got, want in (("input", model.graph.input, spec.inputs), ("output", model.graph.output, spec.outputs)):
+    for kind, got, want in (("input", model.graph.input, spec.inputs),
+                            ("output", model.graph.output, spec.outputs)):
         got_sig = [(v.name, v.type.tensor_type.elem_type, len(v.type.tensor_type.shape.dim)) for v in got]
         want_sig = [(s.name, _ONNX_DTYPES[s.dtype], len(s.shape)) for s in want]
         if got_sig != want_sig:
@@ -153,7 +156,8 @@ def read_metadata(model_or_path) -> dict:
     model = model_or_path
     if not isinstance(model, onnx.ModelProto):
         model = onnx.load(str(model_or_path), load_external_data=False)
-    return {p.key.removeprefix(META_PREFIX): p.value for p in model.metadata_props if p.key.startswith(META_PREFIX)}
+    return {p.key.removeprefix(META_PREFIX): p.value for p in model.metadata_props
+            if p.key.startswith(META_PREFIX)}
 
 
 def export_checkpoint(checkpoint, out_path, *, model: str | None = None, precision: str = "fp32",

@@ -38,7 +38,8 @@ class LabelClassifier(nn.Module):
 class DomainClassifier(nn.Module):
     def __init__(self):
         super().__init__()
-        self.layers = nn.Sequential(nn.Linear(512, 100), nn.BatchNorm1d(100), nn.ReLU(), nn.Linear(100, 2), nn.LogSoftmax(dim=1))
+        self.layers = nn.Sequential(nn.Linear(512, 100), nn.BatchNorm1d(100), nn.ReLU(), nn.Linear(100, 2),
+                                    nn.LogSoftmax(dim=1))
 
     def forward(self, f):
         return self.layers(f)

@@ -37,7 +37,8 @@ class UnetUp(nn.Module):
     def __init__(self, in_ch, out_ch):
         super().__init__()
         self.model = nn.Sequential(
-            nn.ConvTranspose2d(in_ch, out_ch, 2, 2), ResidualConvBlock(out_ch, out_ch), ResidualConvBlock(out_ch, out_ch)
+            nn.ConvTranspose2d(in_ch, out_ch, 2, 2), ResidualConvBlock(out_ch, out_ch),
+            ResidualConvBlock(out_ch, out_ch)
         )
 
     def forward(self, x, skip):
@@ -67,11 +68,13 @@ class DigitUNet(nn.Module):
         self.timeembed2 = EmbedFC(1, n_feat)
         self.contextembed1 = EmbedFC(n_classes, 2 * n_feat)
         self.contextembed2 = EmbedFC(n_classes, n_feat)
-        self.up0 = nn.Sequential(nn.ConvTranspose2d(2 * n_feat, 2 * n_feat, 7, 7), nn.GroupNorm(8, 2 * n_feat), nn.ReLU())
+        self.up0 = nn.Sequential(nn.ConvTranspose2d(2 * n_feat, 2 * n_feat, 7, 7),
+                                 nn.GroupNorm(8, 2 * n_feat), nn.ReLU())
         self.up1 = UnetUp(4 * n_feat, n_feat)
         self.up2 = UnetUp(2 * n_feat, n_feat)
         self.out = nn.Sequential(
-            nn.Conv2d(2 * n_feat, n_feat, 3, 1, 1), nn.GroupNorm(8, n_feat), nn.ReLU(), nn.Conv2d(n_feat, in_channels, 3, 1, 1)
+            nn.Conv2d(2 * n_feat, n_feat, 3, 1, 1), nn.GroupNorm(8, n_feat), nn.ReLU(),
+            nn.Conv2d(n_feat, in_channels, 3, 1, 1)
         )
 
     def forward(self, x, c, t, mask):

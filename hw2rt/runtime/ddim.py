@@ -50,7 +50,8 @@ def ddim_step(x: torch.Tensor, eps: torch.Tensor, abar_t: float, abar_prev: floa
 
 
 def ddim_sample(denoiser: Denoiser, x: torch.Tensor, schedule: Schedule, timesteps: Sequence[int], *,
-                eta: float = 0.0, noise: NoiseFn | None = None, callback: Callback | None = None) -> torch.Tensor:
+                eta: float = 0.0, noise: NoiseFn | None = None,
+                callback: Callback | None = None) -> torch.Tensor:
     """DDIM from noise ``x`` over ``timesteps`` (descending, e.g. ``schedule.timesteps(50)``).
 
     The step after the smallest timestep goes to index 0 (``abar[0] = 0.9999``, not 1, as in the

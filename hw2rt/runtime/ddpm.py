@@ -31,7 +31,8 @@ def guided_denoiser(model_fn: ModelFn, w: float, c: torch.Tensor, T: int) -> Den
     def denoiser(x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
         batch = x.shape[0]
         if c.shape != (batch,):
-            raise ValueError(f"need one class label per image: c has shape {tuple(c.shape)}, x {tuple(x.shape)}")
+            raise ValueError(f"need one class label per image: c has shape {tuple(c.shape)}, "
+                             f"x {tuple(x.shape)}")
         # t/T in float64 then fp32: the same value as the reference's Python `i / n_T`.
         t_frac = (t.to(torch.float64) / T).to(torch.float32)
         mask = torch.cat([torch.zeros(batch, device=x.device), torch.ones(batch, device=x.device)])
@@ -67,7 +68,8 @@ def ancestral_coefficients(schedule: Schedule) -> tuple[list[float], list[float]
 
 def ancestral_sample(denoiser: Denoiser, x: torch.Tensor, schedule: Schedule, timesteps: Sequence[int], *,
                      noise: NoiseFn | None = None, callback: Callback | None = None) -> torch.Tensor:
-    """The assignment's DDPM sampler over consecutive ``timesteps`` (``schedule.timesteps(schedule.T)``: T..1).
+    """The assignment's DDPM sampler over consecutive ``timesteps``
+    (``schedule.timesteps(schedule.T)``: T..1).
 
     z is drawn for every step but t = 1 (z = 0 there) from ``noise(step_index)``
     (`noise.seeded_noise`: one source per image, results then do not depend on the batch
@@ -75,7 +77,8 @@ def ancestral_sample(denoiser: Denoiser, x: torch.Tensor, schedule: Schedule, ti
     every step with x = x_{t-1}.
     """
     timesteps = list(timesteps)
-    if not timesteps or timesteps != list(range(timesteps[0], timesteps[0] - len(timesteps), -1)) or timesteps[-1] < 1:
+    if (not timesteps or timesteps != list(range(timesteps[0], timesteps[0] - len(timesteps), -1))
+            or timesteps[-1] < 1):
         raise ValueError("the ancestral sampler steps through consecutive timesteps down to 1 or above")
     one_over_sqrt_alpha, eps_coef, sigma = ancestral_coefficients(schedule)
     x = x.to(torch.float32)

@@ -52,7 +52,8 @@ def check_ddim_args(steps: int, etas) -> list[int]:
     return _checked_steps(steps, FACE.timesteps)
 
 
-def sample_faces(engine, x: torch.Tensor, *, steps=50, eta=0.0, seeds=None, batch_size=10, desc="ddim", progress=True):
+def sample_faces(engine, x: torch.Tensor, *, steps=50, eta=0.0, seeds=None, batch_size=10, desc="ddim",
+                 progress=True):
     """The face job's loop: DDIM over `x` [N,3,H,W] in chunks of `batch_size`, the engine as the
     denoiser; image i's eta-noise comes from seeds[i] alone (default: i)."""
     timesteps = check_ddim_args(steps, [eta])
@@ -60,7 +61,8 @@ def sample_faces(engine, x: torch.Tensor, *, steps=50, eta=0.0, seeds=None, batc
     outs = []
     with tqdm(total=-(-len(x) // batch_size) * steps, desc=desc, unit="step", disable=not progress) as bar:
         for i in range(0, len(x), batch_size):
-            chunk = x[i:i + batch_size].to(engine.device, torch.float32)  # the loop runs where the engine runs
+            # the loop runs where the engine runs
+            chunk = x[i:i + batch_size].to(engine.device, torch.float32)
             noise = seeded_noise(seeds[i:i + batch_size], chunk) if eta > 0 else None
             outs.append(ddim_sample(engine, chunk, FACE, timesteps, eta=eta, noise=noise,
                                     callback=lambda *_: bar.update()).cpu())
@@ -81,13 +83,14 @@ def face_job(engine, noise, out_dir, *, steps=50, eta=0.0, batch_size=10, seed=0
     arrays = [to_uint8_minmax(img) for img in images]
     for name, arr in zip(names, arrays):
         write_png(arr, out_dir / f"{name}.png")
-    summary = {"images": len(names), "out_dir": str(out_dir), "seconds": seconds, "images_per_s": len(names) / seconds}
+    summary = {"images": len(names), "out_dir": str(out_dir), "seconds": seconds,
+               "images_per_s": len(names) / seconds}
     if gt_dir is not None:
         per_image = {}
         for name, arr in zip(names, arrays):
             if gt[name].shape != arr.shape:
-                raise Hw2rtError(f"{Path(gt_dir) / (name + '.png')}: size {gt[name].shape[:2]} differs from the "
-                                 f"generated {arr.shape[:2]}")
+                raise Hw2rtError(f"{Path(gt_dir) / (name + '.png')}: size {gt[name].shape[:2]} differs "
+                                 f"from the generated {arr.shape[:2]}")
             per_image[name] = mse_255(arr, gt[name])
         summary["mse"] = {"per_image": per_image, "mean": float(np.mean(list(per_image.values())))}
         with atomic_path(out_dir / "mse.json") as tmp:
@@ -104,15 +107,16 @@ def eta_grid(engine, noise, grid_path, etas, *, rows=4, steps=50, batch_size=10,
     columns = []
     for j, eta in enumerate(etas):
         idx = list(range(j, len(batch), len(etas)))
-        columns.append(sample_faces(engine, batch[idx], steps=steps, eta=eta, seeds=[seed + i for i in range(len(x))],
-                                    batch_size=batch_size, desc=f"eta={eta:g}", progress=progress))
+        columns.append(sample_faces(engine, batch[idx], steps=steps, eta=eta,
+                                    seeds=[seed + i for i in range(len(x))], batch_size=batch_size,
+                                    desc=f"eta={eta:g}", progress=progress))
     tiles = [to_uint8_minmax(columns[j][i]) for i in range(len(x)) for j in range(len(etas))]
     write_png(make_grid(tiles, ncol=len(etas)), grid_path)
     return {"grid": str(grid_path), "rows": names[:rows], "etas": list(etas)}
 
 
-def interp_job(engine, noise, out_path, *, pair=("00", "01"), modes=("slerp", "lerp"), steps=50, batch_size=11,
-               progress=True):
+def interp_job(engine, noise, out_path, *, pair=("00", "01"), modes=("slerp", "lerp"), steps=50,
+               batch_size=11, progress=True):
     """One row of 11 images (alpha = 0, 0.1, ..., 1) per interpolation mode."""
     names, x = noise
     missing = [p for p in pair if p not in names]
@@ -122,8 +126,8 @@ def interp_job(engine, noise, out_path, *, pair=("00", "01"), modes=("slerp", "l
     x0, x1 = x[names.index(pair[0])][None], x[names.index(pair[1])][None]
     tiles = []
     for mode in modes:
-        imgs = sample_faces(engine, interpolate(x0, x1, 11, mode), steps=steps, batch_size=batch_size, desc=mode,
-                            progress=progress)
+        imgs = sample_faces(engine, interpolate(x0, x1, 11, mode), steps=steps, batch_size=batch_size,
+                            desc=mode, progress=progress)
         tiles += [to_uint8_minmax(img) for img in imgs]
     write_png(make_grid(tiles, ncol=11), out_path)
     return {"out": str(out_path), "pair": list(pair), "modes": list(modes)}
@@ -149,7 +153,8 @@ def digit_plan(sampler: str, steps: int, eta: float = 0.0) -> DigitPlan:
     _check_etas([eta])
     if sampler == "ancestral":
         if eta != 0:
-            raise Hw2rtError("--eta applies to --sampler ddim (the ancestral sampler always draws fresh noise)")
+            raise Hw2rtError("--eta applies to --sampler ddim "
+                             "(the ancestral sampler always draws fresh noise)")
         schedule = _checked_steps(steps, digit_schedule)
         return DigitPlan(sampler, schedule, schedule.timesteps(schedule.T))
     if sampler == "ddim":
@@ -169,8 +174,8 @@ def digit_noise(n: int, seed: int = 0) -> tuple[torch.Tensor, list[torch.Generat
     return torch.cat([torch.randn(1, 3, 28, 28, generator=g) for g in gens]), gens
 
 
-def sample_digits(engine, labels: torch.Tensor, plan: DigitPlan, *, w=2.0, seed=0, batch_size=250, callback=None,
-                  progress=True) -> torch.Tensor:
+def sample_digits(engine, labels: torch.Tensor, plan: DigitPlan, *, w=2.0, seed=0, batch_size=250,
+                  callback=None, progress=True) -> torch.Tensor:
     """The digit job's loop: guided digits of classes `labels` [N] (images in [-1, 1]) by `plan`, the
     engine as the model behind one doubled guidance batch per step. `callback(first_image, step, t, x)`
     runs after every step of every chunk."""
@@ -219,11 +224,13 @@ def digit_job(engine, out_dir, *, per_digit=100, w=2.0, sampler="ancestral", ste
     out_dir = Path(out_dir)
     for name, arr in zip(names, images):
         write_png(arr, out_dir / name)
-    summary = {"images": len(names), "out_dir": str(out_dir), "seconds": seconds, "images_per_s": len(names) / seconds,
-               "w": w, "sampler": sampler, "steps": len(plan.timesteps), "T": plan.schedule.T, "eta": eta}
+    summary = {"images": len(names), "out_dir": str(out_dir), "seconds": seconds,
+               "images_per_s": len(names) / seconds, "w": w, "sampler": sampler,
+               "steps": len(plan.timesteps), "T": plan.schedule.T, "eta": eta}
     if grid_path is not None:
         cols = min(10, per_digit)
-        write_png(make_grid([images[d * per_digit + j] for d in range(10) for j in range(cols)], ncol=cols), grid_path)
+        write_png(make_grid([images[d * per_digit + j] for d in range(10) for j in range(cols)], ncol=cols),
+                  grid_path)
         summary["grid"] = str(grid_path)
     if frames_path is not None:
         write_png(make_grid(frames, ncol=len(frames)), frames_path)

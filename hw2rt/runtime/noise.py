@@ -24,12 +24,14 @@ def seeded_noise(seeds: Sequence[int | torch.Generator], like: torch.Tensor) -> 
     """
     if len(seeds) != like.shape[0]:
         raise ValueError(f"need one seed per image: got {len(seeds)} seeds for a batch of {like.shape[0]}")
-    generators = [s if isinstance(s, torch.Generator) else torch.Generator("cpu").manual_seed(int(s)) for s in seeds]
+    generators = [s if isinstance(s, torch.Generator) else torch.Generator("cpu").manual_seed(int(s))
+                  for s in seeds]
     shape = (1, *like.shape[1:])
     device = like.device
 
     def noise(step_index: int) -> torch.Tensor:
-        return torch.cat([torch.randn(shape, generator=g, dtype=torch.float32) for g in generators]).to(device)
+        return torch.cat([torch.randn(shape, generator=g, dtype=torch.float32)
+                          for g in generators]).to(device)
 
     return noise
 

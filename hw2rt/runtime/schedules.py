@@ -51,8 +51,8 @@ class Schedule:
         ValueError for a step count outside ``1..max_steps``, TypeError for a non-integer.
         """
         if self.spacing == "leading":
-            allowed = (f"steps must be an integer between 1 and {self.T - 1} for a {self.T}-step schedule (its "
-                       f"timesteps i*({self.T}//steps)+1 must be distinct and at most {self.T - 1})")
+            allowed = (f"steps must be an integer between 1 and {self.T - 1} for a {self.T}-step schedule "
+                       f"(its timesteps i*({self.T}//steps)+1 must be distinct and at most {self.T - 1})")
         else:
             allowed = f"steps must be an integer between 1 and T={self.T}"
         if isinstance(steps, bool):

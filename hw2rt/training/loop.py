@@ -276,9 +276,10 @@ def fit(
     def state_dict_now() -> dict:
         return {
             "format": FORMAT, "kind": task.kind, "config": task.config,
-            "step": step, "epoch": step // task.steps_per_epoch, "elapsed_s": elapsed0 + (time.perf_counter() - t0),
-            "last_loss": last_loss,
-            "model": model.state_dict(), "optimizer": task.optimizer.state_dict(), "scaler": scaler.state_dict(),
+            "step": step, "epoch": step // task.steps_per_epoch,
+            "elapsed_s": elapsed0 + (time.perf_counter() - t0), "last_loss": last_loss,
+            "model": model.state_dict(), "optimizer": task.optimizer.state_dict(),
+            "scaler": scaler.state_dict(),
             "scheduler": task.scheduler.state_dict() if task.scheduler is not None else None,
             "ema": ema.module.state_dict() if ema is not None else None, "best": best,
             "rng": {"torch": torch.get_rng_state(),
@@ -343,7 +344,8 @@ def fit(
                     if best is None or value > best["value"]:
                         best = {"key": task.best_key, "value": value, "epoch": epoch, "step": step,
                                 "metric": dict(result), "model": _cpu_state(export_module())}
-                    shown = {"loss": f"{last_loss:.4f}"} if math.isfinite(last_loss) else {}  # none logged yet
+                    # none logged yet
+                    shown = {"loss": f"{last_loss:.4f}"} if math.isfinite(last_loss) else {}
                     bar.set_postfix(**shown, **{task.best_key: f"{value:.4f}"})
                 if task.scheduler is not None:
                     task.scheduler.step()
@@ -369,7 +371,8 @@ def fit(
         "kind": task.kind, "out_dir": str(out), "checkpoint": str(ckpt), "metrics": str(metrics_path),
         "steps": step, "epochs": step / task.steps_per_epoch, "steps_per_epoch": task.steps_per_epoch,
         "batch_size": task.batch_size, "resumed_from_step": resumed_from,
-        "final_loss": last_loss if math.isfinite(last_loss) else None, "seed": seed, "device": str(device), "precision": precision,
+        "final_loss": last_loss if math.isfinite(last_loss) else None, "seed": seed, "device": str(device),
+        "precision": precision,
         "ema_decay": task.ema_decay, "elapsed_s": elapsed0 + run_s,
         "images_per_s": (step - start_step) * task.batch_size / run_s if step > start_step else None,
         "best": {k: v for k, v in best.items() if k != "model"} if best else None,

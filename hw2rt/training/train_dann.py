@@ -117,8 +117,8 @@ def train_dann(
         domains = torch.cat([torch.zeros(len(y), dtype=torch.long, device=dev),
                              torch.ones(len(tidx), dtype=torch.long, device=dev)])
         domain_loss = F.nll_loss(domain_lp, domains)
-        return label_loss + domain_loss, {"label_loss": label_loss.detach(), "domain_loss": domain_loss.detach(),
-                                          "grl_lambda": lam}
+        return label_loss + domain_loss, {"label_loss": label_loss.detach(),
+                                          "domain_loss": domain_loss.detach(), "grl_lambda": lam}
 
     def adapted(module):  # the network as it is evaluated and exported
         return with_batchnorm_statistics(module, xt) if mode == "dann" else module
@@ -139,8 +139,9 @@ def train_dann(
 
     def export(module, summary):
         best = summary["best"] or {}
-        return export_model(to_classifier(adapted(module)), "dann", Path(out_dir) / EXPORT_NAME, meta, summary,
-                            epochs=summary["epochs"], best_epoch=best.get("epoch"), target_val_acc=best.get("value"))
+        return export_model(to_classifier(adapted(module)), "dann", Path(out_dir) / EXPORT_NAME, meta,
+                            summary, epochs=summary["epochs"], best_epoch=best.get("epoch"),
+                            target_val_acc=best.get("value"))
 
     task = Task(
         kind="dann", model=model, optimizer=opt, loss_fn=loss_fn, total_steps=total, steps_per_epoch=spe,

@@ -114,12 +114,15 @@ def train_ddpm(
 
     def export(module, summary):
         return export_model(module, "digit_unet", Path(out_dir) / EXPORT_NAME, meta, summary,
-                            final_loss=summary["final_loss"], exported_weights="ema" if ema_decay else "model")
+                            final_loss=summary["final_loss"],
+                            exported_weights="ema" if ema_decay else "model")
 
     task = Task(
         kind="ddpm", model=model, optimizer=opt, loss_fn=loss_fn, total_steps=steps, steps_per_epoch=spe,
-        batch_size=b, config=config, export=export, resume_keys=("batch_size", "T", "data", "split", "n_images"),
-        lr_at=lr_schedule(lr_schedule_kind, lr, steps, warmup_steps), ema_decay=ema_decay, grad_clip=grad_clip,
+        batch_size=b, config=config, export=export,
+        resume_keys=("batch_size", "T", "data", "split", "n_images"),
+        lr_at=lr_schedule(lr_schedule_kind, lr, steps, warmup_steps), ema_decay=ema_decay,
+        grad_clip=grad_clip,
         summary_extra={"data": str(domain), "n_images": n, "n_feat": n_feat, "data_note": note},
     )
     return fit(task, out_dir, device=dev, precision=prec, seed=seed, **run)

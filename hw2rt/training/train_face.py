@@ -90,12 +90,14 @@ def train_face(
 
     def export(module, summary):
         return export_model(module, "face_unet", Path(out_dir) / EXPORT_NAME, meta, summary,
-                            final_loss=summary["final_loss"], exported_weights="ema" if ema_decay else "model")
+                            final_loss=summary["final_loss"],
+                            exported_weights="ema" if ema_decay else "model")
 
     task = Task(
         kind="face", model=model, optimizer=opt, loss_fn=loss_fn, total_steps=steps, steps_per_epoch=spe,
         batch_size=b, config=config, export=export, resume_keys=("size", "batch_size", "data", "n_images"),
-        lr_at=lr_schedule(lr_schedule_kind, lr, steps, warmup_steps), ema_decay=ema_decay, grad_clip=grad_clip,
+        lr_at=lr_schedule(lr_schedule_kind, lr, steps, warmup_steps), ema_decay=ema_decay,
+        grad_clip=grad_clip,
         summary_extra={"data": str(folder), "n_images": n, "base": base, "norm_groups": norm_groups,
                        "size": size, "data_note": note},
     )

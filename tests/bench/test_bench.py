@@ -116,6 +116,11 @@ def test_bf16_elsewhere_is_a_clear_error(backend):
         open_engine("dann", random_model("dann"), backend=backend, precision="bf16")
 
 
+def test_quick_is_short_for_the_quick_suite_and_not_another():
+    result = CliRunner().invoke(main, ["bench", "--quick", "--suite", "gpu"])
+    assert result.exit_code == 2 and "--quick is short for --suite quick" in result.output
+
+
 def test_unknown_backend_is_refused():
     result = CliRunner().invoke(main, ["bench", "--backends", "torch,nope"])
     assert result.exit_code != 0 and "nope" in result.output
@@ -143,7 +148,8 @@ def test_a_case_can_leave_a_runner_out_with_a_reason():
     face = next(c for c in suites.make_suite("cpu").cases if c.model == "face_unet")
     assert "compile" in face.skip
     assert suites.make_suite("cpu", model="face_unet").cases[0].skip == {}
-    suite = suites.Suite("test", "cpu", [suites.Case("digit_unet", {"n_feat": 16}, {}, (1,), skip={"bf16": "not here"})],
+    suite = suites.Suite("test", "cpu",
+                         [suites.Case("digit_unet", {"n_feat": 16}, {}, (1,), skip={"bf16": "not here"})],
                          ["torch", "bf16"], point_s=0.05, min_repeats=2, max_repeats=2, peak_budget_s=0.02)
     rows = suites.run_bench(suite, log=lambda *_: None)["per_call"]
     by = {r["backend"]: r for r in rows}
@@ -196,8 +202,9 @@ def test_a_failing_section_is_recorded_and_the_json_written_after_each(tmp_path,
                          point_s=0.02, min_repeats=2, max_repeats=2, peak_budget_s=0.02)
     result = suites.run_bench(suite, json_path=tmp_path / "r.json", log=lambda *_: None)
     sections = result["sections"]
-    assert sections["dann: classify a folder"] == {"status": "error", "error": "RuntimeError: a backend blew up",
-                                                    "seconds": sections["dann: classify a folder"]["seconds"]}
+    assert sections["dann: classify a folder"] == {"status": "error",
+                                                   "error": "RuntimeError: a backend blew up",
+                                                   "seconds": sections["dann: classify a folder"]["seconds"]}
     assert sections["dann: per call"]["status"] == "ok" and result["per_call"]
     assert json.loads((tmp_path / "r.json").read_text())["sections"] == json.loads(json.dumps(sections))
     # A budget too small for a section skips it, and says why.

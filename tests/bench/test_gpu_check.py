@@ -9,14 +9,16 @@ ROOT = Path(__file__).resolve().parents[2]
 
 
 def test_gpu_check_cpu_smoke_writes_valid_json(tmp_path):
-    """benchmarks/gpu_check.py --cpu-smoke: the gpu suite's scenarios at tiny sizes, through the one harness."""
+    """benchmarks/gpu_check.py --cpu-smoke: the gpu suite's scenarios at tiny sizes, through the one
+    harness."""
     cmd = [sys.executable, str(ROOT / "benchmarks" / "gpu_check.py"), "--cpu-smoke", "--out", str(tmp_path),
            "--backends", "torch,bf16+graphs,trt+graphs"]
     r = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=300, check=False,
                        env={**os.environ, "PYTHONPATH": str(ROOT)})
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
     result = json.loads((tmp_path / "gpu_check.json").read_text())
-    for key in ("suite", "env", "runners", "per_call", "scenarios", "goals", "sections", "wall_s", "budget_s"):
+    for key in ("suite", "env", "runners", "per_call", "scenarios", "goals", "sections", "wall_s",
+                "budget_s"):
         assert key in result, key
     assert result["suite"] == "cpu-smoke" and result["budget_s"] == 110
     assert all(s["status"] == "ok" for s in result["sections"].values()), result["sections"]
@@ -24,7 +26,8 @@ def test_gpu_check_cpu_smoke_writes_valid_json(tmp_path):
     assert "TensorRT" in result["runners"]["trt+graphs"]["reason"]
     loops = {(s["scenario"], s["backend"]): s for s in result["scenarios"]}
     assert loops[("face_ddim_loop", "bf16+graphs")]["parity_value"] >= 0
-    digits = loops[("digit_ancestral_loop", "torch")]  # the reference stops after 6 of 12 steps in the smoke run
+    # the reference stops after 6 of 12 steps in the smoke run
+    digits = loops[("digit_ancestral_loop", "torch")]
     assert digits["extrapolated"] and digits["median_s"] > 0 and digits["parity_value"] == 0
     assert loops[("digit_ancestral_loop", "bf16+graphs")]["extrapolated"] is None
     assert (tmp_path / "gpu_check.log").read_text().strip() and (tmp_path / "gpu_check.md").read_text()

@@ -29,7 +29,8 @@ def folder(tmp_path_factory):
 @pytest.mark.parametrize("backend", ["torch", "ort"])
 def test_classify_writes_one_row_per_image(folder, tmp_path, backend):
     root, net = folder
-    r = CliRunner().invoke(main, ["classify", "--images", str(root / "images"), "--out", str(tmp_path / "pred.csv"),
+    r = CliRunner().invoke(main, ["classify", "--images", str(root / "images"),
+                                  "--out", str(tmp_path / "pred.csv"),
                                   "--checkpoint", str(root / "dann.pt"), "--backend", backend,
                                   "--features", str(tmp_path / "f.npz"), "--batch-size", "3"])
     assert r.exit_code == 0, r.output
@@ -51,8 +52,8 @@ def test_classify_writes_one_row_per_image(folder, tmp_path, backend):
 def test_classify_empty_folder_and_corrupt_image(folder, tmp_path):
     root, _ = folder
     (tmp_path / "empty").mkdir()
-    r = CliRunner().invoke(main, ["classify", "--images", str(tmp_path / "empty"), "--out", str(tmp_path / "p.csv"),
-                                  "--checkpoint", str(root / "dann.pt")])
+    r = CliRunner().invoke(main, ["classify", "--images", str(tmp_path / "empty"),
+                                  "--out", str(tmp_path / "p.csv"), "--checkpoint", str(root / "dann.pt")])
     assert r.exit_code == 1 and "no images" in r.output
     bad = tmp_path / "bad"
     bad.mkdir()

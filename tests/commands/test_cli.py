@@ -9,8 +9,8 @@ from hw2rt.models import build_model
 def test_help_lists_commands():
     result = CliRunner().invoke(main, ["--help"])
     assert result.exit_code == 0
-    for command in ("inspect", "ddim", "ddpm", "interp", "data", "classify", "export", "parity", "demo", "train",
-                    "eval-digits", "tsne", "bench"):
+    for command in ("inspect", "ddim", "ddpm", "interp", "data", "classify", "export", "parity", "demo",
+                    "train", "eval-digits", "tsne", "bench"):
         assert command in result.output
 
 

@@ -39,24 +39,29 @@ def test_demo_quick_writes_report_with_every_figure(demo):
     assert report.count("data:image/png;base64,") == 10 + 4 + 1
     summary = json.loads((demo / "report.json").read_text())
     assert all(p["passed"] for p in summary["parity"])
-    assert set(summary["accuracy"]) == {"generated digits (grader)", "DANN on usps-like test", "DANN on svhn-like test"}
+    assert set(summary["accuracy"]) == {"generated digits (grader)", "DANN on usps-like test",
+                                        "DANN on svhn-like test"}
     assert len(list((demo / "digits").glob("*.png"))) == 20
     speed = summary["speed"]  # torch eager against ORT on each network, same run
     assert {(r["network"].split(" ")[0], r["runner"]) for r in speed} >= {
-        (n, b) for n in ("face_unet", "digit_unet", "dann_usps", "digit_classifier") for b in ("torch", "ort")}
+        (n, b) for n in ("face_unet", "digit_unet", "dann_usps", "digit_classifier")
+        for b in ("torch", "ort")}
     assert all(r["median_ms"] > 0 and r["x_torch"] > 0 for r in speed)
     assert all(r["x_torch"] == 1.0 for r in speed if r["runner"] == "torch")
     # Every figure at one scale: 3 screen pixels per image pixel (faces 32 px -> 96 px tiles).
-    sizes = re.findall(r'width="(\d+)" height="(\d+)" style="image-rendering:pixelated" alt="(\d\d)\.png"', report)
+    sizes = re.findall(r'width="(\d+)" height="(\d+)" style="image-rendering:pixelated" alt="(\d\d)\.png"',
+                       report)
     assert len(sizes) == 10 and all((w, h) == ("96", "96") for w, h, _ in sizes)
 
 
-@pytest.mark.skipif(CHROMIUM is None, reason="needs Debian's chromium (.ci/run installs it) for the browser check")
+@pytest.mark.skipif(CHROMIUM is None,
+                    reason="needs Debian's chromium (.ci/run installs it) for the browser check")
 def test_the_report_fits_1280_px_in_a_real_browser(demo, tmp_path):
     probe = tmp_path / "report.html"
     probe.write_text((demo / "report.html").read_text().replace("</title>", "</title>" + PROBE, 1))
     cmd = [CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-           "--disable-component-update", "--disable-sync", "--no-first-run", f"--user-data-dir={tmp_path / 'profile'}",
+           "--disable-component-update", "--disable-sync", "--no-first-run",
+           f"--user-data-dir={tmp_path / 'profile'}",
            "--window-size=1280,1000", "--virtual-time-budget=5000", "--dump-dom", probe.as_uri()]
     r = subprocess.run(cmd, capture_output=True, text=True, timeout=120, check=False)
     found = re.search(r"<title>PROBE(.*?)</title>", r.stdout)

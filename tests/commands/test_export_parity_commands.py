@@ -12,7 +12,8 @@ from hw2rt.models import build_model
 
 def test_export_writes_checked_onnx_with_metadata(tmp_path):
     torch.save({"state_dict": build_model("digit_classifier").state_dict()}, tmp_path / "Classifier.pth")
-    r = CliRunner().invoke(main, ["export", "--model", "digit_classifier", "--checkpoint", str(tmp_path / "Classifier.pth"),
+    r = CliRunner().invoke(main, ["export", "--model", "digit_classifier",
+                                  "--checkpoint", str(tmp_path / "Classifier.pth"),
                                   "--out", str(tmp_path / "clf.onnx")])
     assert r.exit_code == 0, r.output
     m = onnx.load(str(tmp_path / "clf.onnx"))

@@ -64,18 +64,20 @@ def test_ddim_on_full_size_assignment_unet(tmp_path):
     torch.save(build_model("face_unet").state_dict(), tmp_path / "UNet.pt")  # 427 entries, 113.7M parameters
     (tmp_path / "noise").mkdir()
     torch.save(torch.randn(1, 3, 32, 32, dtype=torch.float64), tmp_path / "noise" / "00.pt")
-    r = run("ddim", "--noise-dir", tmp_path / "noise", "--out", tmp_path / "out", "--checkpoint", tmp_path / "UNet.pt",
-            "--steps", "2")
+    r = run("ddim", "--noise-dir", tmp_path / "noise", "--out", tmp_path / "out",
+            "--checkpoint", tmp_path / "UNet.pt", "--steps", "2")
     assert r.exit_code == 0, r.output
     assert Image.open(tmp_path / "out" / "00.png").size == (32, 32)
 
 
 def test_eta_grid_and_interp(face_files, tmp_path):
-    r = run("ddim", "--noise-dir", face_files / "noise", "--out", tmp_path / "o", "--checkpoint", face_files / "UNet.pt",
-            "--steps", "2", "--eta-grid", "0,0.5,1", "--grid", tmp_path / "grid.png")
+    r = run("ddim", "--noise-dir", face_files / "noise", "--out", tmp_path / "o",
+            "--checkpoint", face_files / "UNet.pt", "--steps", "2", "--eta-grid", "0,0.5,1",
+            "--grid", tmp_path / "grid.png")
     assert r.exit_code == 0, r.output
     pad = 2
-    assert Image.open(tmp_path / "grid.png").size == (3 * (32 + pad) + pad, 4 * (32 + pad) + pad)  # 4 noises x 3 etas
+    # 4 noises x 3 etas
+    assert Image.open(tmp_path / "grid.png").size == (3 * (32 + pad) + pad, 4 * (32 + pad) + pad)
     r = run("interp", "--noise-dir", face_files / "noise", "--pair", "00,01", "--mode", "both", "--out",
             tmp_path / "interp.png", "--checkpoint", face_files / "UNet.pt", "--steps", "2")
     assert r.exit_code == 0, r.output
@@ -85,8 +87,9 @@ def test_eta_grid_and_interp(face_files, tmp_path):
 def test_ddpm_writes_ten_classes_grid_and_frames(tmp_path):
     torch.manual_seed(0)
     torch.save(build_model("digit_unet", {"n_feat": 16}).state_dict(), tmp_path / "digits.pt")
-    r = run("ddpm", "--out", tmp_path / "out", "--checkpoint", tmp_path / "digits.pt", "--per-digit", "3", "--steps",
-            "12", "--grid", tmp_path / "grid.png", "--frames", tmp_path / "frames.png", "--batch-size", "7")
+    r = run("ddpm", "--out", tmp_path / "out", "--checkpoint", tmp_path / "digits.pt", "--per-digit", "3",
+            "--steps", "12", "--grid", tmp_path / "grid.png", "--frames", tmp_path / "frames.png",
+            "--batch-size", "7")
     assert r.exit_code == 0, r.output
     names = sorted(p.name for p in (tmp_path / "out").iterdir())
     assert names == sorted(f"{d}_{i:03d}.png" for d in range(10) for i in range(1, 4))
@@ -103,7 +106,8 @@ def test_ddpm_writes_ten_classes_grid_and_frames(tmp_path):
 ])
 def test_ddim_bad_arguments_write_nothing(face_files, tmp_path, args, message):
     out = tmp_path / "out"
-    r = run("ddim", "--noise-dir", face_files / "noise", "--out", out, "--checkpoint", face_files / "UNet.pt", *args)
+    r = run("ddim", "--noise-dir", face_files / "noise", "--out", out, "--checkpoint", face_files / "UNet.pt",
+            *args)
     assert r.exit_code == 1 and message in r.output and r.output.strip().count("\n") == 0
     assert not out.exists()
 
@@ -116,8 +120,10 @@ def test_ddim_mismatched_noise_and_wrong_checkpoint(face_files, tmp_path):
     r = run("ddim", "--noise-dir", noise, "--out", tmp_path / "out", "--checkpoint", face_files / "UNet.pt")
     assert r.exit_code == 1 and "01.pt" in r.output and "differs" in r.output
     torch.save(build_model("digit_classifier").state_dict(), tmp_path / "clf.pt")
-    r = run("ddim", "--noise-dir", face_files / "noise", "--out", tmp_path / "out", "--checkpoint", tmp_path / "clf.pt")
-    assert r.exit_code == 1 and "clf.pt: holds a digit_classifier checkpoint, but this needs a face_unet" in r.output
+    r = run("ddim", "--noise-dir", face_files / "noise", "--out", tmp_path / "out",
+            "--checkpoint", tmp_path / "clf.pt")
+    assert (r.exit_code == 1
+            and "clf.pt: holds a digit_classifier checkpoint, but this needs a face_unet" in r.output)
     assert not (tmp_path / "out").exists()
 
 
@@ -144,8 +150,8 @@ def test_ddpm_stochastic_ddim_is_seeded_per_image(tmp_path):
     torch.save(build_model("digit_unet", {"n_feat": 16}).state_dict(), tmp_path / "digits.pt")
     common = ["--checkpoint", tmp_path / "digits.pt", "--per-digit", "2", "--sampler", "ddim", "--steps", "5"]
     outs = {}
-    for name, extra in (("a", ["--eta", "1", "--batch-size", "20"]), ("b", ["--eta", "1", "--batch-size", "3"]),
-                        ("det", ["--eta", "0"])):
+    for name, extra in (("a", ["--eta", "1", "--batch-size", "20"]),
+                        ("b", ["--eta", "1", "--batch-size", "3"]), ("det", ["--eta", "0"])):
         r = run("ddpm", "--out", tmp_path / name, *common, *extra)
         assert r.exit_code == 0, r.output
         outs[name] = np.stack([read_image(p) for p in sorted((tmp_path / name).glob("*.png"))])
@@ -168,13 +174,14 @@ def test_ddim_engines_give_the_torch_images(face_files, tmp_path, backend, preci
     assert run("ddim", *common, "--out", tmp_path / "torch", "--backend", "torch").exit_code == 0
     r = run("ddim", *common, "--out", tmp_path / backend, "--backend", backend, "--precision", precision)
     assert r.exit_code == 0, r.output
-    mses = [mse_255(read_image(tmp_path / "torch" / f"{i:02d}.png"), read_image(tmp_path / backend / f"{i:02d}.png"))
+    mses = [mse_255(read_image(tmp_path / "torch" / f"{i:02d}.png"),
+                    read_image(tmp_path / backend / f"{i:02d}.png"))
             for i in range(4)]
     assert sum(mses) / len(mses) <= budget, mses
 
 
 def test_bf16_is_torch_only(face_files, tmp_path):
-    r = run("ddim", "--noise-dir", face_files / "noise", "--checkpoint", face_files / "UNet.pt", "--steps", "2",
-            "--out", tmp_path / "out", "--backend", "ort", "--precision", "bf16")
+    r = run("ddim", "--noise-dir", face_files / "noise", "--checkpoint", face_files / "UNet.pt",
+            "--steps", "2", "--out", tmp_path / "out", "--backend", "ort", "--precision", "bf16")
     assert r.exit_code == 1 and r.output.strip().count("\n") == 0
     assert "bf16 runs on the torch backend only" in r.output and not (tmp_path / "out").exists()

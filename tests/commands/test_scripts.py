@@ -18,7 +18,8 @@ HW2RT = str(Path(sys.executable).parent / "hw2rt")
 
 def sh(*args):
     env = {**os.environ, "HW2RT": HW2RT}
-    return subprocess.run(["bash", *map(str, args)], capture_output=True, text=True, env=env, timeout=300)
+    return subprocess.run(["bash", *map(str, args)], capture_output=True, text=True, env=env, timeout=300,
+                          check=False)
 
 
 def test_usage_errors():

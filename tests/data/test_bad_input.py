@@ -80,10 +80,9 @@ def test_png_minmax_normalisation_and_rounding(tmp_path):
 
 
 def test_atomic_path_leaves_nothing_on_failure(tmp_path):
-    with pytest.raises(RuntimeError):
-        with atomic_path(tmp_path / "out.csv") as tmp:
-            tmp.write_text("half")
-            raise RuntimeError("interrupted")
+    with pytest.raises(RuntimeError), atomic_path(tmp_path / "out.csv") as tmp:
+        tmp.write_text("half")
+        raise RuntimeError("interrupted")
     assert list(tmp_path.iterdir()) == []
 
 

@@ -111,7 +111,8 @@ def test_foreign_truncated_missing_and_wrong_model_onnx(tmp_path, exported):
     with pytest.raises(Hw2rtError, match="holds no torch module"):
         run_parity("digit_classifier", good)  # the torch reference needs the checkpoint
     engine = open_engine("digit_classifier", good)  # auto on the CPU: ort, precision from the file
-    assert engine.backend == "ort" and engine.precision == "fp32" and engine.metadata["model"] == "digit_classifier"
+    assert (engine.backend == "ort" and engine.precision == "fp32"
+            and engine.metadata["model"] == "digit_classifier")
 
 
 def test_requests_a_backend_cannot_serve():

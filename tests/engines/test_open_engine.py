@@ -20,7 +20,8 @@ DIMS = {"face_unet": {"height": 32, "width": 32}, "digit_unet": {}}
 # same engine as the commands with --device cpu, and on a GPU (where every command runs behind CUDA graphs).
 CPU_RUNNERS = {("torch", "fp32"): "torch", ("torch", "bf16"): "bf16", ("ort", "fp32"): "ort",
                ("ort", "fp16"): "ort-fp16"}
-CUDA_RUNNERS = {("torch", "fp16"): "fp16+graphs", ("torch", "bf16"): "bf16+graphs", ("trt", "fp16"): "trt+graphs"}
+CUDA_RUNNERS = {("torch", "fp16"): "fp16+graphs", ("torch", "bf16"): "bf16+graphs",
+                ("trt", "fp16"): "trt+graphs"}
 
 
 def _same(engines: dict):
@@ -38,15 +39,17 @@ def _has_tensorrt() -> bool:
 
 
 @pytest.mark.parametrize("model", ["face_unet", "digit_unet"])
-@pytest.mark.parametrize("device, backend, precision", [("cpu", *k) for k in CPU_RUNNERS] + [("cuda", *k) for k in CUDA_RUNNERS])
+@pytest.mark.parametrize("device, backend, precision",
+                         [("cpu", *k) for k in CPU_RUNNERS] + [("cuda", *k) for k in CUDA_RUNNERS])
 def test_commands_parity_bench_and_gpu_check_open_the_same_engine(model, device, backend, precision):
     runner = (CPU_RUNNERS if device == "cpu" else CUDA_RUNNERS)[(backend, precision)]
     suite = make_suite("cpu" if device == "cpu" else "gpu")
     assert runner in suite.backends or runner in make_suite("quick").backends
     if device == "cuda" and not (CUDA and (backend != "trt" or _has_tensorrt())):
-        pytest.skip(f"{backend} {precision} on CUDA needs {'TensorRT and ' if backend == 'trt' else ''}a GPU; there "
-                    f"the commands, parity and the gpu suite's runner {runner!r} (the GPU check) all open "
-                    f"a GraphedEngine (per-bucket CUDA graphs) over the {backend} engine with the fp32 islands "
+        pytest.skip(f"{backend} {precision} on CUDA needs {'TensorRT and ' if backend == 'trt' else ''}"
+                    f"a GPU; there the commands, parity and the gpu suite's runner {runner!r} "
+                    f"(the GPU check) all open a GraphedEngine (per-bucket CUDA graphs) over the {backend} "
+                    f"engine with the fp32 islands "
                     f"{'of engines/torch.py' if backend == 'torch' else 'of the fp16 graph'}")
     path = resolve_checkpoint(None, model)
     net = resolve_source(model, path).net
@@ -55,7 +58,8 @@ def test_commands_parity_bench_and_gpu_check_open_the_same_engine(model, device,
         "parity": parity.open_pair(model, path, backend=backend, precision=precision, device=device,
                                    dims=DIMS[model])[1],
         "bench and the GPU check": open_runner(runner, model, net, device=device, dims=DIMS[model]),
-        "demo": open_engine(model, path, backend=backend, precision=precision, device=device, dims=DIMS[model]),
+        "demo": open_engine(model, path, backend=backend, precision=precision, device=device,
+                            dims=DIMS[model]),
     }
     d = _same(engines)
     assert d["backend"] == backend and d["precision"] == precision and d["graphs"] is (device == "cuda")

@@ -21,7 +21,8 @@ def test_reduced_precision_module_keeps_islands_fp32_and_the_original_intact():
     assert net.down1.weight.dtype == torch.float32 and net.training is False
 
 
-@pytest.mark.parametrize("model,config", [("face_unet", {"base": 32, "norm_groups": 8}), ("digit_unet", {"n_feat": 8}),
+@pytest.mark.parametrize("model,config", [("face_unet", {"base": 32, "norm_groups": 8}),
+                                          ("digit_unet", {"n_feat": 8}),
                                           ("dann", {}), ("digit_classifier", {})])
 def test_torch_reduced_precision_matches_the_reference(model, config):
     """The fp16 module the torch backend runs on CUDA, run here by torch's CPU fp16 kernels, and bf16
@@ -41,7 +42,8 @@ def test_torch_reduced_precision_matches_the_reference(model, config):
     for s in spec.outputs:
         assert bf16[s.name].dtype == torch.float32 and bf16[s.name].is_contiguous()
         scale = ref[s.name].abs().max()
-        assert (fp16[s.name].float() - ref[s.name]).abs().max() <= BUDGETS["fp16"]["per_call_rel_max_abs"] * scale
+        assert ((fp16[s.name].float() - ref[s.name]).abs().max()
+                <= BUDGETS["fp16"]["per_call_rel_max_abs"] * scale)
         assert (bf16[s.name] - ref[s.name]).abs().max() <= BUDGETS["bf16"]["per_call_rel_max_abs"] * scale
 
 

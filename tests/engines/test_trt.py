@@ -221,7 +221,8 @@ def test_trt_build_cache_and_run_against_a_stand_in(monkeypatch, tmp_path):
     monkeypatch.setattr(torch.cuda, "default_stream", lambda device=None: _Stream(0))
 
     net = random_model("digit_unet", {"n_feat": 8})
-    engine = trt_mod.open_trt_engine("digit_unet", net, max_batch=6, opt_batch=4, cache_dir=tmp_path, opset=18)
+    engine = trt_mod.open_trt_engine("digit_unet", net, max_batch=6, opt_batch=4, cache_dir=tmp_path,
+                                     opset=18)
     assert len(fake.builds) == 1 and fake.builds[0]["flags"] == 1 << 1  # STRONGLY_TYPED on TensorRT 10
     assert engine.max_batch == 6 and engine.backend == "trt" and engine.precision == "fp16"
     assert engine.cache_entry.built and engine.cache_entry.path.name == "model.plan"
@@ -245,7 +246,8 @@ def test_trt_build_cache_and_run_against_a_stand_in(monkeypatch, tmp_path):
     again = trt_mod.open_trt_engine("digit_unet", net, max_batch=6, opt_batch=4, cache_dir=tmp_path, opset=18)
     assert not again.cache_entry.built and len(fake.builds) == 1
     engine.cache_entry.path.write_bytes(b"corrupt")
-    rebuilt = trt_mod.open_trt_engine("digit_unet", net, max_batch=6, opt_batch=4, cache_dir=tmp_path, opset=18)
+    rebuilt = trt_mod.open_trt_engine("digit_unet", net, max_batch=6, opt_batch=4, cache_dir=tmp_path,
+                                      opset=18)
     assert rebuilt.cache_entry.built and len(fake.builds) == 2 and fake.builds[1]["timing_in"] == b"TIMING"
 
 

@@ -50,7 +50,8 @@ def test_export_names_opset_metadata_and_dynamic_batch(exported, model):
     assert [o.name for o in m.graph.output] == [s.name for s in spec.outputs]
     assert [i.type.tensor_type.elem_type for i in m.graph.input] == [
         onnx.TensorProto.FLOAT if s.dtype == torch.float32 else onnx.TensorProto.INT64 for s in spec.inputs]
-    assert all(i.type.tensor_type.shape.dim[0].dim_param == "batch" for i in (*m.graph.input, *m.graph.output))
+    assert all(i.type.tensor_type.shape.dim[0].dim_param == "batch"
+               for i in (*m.graph.input, *m.graph.output))
     assert max(o.version for o in m.opset_import if o.domain in ("", "ai.onnx")) >= 18
     meta = read_metadata(m)
     assert meta["model"] == model and meta["precision"] == "fp32" and int(meta["opset"]) >= 18
@@ -79,7 +80,8 @@ def test_export_checkpoint_records_the_file_hash(tmp_path):
     save_checkpoint(net, "digit_unet", ckpt, half=False)
     out = export_checkpoint(ckpt, tmp_path / "digits.onnx", precision="fp16")
     meta = read_metadata(out)
-    assert meta["source_sha256"] == file_sha256(ckpt) and meta["model"] == "digit_unet" and meta["precision"] == "fp16"
+    assert (meta["source_sha256"] == file_sha256(ckpt) and meta["model"] == "digit_unet"
+            and meta["precision"] == "fp16")
 
 
 # --- fp16 -----------------------------------------------------------------------------------------------
@@ -95,7 +97,8 @@ def test_fp16_face_graph_is_fp16_with_fp32_islands(exported):
     # Every Conv/Gemm weight and every convolution is fp16; the only fp32 constants are the islands'
     # own (GroupNorm affine [C,1,1], inv_freq [1,16]).
     inits = {i.name: i for i in m.graph.initializer}
-    weights = [inits[n.input[1]] for n in m.graph.node if n.op_type in ("Conv", "Gemm") and n.input[1] in inits]
+    weights = [inits[n.input[1]] for n in m.graph.node
+               if n.op_type in ("Conv", "Gemm") and n.input[1] in inits]
     assert len(weights) > 100 and all(w.data_type == F16 for w in weights)
     fp32_consts = [i for i in inits.values() if i.data_type == F32]
     assert fp32_consts and all(np.prod(i.dims) <= 256 for i in fp32_consts)
@@ -103,7 +106,8 @@ def test_fp16_face_graph_is_fp16_with_fp32_islands(exported):
     convs = [n for n in m.graph.node if n.op_type == "Conv"]
     assert convs and all(types[n.input[0]] == F16 and types[n.output[0]] == F16 for n in convs)
     # The islands: sin/cos of the timestep, GroupNorm statistics (InstanceNormalization), softmax in fp32.
-    islands = {op: [n for n in m.graph.node if n.op_type == op] for op in ("Sin", "Cos", "InstanceNormalization", "Softmax")}
+    islands = {op: [n for n in m.graph.node if n.op_type == op]
+               for op in ("Sin", "Cos", "InstanceNormalization", "Softmax")}
     assert all(islands.values()), {k: len(v) for k, v in islands.items()}
     for op, nodes in islands.items():
         for n in nodes:

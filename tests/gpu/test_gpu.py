@@ -46,8 +46,8 @@ def test_cuda_graphs_equal_eager_on_gpu():
 def test_trt_engine_matches_torch_on_gpu(tmp_path):
     net = random_model("digit_unet", {"n_feat": 32})
     ref = TorchEngine(net, "digit_unet", device="cuda")
-    engine = open_engine("digit_unet", net, backend="trt", precision="fp16", device="cuda", cache_dir=tmp_path,
-                         max_batch=8)
+    engine = open_engine("digit_unet", net, backend="trt", precision="fp16", device="cuda",
+                         cache_dir=tmp_path, max_batch=8)
     feeds = {k: v.cuda() for k, v in get_spec("digit_unet").example_inputs(5).items()}
     a, b = engine.run(feeds)["eps"], ref.run(feeds)["eps"]
     assert (a - b).abs().max() <= 1e-2 * b.abs().max()

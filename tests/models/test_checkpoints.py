@@ -12,7 +12,8 @@ from hw2rt.models import build_model
 
 def test_checkpoint_of_another_model(tmp_path):
     torch.save(build_model("digit_classifier").state_dict(), tmp_path / "clf.pt")
-    with pytest.raises(Hw2rtError, match="clf.pt: holds a digit_classifier checkpoint, but this needs a face_unet"):
+    with pytest.raises(Hw2rtError,
+                       match="clf.pt: holds a digit_classifier checkpoint, but this needs a face_unet"):
         load_model(tmp_path / "clf.pt", "face_unet")
 
 

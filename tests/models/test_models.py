@@ -19,7 +19,8 @@ def face_unet_layout_from_spec():
         p = f"{name}.resblocks."
         keys.update({p + "norm1.weight": (i,), p + "norm1.bias": (i,), p + "conv1.weight": (o, i, 3, 3),
                      p + "conv1.bias": (o,), p + "time.1.weight": (o, 512), p + "time.1.bias": (o,),
-                     p + "norm2.weight": (o,), p + "norm2.bias": (o,), p + "conv2.weight": (o, o, 3, 3), p + "conv2.bias": (o,)})
+                     p + "norm2.weight": (o,), p + "norm2.bias": (o,), p + "conv2.weight": (o, o, 3, 3),
+                     p + "conv2.bias": (o,)})
         if i != o:
             keys.update({p + "skip.weight": (o, i, 1, 1), p + "skip.bias": (o,)})
         if attn:
@@ -64,10 +65,12 @@ def test_face_unet_state_dict_matches_assignment_layout():
 def test_face_unet_time_embedding_buffer():
     inv_freq = FaceUNet().state_dict()["time.0.inv_freq"]
     assert inv_freq.dtype == torch.float32
-    expected = torch.exp(torch.arange(0, 128, 2, dtype=torch.float64) * (-torch.log(torch.tensor(10000.0, dtype=torch.float64)) / 128))
+    expected = torch.exp(torch.arange(0, 128, 2, dtype=torch.float64)
+                         * (-torch.log(torch.tensor(10000.0, dtype=torch.float64)) / 128))
     torch.testing.assert_close(inv_freq.double(), expected, rtol=1e-6, atol=0)
     emb = FaceUNet(base=32).time[0](torch.tensor([0, 999]))
-    assert torch.allclose(emb[0, :16], torch.zeros(16)) and torch.allclose(emb[0, 16:], torch.ones(16))  # sin first
+    # sin first
+    assert torch.allclose(emb[0, :16], torch.zeros(16)) and torch.allclose(emb[0, 16:], torch.ones(16))
 
 
 @pytest.mark.parametrize("name", list(MODELS))
@@ -105,7 +108,8 @@ def test_safetensors_round_trip_keeps_config_and_fp32_buffers(tmp_path):
     assert sd["init_conv.conv1.1.running_var"].dtype == torch.float32
     loaded, name, _ = load_model(tmp_path / "d.safetensors")
     assert name == "digit_unet"
-    torch.testing.assert_close(loaded.init_conv.conv1[0].weight, net.init_conv.conv1[0].weight, atol=1e-3, rtol=1e-3)
+    torch.testing.assert_close(loaded.init_conv.conv1[0].weight, net.init_conv.conv1[0].weight,
+                               atol=1e-3, rtol=1e-3)
     f = FaceUNet(base=32)
     save_checkpoint(f, "face_unet", tmp_path / "f.safetensors")
     assert read_checkpoint(tmp_path / "f.safetensors")[0]["time.0.inv_freq"].dtype == torch.float32
@@ -117,7 +121,7 @@ def test_grader_loads_classifier_pth_form(tmp_path):
     net(torch.rand(2, 3, 28, 28)).sum().backward()
     opt.step()
     torch.save({"state_dict": net.state_dict(), "optimizer": opt.state_dict()}, tmp_path / "Classifier.pth")
-    loaded, name, _ = load_model(tmp_path / "Classifier.pth", "digit_classifier")
+    loaded, _, _ = load_model(tmp_path / "Classifier.pth", "digit_classifier")
     x = torch.rand(4, 3, 28, 28)
     with torch.no_grad():
         assert torch.equal(loaded(x), net.eval()(x))

@@ -20,8 +20,8 @@ def engines(parity_cache):
             config, dims = SMALL[model]
             net = random_model(model, config, seed=0)
             ref = TorchEngine(net, model)
-            cand = open_engine(model, net, backend="ort", precision=precision, threads=1, cache_dir=parity_cache,
-                               dims=dims)
+            cand = open_engine(model, net, backend="ort", precision=precision, threads=1,
+                               cache_dir=parity_cache, dims=dims)
             made[model, precision] = (ref, cand, dims)
         return made[model, precision]
 

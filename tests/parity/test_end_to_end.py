@@ -11,7 +11,8 @@ def test_ddim_faces_end_to_end(engines, precision):
     ref, cand, dims = engines("face_unet", precision)
     result = end_to_end(ref, cand, images=2, seed=0, dims=dims, steps=20,
                         budget=BUDGETS[precision]["e2e_image_mse_255"])
-    assert result["sampler"].startswith("ddim") and result["steps"] == 20 and len(result["image_mse_255"]) == 2
+    assert (result["sampler"].startswith("ddim") and result["steps"] == 20
+            and len(result["image_mse_255"]) == 2)
     assert result["passed"], f"faces {precision}: image MSE {result['image_mse_255']}"
 
 
@@ -35,8 +36,8 @@ def test_report_is_json_and_prints(engines):
 
 def test_run_parity_writes_json(tmp_path):
     out = tmp_path / "report.json"
-    report = run_parity("digit_classifier", backend="ort", precision="fp32", threads=1, cache_dir=tmp_path / "cache",
-                        json_path=out)
+    report = run_parity("digit_classifier", backend="ort", precision="fp32", threads=1,
+                        cache_dir=tmp_path / "cache", json_path=out)
     assert report["passed"] and report["end_to_end"] is None
     assert json.loads(out.read_text())["per_call"]["outputs"]["logits"]["passed"] is True
     assert report["source"]["checkpoint"] is None and "random" in report["source"]["note"]

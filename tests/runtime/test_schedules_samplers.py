@@ -45,7 +45,8 @@ def ddpm_sample(den, x, c, *, T, seeds=None, noise_fn=None, callback=None):
     """The ancestral loop as the digit job drives it: T..1 over the T-step digit schedule."""
     schedule = digit_schedule(T)
     noise = noise_fn if noise_fn is not None else (seeded_noise(seeds, x) if seeds is not None else None)
-    return ancestral_sample(conditioned(den, c), x, schedule, schedule.timesteps(T), noise=noise, callback=callback)
+    return ancestral_sample(conditioned(den, c), x, schedule, schedule.timesteps(T), noise=noise,
+                            callback=callback)
 
 
 def rel_err(ours: torch.Tensor, theirs: torch.Tensor) -> float:
@@ -126,13 +127,15 @@ def test_ddpm_tables_match_closed_form():
         torch.testing.assert_close(got, want, rtol=1e-12, atol=0, msg=name)
     # What the samplers and the trainer read: float32, derived in float64.
     a, b, sigma = ancestral_coefficients(s)
-    for name, got, want in (("1/sqrt(alpha)", a, 1 / (1 - beta).sqrt()), ("eps coefficient", b, beta / (1 - abar).sqrt()),
+    for name, got, want in (("1/sqrt(alpha)", a, 1 / (1 - beta).sqrt()),
+                            ("eps coefficient", b, beta / (1 - abar).sqrt()),
                             ("sqrt(beta)", sigma, beta.sqrt()), ("abar", s.read(s.abar), abar)):
         assert len(got) == T + 1 and all(v == float(torch.tensor(v, dtype=torch.float32)) for v in got), name
         torch.testing.assert_close(torch.tensor(got, dtype=torch.float64), want, rtol=1e-6, atol=0, msg=name)
     x0, eps = torch.ones(2, 1, 1, 1), torch.full((2, 1, 1, 1), 2.0)
     x_t = s.add_noise(x0, eps, torch.tensor([1, 500]))
-    torch.testing.assert_close(x_t.flatten().double(), abar[[1, 500]].sqrt() + 2 * (1 - abar[[1, 500]]).sqrt(),
+    torch.testing.assert_close(x_t.flatten().double(),
+                               abar[[1, 500]].sqrt() + 2 * (1 - abar[[1, 500]]).sqrt(),
                                rtol=1e-6, atol=0)
     assert s.T == T and s.betas[1].item() == pytest.approx(1e-4 + 1.99e-5)
     assert DIGIT.T == 1000 and FACE.T == 1000 and FACE.read(FACE.abar)[0] == 0.9999
@@ -362,10 +365,11 @@ def test_guided_denoiser_one_doubled_call():
     # Inside the sampler: exactly one model call per step.
     calls.clear()
     schedule = digit_schedule(5)
-    ancestral_sample(guided_denoiser(model_fn, w, torch.tensor([0, 1]), T=5), torch.zeros(2, 3, 4, 4), schedule,
-                     schedule.timesteps(5), noise=seeded_noise([0, 1], torch.zeros(2, 3, 4, 4)))
+    ancestral_sample(guided_denoiser(model_fn, w, torch.tensor([0, 1]), T=5), torch.zeros(2, 3, 4, 4),
+                     schedule, schedule.timesteps(5), noise=seeded_noise([0, 1], torch.zeros(2, 3, 4, 4)))
     with pytest.raises(ValueError, match="one class label per image"):
-        guided_denoiser(model_fn, w, torch.tensor([0, 1, 2]), T=5)(torch.zeros(2, 3, 4, 4), torch.full((2,), 3))
+        guided_denoiser(model_fn, w, torch.tensor([0, 1, 2]), T=5)(torch.zeros(2, 3, 4, 4),
+                                                                   torch.full((2,), 3))
     assert len(calls) == 5 and all(call[0].shape[0] == 4 for call in calls)
 
 
@@ -440,17 +444,20 @@ def test_ddim_timesteps_for_ddpm():
 
 
 def test_ddim_over_the_digit_schedule_matches_closed_form():
-    """Each step: x0 = (x - sqrt(1-abar_t) eps)/sqrt(abar_t), clamped; x = sqrt(abar_prev) x0 + sqrt(1-abar_prev) eps."""
+    """Each step: x0 = (x - sqrt(1-abar_t) eps)/sqrt(abar_t), clamped;
+    x = sqrt(abar_prev) x0 + sqrt(1-abar_prev) eps."""
     T, steps = 50, 5
     schedule = digit_schedule(T)
 
     def model_fn(x, c, t_frac, mask):
-        return 0.3 * x + 0.1 * t_frac[:, None, None, None] + 0.05 * c[:, None, None, None].float() * (1 - mask)[:, None, None, None]
+        return (0.3 * x + 0.1 * t_frac[:, None, None, None]
+                + 0.05 * c[:, None, None, None].float() * (1 - mask)[:, None, None, None])
     x = torch.randn(3, 3, 8, 8, generator=torch.Generator().manual_seed(0))
     c = torch.tensor([0, 4, 9])
     denoiser = guided_denoiser(model_fn, 2.0, c, T)
     seen = []
-    out = ddim_sample(denoiser, x, schedule, schedule.timesteps(steps), callback=lambda i, t, _x: seen.append(t))
+    out = ddim_sample(denoiser, x, schedule, schedule.timesteps(steps),
+                      callback=lambda i, t, _x: seen.append(t))
     assert seen == [50, 40, 30, 20, 10]
     abar = schedule.abar.float().double()  # the digit schedule is read in float32
     ref = x.double()

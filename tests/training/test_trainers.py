@@ -233,7 +233,8 @@ def test_dann_resume_restores_scheduler(data, tmp_path):
     kw = {"mode": "dann", "batch_size": 4, "log_every": 1, **QUIET}
     train_dann(data / "digits" / "mnistm", data / "digits" / "usps", tmp_path, epochs=1, **kw)
     lr1 = resumable(tmp_path)["optimizer"]["param_groups"][0]["lr"]
-    s = train_dann(data / "digits" / "mnistm", data / "digits" / "usps", tmp_path, epochs=3, resume=True, **kw)
+    s = train_dann(data / "digits" / "mnistm", data / "digits" / "usps", tmp_path, epochs=3, resume=True,
+                   **kw)
     st = resumable(tmp_path)
     assert s["resumed_from_step"] == 2 and st["step"] == 6 and st["scheduler"]["last_epoch"] == 3
     assert lr1 == pytest.approx(0.5e-4)  # cosine over T_0 = 2 epochs: halfway after epoch 1
@@ -328,8 +329,8 @@ def test_digit_accuracy_rejects_unlabelled_name(tmp_path):
 def test_tsne_writes_two_pngs(data, tmp_path):
     s = train_dann(data / "digits" / "mnistm", data / "digits" / "usps", tmp_path / "run", mode="dann",
                    epochs=1, batch_size=4, **QUIET)
-    r = tsne(s["exported"]["dann"], data / "digits" / "mnistm", data / "digits" / "usps", tmp_path / "fig" / "m2u",
-             n_per_domain=4, perplexity=2, device="cpu")
+    r = tsne(s["exported"]["dann"], data / "digits" / "mnistm", data / "digits" / "usps",
+             tmp_path / "fig" / "m2u", n_per_domain=4, perplexity=2, device="cpu")
     assert r["n_source"] == 4 and r["n_target"] == 4
     for key in ("digit_png", "domain_png"):
         with Image.open(r[key]) as im:
