@@ -1,11 +1,11 @@
-"""Evaluation: the assignment's digit grading (`eval-digits`), the DANN t-SNE figures, and the
-accuracy of a classifier on a uint8 batch (`predict`, `dataset_accuracy`) that the trainers use too.
+"""Evaluation: the assignment's digit grading (`eval-digits`) and the DANN t-SNE figures.
 
 `digit_accuracy` grades a folder of generated digits the way the assignment does: the label
 is the first character of each file name, the image is RGB in [0,1], the grader is the LeNet
 of `Classifier.pth` (or any DigitClassifier checkpoint / module).
 
-This module reads data/, models and checkpoints, never training (the trainers import it).
+This module reads data/, models and checkpoints, never training; training never reads it (the
+accuracy of a classifier on a uint8 batch, which both need, is `models.predict`).
 """
 from __future__ import annotations
 
@@ -21,35 +21,7 @@ from hw2rt.data.synth import stand_in_note
 from hw2rt.device import usable_device
 from hw2rt.errors import Hw2rtError
 from hw2rt.io import atomic_path, list_images
-
-
-def _first_output(out):
-    return out[0] if isinstance(out, (tuple, list)) else out
-
-
-@torch.no_grad()
-def predict(module: nn.Module, images_u8: torch.Tensor, *, batch_size: int = 1024,
-            device=None) -> torch.Tensor:
-    """Class predictions (int64 [N], on the CPU) of a classifier for uint8 [N,3,H,W] images.
-
-    The module gets RGB in [0,1]; its first output (logits or log-probabilities) is arg-maxed.
-    """
-    if device is None:
-        device = next(module.parameters()).device
-    was_training = module.training
-    module.eval()
-    preds = []
-    for i in range(0, len(images_u8), batch_size):
-        x = images_u8[i:i + batch_size].to(device).float().div_(255.0)
-        preds.append(_first_output(module(x)).argmax(1).cpu())
-    module.train(was_training)
-    return torch.cat(preds) if preds else torch.empty(0, dtype=torch.int64)
-
-
-def dataset_accuracy(module: nn.Module, images_u8: torch.Tensor, labels: torch.Tensor, *,
-                     batch_size: int = 1024) -> float:
-    preds = predict(module, images_u8, batch_size=batch_size)
-    return float((preds == labels.cpu()).float().mean().item())
+from hw2rt.models.predict import predict
 
 
 def _load_classifier(classifier, device: torch.device) -> tuple[nn.Module, str]:

@@ -15,9 +15,9 @@ from torch.nn import functional as F
 
 from hw2rt.data.layout import DigitsDataset, resolve_digit_domain
 from hw2rt.data.synth import stand_in_note
-from hw2rt.evaluate import dataset_accuracy
 from hw2rt.io import atomic_path
 from hw2rt.models.digit_classifier import DigitClassifier
+from hw2rt.models.predict import dataset_accuracy
 from hw2rt.training.batches import EpochShuffle, effective_batch, random_shift, steps_per_epoch, to_unit
 from hw2rt.training.loop import Task, export_model, fit, start_run
 
