@@ -5,10 +5,11 @@ import importlib.util
 import pytest
 import torch
 
-from hw2rt import cli, parity
+from hw2rt import parity
 from hw2rt.bench.runners import open_runner
 from hw2rt.bench.suites import make_suite
 from hw2rt.checkpoints import resolve_checkpoint
+from hw2rt.cli.jobs import _open_engine
 from hw2rt.engines import open_engine, pick_backend, resolve_source
 from hw2rt.errors import Hw2rtError
 
@@ -54,7 +55,7 @@ def test_commands_parity_bench_and_gpu_check_open_the_same_engine(model, device,
     path = resolve_checkpoint(None, model)
     net = resolve_source(model, path).net
     engines = {
-        "cli": cli._open_engine(model, None, backend, precision, None, device, **DIMS[model]),
+        "cli": _open_engine(model, None, backend, precision, None, device, **DIMS[model]),
         "parity": parity.open_pair(model, path, backend=backend, precision=precision, device=device,
                                    dims=DIMS[model])[1],
         "bench and the GPU check": open_runner(runner, model, net, device=device, dims=DIMS[model]),

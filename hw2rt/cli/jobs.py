@@ -1,0 +1,251 @@
+"""The engine commands: the jobs (`ddim`, `interp`, `ddpm`, `classify`), `demo`, `export`, `parity`."""
+from pathlib import Path
+
+import click
+
+from hw2rt import options
+from hw2rt.cli.group import main
+
+PRECISION_HELP = ("fp16: the fp16 graph with fp32 islands (ort, trt; torch on CUDA). bf16: torch only; "
+                  "fast only on CPUs/GPUs with native bf16.")
+
+
+def _engine_options(f):
+    """--backend, --precision, --device, --threads: passed to `open_engine` as they are; it validates them."""
+    f = click.option("--threads", type=click.IntRange(min=1), default=None,
+                     help="CPU threads for the engine (default: the library's choice).")(f)
+    f = click.option("--device", default="auto", show_default=True,
+                     help="cpu, cuda, cuda:N or auto (cuda when torch sees a GPU). On cuda, engines run "
+                          "behind CUDA graphs.")(f)
+    f = click.option("--precision", type=click.Choice(options.PRECISIONS), default="fp32", show_default=True,
+                     help=PRECISION_HELP)(f)
+    f = click.option("--backend", type=click.Choice(options.BACKENDS), default="auto", show_default=True,
+                     help=options.AUTO_BACKEND)(f)
+    return f
+
+
+def _open_engine(model, checkpoint, backend, precision, threads, device, default=None, **dims):
+    """The engine a command runs: the one `open_engine`, on the checkpoint (or the bundled default)."""
+    from hw2rt.checkpoints import resolve_checkpoint
+    from hw2rt.engines import open_engine
+
+    return open_engine(model, resolve_checkpoint(checkpoint, default or model), backend=backend,
+                       precision=precision, device=device, threads=threads, dims=dims or None)
+
+
+def _dims(noise):
+    """The face UNet's serving size, from the noise (names, [N,3,H,W]) it will sample."""
+    return {"height": noise[1].shape[2], "width": noise[1].shape[3]}
+
+
+def _report(summary, what):
+    rate = f", {summary['images_per_s']:.2f} images/s" if "images_per_s" in summary else ""
+    click.echo(f"{what}: wrote {summary.get('images', '')} images to "
+               f"{summary.get('out_dir', summary.get('out', ''))}"
+               f" in {summary.get('seconds', 0):.1f} s{rate}")
+
+
+@main.command()
+@click.option("--noise-dir", required=True, type=click.Path(path_type=Path),
+              help="Folder of NN.pt noise tensors.")
+@click.option("--out", required=True, type=click.Path(file_okay=False, path_type=Path),
+              help="Output folder (NN.png).")
+@click.option("--checkpoint", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="Face UNet: the assignment's UNet.pt or an hw2rt .safetensors (default: bundled).")
+@click.option("--eta", type=float, default=0.0, show_default=True)
+@click.option("--steps", type=int, default=50, show_default=True,
+              help="DDIM steps: timesteps i*(1000//steps)+1.")
+@click.option("--batch-size", type=click.IntRange(min=1), default=10, show_default=True)
+@click.option("--gt-dir", type=click.Path(file_okay=False, path_type=Path), default=None,
+              help="Reference NN.png: print per-image and mean MSE (0-255 scale) and write mse.json.")
+@click.option("--seed", type=int, default=0, show_default=True,
+              help="Seeds the eta > 0 noise (image i: seed + i).")
+@click.option("--eta-grid", type=str, default=None,
+              help="e.g. 0,0.25,0.5,0.75,1: also write the report grid.")
+@click.option("--grid", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="Where the eta grid goes.")
+@_engine_options
+def ddim(noise_dir, out, checkpoint, eta, steps, batch_size, gt_dir, seed, eta_grid, grid, backend, precision,
+         threads, device):
+    """DDIM faces from a noise folder (HW2 Problem 2): NN.pt -> NN.png."""
+    from hw2rt.io import read_noise_dir
+    from hw2rt.runtime import jobs
+
+    etas = _parse_floats(eta_grid, "--eta-grid") if eta_grid else None
+    if (etas is None) != (grid is None):
+        raise click.UsageError("--eta-grid and --grid go together")
+    jobs.check_ddim_args(steps, [eta] + (etas or []))
+    noise = read_noise_dir(noise_dir)
+    with _open_engine("face_unet", checkpoint, backend, precision, threads, device, **_dims(noise)) as engine:
+        summary = jobs.face_job(engine, noise, out, steps=steps, eta=eta, batch_size=batch_size, seed=seed,
+                                gt_dir=gt_dir)
+        _report(summary, f"ddim ({engine.name}, {steps} steps, eta {eta:g})")
+        if "mse" in summary:
+            for name, value in summary["mse"]["per_image"].items():
+                click.echo(f"  {name}: MSE {value:.4f}")
+            click.echo(f"  mean MSE {summary['mse']['mean']:.4f} (written to {Path(out) / 'mse.json'})")
+        if etas:
+            g = jobs.eta_grid(engine, noise, grid, etas, steps=steps, batch_size=batch_size, seed=seed)
+            click.echo(f"eta grid (rows {', '.join(g['rows'])}; "
+                       f"eta {', '.join(f'{e:g}' for e in etas)}): {grid}")
+
+
+def _parse_floats(text, option):
+    try:
+        return [float(v) for v in text.split(",") if v.strip()]
+    except ValueError:
+        raise click.BadParameter(f"{text!r} is not a comma-separated list of numbers",
+                                 param_hint=option) from None
+
+
+@main.command()
+@click.option("--noise-dir", required=True, type=click.Path(path_type=Path))
+@click.option("--pair", default="00,01", show_default=True, help="Two noise names from the folder.")
+@click.option("--mode", type=click.Choice(["slerp", "lerp", "both"]), default="both", show_default=True)
+@click.option("--out", required=True, type=click.Path(dir_okay=False, path_type=Path),
+              help="The PNG to write.")
+@click.option("--checkpoint", type=click.Path(dir_okay=False, path_type=Path), default=None)
+@click.option("--steps", type=int, default=50, show_default=True)
+@_engine_options
+def interp(noise_dir, pair, mode, out, checkpoint, steps, backend, precision, threads, device):
+    """Interpolate two noises (alpha = 0, 0.1, ..., 1) and sample each: one row of 11 per mode."""
+    from hw2rt.io import read_noise_dir
+    from hw2rt.runtime import jobs
+
+    names = [p.strip() for p in pair.split(",")]
+    if len(names) != 2:
+        raise click.BadParameter(f"{pair!r} must name two noises, e.g. 00,01", param_hint="--pair")
+    jobs.check_ddim_args(steps, [0.0])
+    modes = ("slerp", "lerp") if mode == "both" else (mode,)
+    noise = read_noise_dir(noise_dir)
+    with _open_engine("face_unet", checkpoint, backend, precision, threads, device, **_dims(noise)) as engine:
+        s = jobs.interp_job(engine, noise, out, pair=tuple(names), modes=modes, steps=steps)
+    click.echo(f"interp: {' / '.join(modes)} rows of 11 ({names[0]} -> {names[1]}): {out}")
+    return s
+
+
+@main.command()
+@click.option("--out", required=True, type=click.Path(file_okay=False, path_type=Path))
+@click.option("--checkpoint", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="Digit UNet (default: bundled).")
+@click.option("--per-digit", type=click.IntRange(min=1), default=100, show_default=True)
+@click.option("--w", type=float, default=2.0, show_default=True, help="Classifier-free guidance weight.")
+@click.option("--sampler", type=click.Choice(options.SAMPLERS), default="ancestral", show_default=True,
+              help="ancestral: the assignment's DDPM; ddim: DDIM over the T = 1000 schedule.")
+@click.option("--steps", type=int, default=1000, show_default=True,
+              help="ancestral: T (the model's training T); ddim: the number of DDIM steps (<= 1000).")
+@click.option("--eta", type=float, default=0.0, show_default=True,
+              help="ddim only: 0 is deterministic; 1 adds fresh noise every step, "
+                   "like the ancestral sampler.")
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--batch-size", type=click.IntRange(min=1), default=250, show_default=True,
+              help="Images per sampler call (the engine sees twice this, for guidance).")
+@click.option("--grid", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="10x10 report grid.")
+@click.option("--frames", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="Six reverse-process frames of the first 0.")
+@_engine_options
+def ddpm(out, checkpoint, per_digit, w, sampler, steps, eta, seed, batch_size, grid, frames, backend,
+         precision, threads, device):
+    """Guided DDPM digits (HW2 Problem 1): {d}_{i:03d}.png for d = 0..9, i = 1..per-digit."""
+    from hw2rt.runtime import jobs
+
+    jobs.digit_plan(sampler, steps, eta)  # refused before the engine is opened (an export takes seconds)
+    with _open_engine("digit_unet", checkpoint, backend, precision, threads, device) as engine:
+        s = jobs.digit_job(engine, out, per_digit=per_digit, w=w, sampler=sampler, steps=steps, eta=eta,
+                           seed=seed, batch_size=batch_size, grid_path=grid, frames_path=frames)
+        eta_note = f", eta {eta:g}" if sampler == "ddim" else ""
+        _report(s, f"ddpm ({engine.name}, {sampler} {s['steps']} steps of T={s['T']}{eta_note}, w={w:g})")
+    for key in ("grid", "frames"):
+        if key in s:
+            click.echo(f"  {key}: {s[key]}")
+
+
+@main.command()
+@click.option("--images", required=True, type=click.Path(path_type=Path), help="Folder of digit images.")
+@click.option("--out", required=True, type=click.Path(dir_okay=False, path_type=Path), help="CSV to write.")
+@click.option("--checkpoint", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="DANN checkpoint, or a bundled name (default: dann_svhn if 'svhn' is in the images path, "
+                   "else dann_usps, the assignment's convention).")
+@click.option("--batch-size", type=click.IntRange(min=1), default=512, show_default=True)
+@click.option("--features", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="Also save the 512-d features (.npz: names, features, labels), e.g. for t-SNE.")
+@_engine_options
+def classify(images, out, checkpoint, batch_size, features, backend, precision, threads, device):
+    """DANN inference (HW2 Problem 3): image_name,label for every image of a folder.
+
+    Grayscale images are repeated to 3 channels; images that are not 28x28 are resized to 28x28
+    (bilinear), as the assignment's transforms do, and the count is reported.
+    """
+    from hw2rt.checkpoints import default_dann
+    from hw2rt.runtime import jobs
+
+    with _open_engine("dann", checkpoint, backend, precision, threads, device,
+                      default=default_dann(images)) as engine:
+        s = jobs.classify_job(engine, images, out, batch_size=batch_size, features_path=features)
+        click.echo(f"classify ({engine.name}): {s['images']} images -> {out} in {s['seconds']:.2f} s "
+                   f"({s['images_per_s']:.0f} images/s)"
+                   + (f"; {s['resized']} resized to 28x28" if s["resized"] else ""))
+    if features:
+        click.echo(f"  features: {features}")
+
+
+@main.command()
+@click.option("--out", type=click.Path(file_okay=False, path_type=Path), default=Path("outputs/demo"),
+              show_default=True)
+@click.option("--quick", is_flag=True, help="Tiny sizes: a smoke run in seconds.")
+@click.option("--backend", type=click.Choice(["torch", "ort", "auto"]), default="auto", show_default=True)
+@click.option("--threads", type=click.IntRange(min=1), default=None)
+def demo(out, quick, backend, threads):
+    """The main job on the bundled defaults: data, engines, parity, faces, digits, DANN -> report.html."""
+    from hw2rt.demo import run_demo
+
+    report = run_demo(out, quick=quick, backend=backend, threads=threads, log=click.echo)
+    click.echo(f"report: {report.resolve()}")
+
+
+@main.command()
+@click.option("--model", required=True, type=click.Choice(options.MODELS))
+@click.option("--checkpoint", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="Default: the bundled model.")
+@click.option("--out", required=True, type=click.Path(dir_okay=False, path_type=Path),
+              help="The .onnx to write.")
+@click.option("--precision", type=click.Choice(options.GRAPH_PRECISIONS), default="fp32", show_default=True,
+              help="fp16: fp16 graph with fp32 islands (timestep embedding, GroupNorm statistics, softmax).")
+@click.option("--opset", type=click.IntRange(min=18), default=None,
+              help="ONNX opset (default: hw2rt's, >= 18).")
+@click.option("--size", type=click.IntRange(min=32), default=None,
+              help="face_unet: the H = W to trace with (the graph stays dynamic in H and W).")
+def export(model, checkpoint, out, precision, opset, size):
+    """Export a network to ONNX from its I/O spec: named inputs, dynamic batch, hw2rt metadata."""
+    from hw2rt.checkpoints import resolve_checkpoint
+    from hw2rt.export import DEFAULT_OPSET, export_checkpoint
+
+    dims = {"height": size, "width": size} if size and model == "face_unet" else None
+    path = export_checkpoint(resolve_checkpoint(checkpoint, model), out, model=model, precision=precision,
+                             opset=opset or DEFAULT_OPSET, dims=dims)
+    click.echo(f"export: {model} ({precision}, opset {opset or DEFAULT_OPSET}) -> {path}")
+
+
+@main.command()
+@click.option("--model", required=True, type=click.Choice(options.MODELS))
+@click.option("--checkpoint", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="Default: a seeded random model of a small configuration (damped diffusion models).")
+@click.option("--steps", type=int, default=None, help="End-to-end sampler steps (DDIM) or T (DDPM).")
+@click.option("--size", type=click.IntRange(min=32), default=None, help="face_unet: H = W of the inputs.")
+@click.option("--no-e2e", is_flag=True, help="Per-call comparison only.")
+@click.option("--json", "json_path", type=click.Path(dir_okay=False, path_type=Path), default=None)
+@_engine_options
+def parity(model, checkpoint, steps, size, no_e2e, json_path, backend, precision, device, threads):
+    """Compare an engine, opened as the commands open it, with the torch fp32 CPU reference; exit status 1
+    when over budget."""
+    from hw2rt.parity import format_report, run_parity
+
+    dims = {"height": size, "width": size} if size and model == "face_unet" else None
+    report = run_parity(model, checkpoint, backend=backend, precision=precision, device=device,
+                        threads=threads, dims=dims, steps=steps, e2e=not no_e2e, json_path=json_path)
+    click.echo(format_report(report))
+    if not report["passed"]:
+        raise SystemExit(1)
+
+
