@@ -36,6 +36,28 @@ from hw2rt.options import GRAPH_PRECISIONS
 MIN_TRT_MAJOR = 10
 DEFAULT_OPT_LEVEL = 3  # TensorRT's own default; 4-5 search longer for (rarely) faster kernels
 TIMING_CACHE_NAME = "trt-timing.cache"
+# The ONNX operators TensorRT's parser imports: the rows marked "Y" in onnx-tensorrt's docs/operators.md for
+# TensorRT 10.15 (opsets 9-24, https://github.com/onnx/onnx-tensorrt/blob/main/docs/operators.md). The
+# TensorRT 11.0-11.5 release notes (github.com/NVIDIA/TensorRT/releases) add parser operators (Swish, DFT,
+# custom TRT_* ops, opset 25) and remove none, so the 10.x list holds for 11.x. `build_plan` names an
+# operator outside it before TensorRT would fail on it; tests/export/test_trt_onnx.py checks every export.
+_TRT_ONNX_OPS = """
+    Abs Acos Acosh Add And ArgMax ArgMin Asin Asinh Atan Atanh Attention AveragePool BatchNormalization
+    BlackmanWindow Cast CastLike Ceil Celu Clip Concat Constant ConstantOfShape Conv ConvTranspose Cos Cosh
+    CumSum DeformConv DepthToSpace DequantizeLinear Div Dropout Einsum Elu Equal Erf Exp Expand EyeLike
+    Flatten Floor Gather GatherElements GatherND Gelu Gemm GlobalAveragePool GlobalLpPool GlobalMaxPool
+    Greater GreaterOrEqual GridSample GroupNormalization GRU HammingWindow HannWindow HardSigmoid HardSwish
+    Hardmax Identity If ImageScaler InstanceNormalization IsInf IsNaN LayerNormalization LeakyRelu Less
+    LessOrEqual Log LogSoftmax Loop LRN LSTM LpNormalization LpPool MatMul Max MaxPool Mean
+    MeanVarianceNormalization Min Mish Mod Mul Neg NonMaxSuppression NonZero Not OneHot Or Pad
+    ParametricSoftplus Pow PRelu QuantizeLinear RandomNormal RandomNormalLike RandomUniform RandomUniformLike
+    Range Reciprocal ReduceL1 ReduceL2 ReduceLogSum ReduceLogSumExp ReduceMax ReduceMean ReduceMin ReduceProd
+    ReduceSum ReduceSumSquare Relu Reshape Resize ReverseSequence RMSNormalization RNN RoiAlign
+    RotaryEmbedding Round STFT ScaledTanh Scan Scatter ScatterElements ScatterND Selu Shape Shrink Sigmoid
+    Sign Sin Sinh Size Slice Softmax Softplus Softsign SpaceToDepth Split Sqrt Squeeze Sub Sum Tan Tanh
+    TensorScatter ThresholdedRelu Tile TopK Transpose Trilu Unsqueeze Upsample Where Xor
+"""
+TRT_ONNX_OPS = frozenset(_TRT_ONNX_OPS.split())
 
 _INSTALL_HINT = ("install TensorRT 10 or 11 for your CUDA version (e.g. `pip install tensorrt-cu12` or "
                  "`tensorrt-cu13` from NVIDIA's index), or use --backend torch / ort")
@@ -130,6 +152,14 @@ def _read_timing_cache(path: Path) -> bytes:
         return b""
 
 
+def unsupported_ops(onnx_path) -> list[str]:
+    """The operators of an ONNX graph (default domain) outside TRT_ONNX_OPS, sorted."""
+    import onnx
+
+    graph = onnx.load(str(onnx_path), load_external_data=False).graph
+    return sorted({n.op_type for n in graph.node if n.domain in ("", "ai.onnx")} - TRT_ONNX_OPS)
+
+
 def build_plan(onnx_path, spec: ModelSpec | str, *, max_batch: int, opt_batch: int | None = None,
                dims: dict | None = None, opt_level: int = DEFAULT_OPT_LEVEL, timing_cache=None,
                workspace_mib: int | None = None, device="cuda", verbose: bool = False) -> bytes:
@@ -146,6 +176,10 @@ def build_plan(onnx_path, spec: ModelSpec | str, *, max_batch: int, opt_batch: i
     if not onnx_path.is_file():
         raise Hw2rtError(f"{onnx_path}: ONNX file not found")
     shapes = profile_shapes(spec, max_batch, opt_batch, dims)
+    unsupported = unsupported_ops(onnx_path)
+    if unsupported:
+        raise Hw2rtError(f"{onnx_path}: operators TensorRT's ONNX parser does not import: "
+                         f"{', '.join(unsupported)}")
     logger = trt.Logger(trt.Logger.VERBOSE if verbose else trt.Logger.WARNING)
     with torch.cuda.device(device):
         builder = trt.Builder(logger)
@@ -294,13 +328,13 @@ def timing_cache_path(cache_dir=None, device="cuda") -> Path:
     return cache_root(cache_dir) / "trt" / f"timing-trt{trt.__version__}-{slug}.cache"
 
 
-def trt_key_parts(onnx_sha256: str, model: str, *, precision: str, profile: dict, opt_level: int,
+def trt_key_parts(onnx_sha256: str, model: str, *, precision: str, shapes: dict, opt_level: int,
                   device="cuda") -> dict:
     """Everything a plan's bytes depend on: the graph, the profile, the build options, the
     TensorRT version and the GPU (a plan runs only where it was built)."""
     trt = import_tensorrt()
     return {"kind": "trt", "model": model, "onnx_sha256": onnx_sha256, "precision": precision,
-            "profile": {k: [list(s) for s in v] for k, v in sorted(profile.items())},
+            "profile": {k: [list(s) for s in v] for k, v in sorted(shapes.items())},
             "opt_level": int(opt_level),
             "tensorrt": trt.__version__, "gpu": gpu_identity(device)}
 
@@ -346,8 +380,8 @@ def open_trt_engine(model: str, source=None, *, precision: str | None = None, de
         onnx_path = cached_onnx(spec.name, resolve_source(spec.name, source), precision=precision,
                                 opset=opset or DEFAULT_OPSET, cache_dir=cache_dir).path
     max_batch = int(max_batch or spec.max_batch)
-    profile = profile_shapes(spec, max_batch, opt_batch, dims)
-    parts = trt_key_parts(file_sha256(onnx_path), spec.name, precision=precision, profile=profile,
+    shapes = profile_shapes(spec, max_batch, opt_batch, dims)
+    parts = trt_key_parts(file_sha256(onnx_path), spec.name, precision=precision, shapes=shapes,
                           opt_level=opt_level, device=device)
     timing = timing_cache_path(cache_dir, device)
 

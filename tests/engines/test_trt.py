@@ -60,145 +60,7 @@ def test_trt_factory_path_without_tensorrt(monkeypatch):
         open_trt_engine("digit_unet", net, device="cuda")
 
 
-# --- TensorRT plumbing against a stand-in module ---------------------------------------------------
-
-def _fake_tensorrt(version="10.9.0"):
-    """Just enough of the TensorRT 10 Python API to drive build_plan / TrtEngine without a GPU."""
-    import onnx
-
-    trt = types.SimpleNamespace(__version__=version, builds=[], contexts=[])
-    trt.Logger = type("Logger", (), {"WARNING": 2, "VERBOSE": 4, "__init__": lambda self, level=2: None})
-    trt.NetworkDefinitionCreationFlag = types.SimpleNamespace(STRONGLY_TYPED=1)
-    trt.MemoryPoolType = types.SimpleNamespace(WORKSPACE=0)
-    trt.TensorIOMode = types.SimpleNamespace(INPUT="in", OUTPUT="out")
-    trt.DataType = types.SimpleNamespace(FLOAT="f32", HALF="f16", INT64="i64", INT32="i32", BOOL="b")
-    dtypes = {"float32": "f32", "float16": "f16", "int64": "i64"}
-
-    class Network:
-        def __init__(self, flags):
-            self.flags, self.inputs, self.outputs = flags, [], []
-
-        @property
-        def num_inputs(self):
-            return len(self.inputs)
-
-        def get_input(self, i):
-            return types.SimpleNamespace(name=self.inputs[i])
-
-    class Parser:
-        def __init__(self, network, logger):
-            self.network, self.num_errors = network, 0
-
-        def parse_from_file(self, path):
-            graph = onnx.load(path, load_external_data=False).graph
-            self.network.inputs = [v.name for v in graph.input]
-            self.network.outputs = [v.name for v in graph.output]
-            return True
-
-    class Cache:
-        def serialize(self):
-            return b"TIMING"
-
-    class Config:
-        builder_optimization_level = 3
-
-        def create_timing_cache(self, data):
-            self.cache_in = data
-            return Cache()
-
-        def set_timing_cache(self, cache, ignore_mismatch):
-            self.cache = cache
-
-        def get_timing_cache(self):
-            return self.cache
-
-        def add_optimization_profile(self, profile):
-            self.profile = profile
-
-        def set_memory_pool_limit(self, pool, size):
-            pass
-
-    class Profile:
-        def __init__(self):
-            self.shapes = {}
-
-        def set_shape(self, name, lo, opt, hi):
-            self.shapes[name] = [list(lo), list(opt), list(hi)]
-
-    class Builder:
-        def __init__(self, logger):
-            pass
-
-        def create_network(self, flags):
-            return Network(flags)
-
-        def create_builder_config(self):
-            return Config()
-
-        def create_optimization_profile(self):
-            return Profile()
-
-        def build_serialized_network(self, network, config):
-            trt.builds.append({"flags": network.flags, "opt_level": config.builder_optimization_level,
-                               "timing_in": config.cache_in})
-            spec = get_spec("digit_unet")
-            io = {s.name: ("in", dtypes[str(s.dtype).removeprefix("torch.")]) for s in spec.inputs}
-            io.update({s.name: ("out", "f32") for s in spec.outputs})
-            return json.dumps({"profile": config.profile.shapes, "io": io}).encode()
-
-    class Context:
-        def __init__(self, plan):
-            self.plan, self.shapes, self.addresses, self.streams = plan, {}, {}, []
-            trt.contexts.append(self)
-
-        def set_input_shape(self, name, shape):
-            self.shapes[name] = tuple(shape)
-            return True
-
-        def set_tensor_address(self, name, ptr):
-            self.addresses[name] = ptr
-
-        def get_tensor_shape(self, name):
-            return (self.shapes["x"][0], 3, 28, 28)
-
-        def execute_async_v3(self, stream):
-            self.streams.append(stream)
-            return True
-
-    class CudaEngine:
-        def __init__(self, plan):
-            self.plan = json.loads(plan)
-            self.names = list(self.plan["io"])
-
-        @property
-        def num_io_tensors(self):
-            return len(self.names)
-
-        def get_tensor_name(self, i):
-            return self.names[i]
-
-        def get_tensor_mode(self, name):
-            return self.plan["io"][name][0]
-
-        def get_tensor_dtype(self, name):
-            return self.plan["io"][name][1]
-
-        def get_tensor_profile_shape(self, name, profile):
-            return self.plan["profile"][name]
-
-        def create_execution_context(self):
-            return Context(self.plan)
-
-    class Runtime:
-        def __init__(self, logger):
-            pass
-
-        def deserialize_cuda_engine(self, plan):
-            return CudaEngine(plan)
-
-    trt.Builder, trt.OnnxParser, trt.Runtime = Builder, Parser, Runtime
-    return trt
-
+# --- the TensorRT code paths under the strict fake of the real 10.x and 11.x API -------------------------
 
 class _Stream:
     def __init__(self, handle):
@@ -208,10 +70,20 @@ class _Stream:
         pass
 
 
-def test_trt_build_cache_and_run_against_a_stand_in(monkeypatch, tmp_path):
+@pytest.fixture(params=[10, 11], ids=["trt10", "trt11"])
+def fake_trt(request, monkeypatch):
+    """(module, simulation) of TensorRT `major` as `import tensorrt` sees it; torch's CUDA calls that the
+    TensorRT backend makes stand in on the CPU (CPU tensors' data_ptr() as device pointers)."""
     from hw2rt.engines import trt as trt_mod
+    from tests.engines.trt_fake import Simulation, make_tensorrt
+    from tests.engines.trt_surface import missing_reason, surface
 
-    fake = _fake_tensorrt()
+    reason = missing_reason(request.param)
+    if reason is not None and "gcc" in reason:
+        pytest.skip(reason)
+    assert reason is None, reason  # the wheels are part of `make setup`: missing ones are a failure
+    sim = Simulation()
+    fake = make_tensorrt(surface(request.param), sim)
     monkeypatch.setitem(sys.modules, "tensorrt", fake)
     monkeypatch.setattr(trt_mod, "_require_cuda", lambda device: torch.device("cpu"))
     monkeypatch.setattr(trt_mod, "gpu_identity", lambda device="cuda": "Fake GPU sm_90")
@@ -219,36 +91,95 @@ def test_trt_build_cache_and_run_against_a_stand_in(monkeypatch, tmp_path):
     monkeypatch.setattr(torch.cuda, "Stream", lambda device=None: _Stream(7))
     monkeypatch.setattr(torch.cuda, "current_stream", lambda device=None: _Stream(0))
     monkeypatch.setattr(torch.cuda, "default_stream", lambda device=None: _Stream(0))
+    return fake, sim
 
+
+def test_trt_build_cache_and_run_under_the_real_api(fake_trt, tmp_path):
+    from hw2rt.engines import trt as trt_mod
+
+    fake, sim = fake_trt
     net = random_model("digit_unet", {"n_feat": 8})
+    sim.references["digit_unet"] = net
     engine = trt_mod.open_trt_engine("digit_unet", net, max_batch=6, opt_batch=4, cache_dir=tmp_path,
                                      opset=18)
-    assert len(fake.builds) == 1 and fake.builds[0]["flags"] == 1 << 1  # STRONGLY_TYPED on TensorRT 10
+    # STRONGLY_TYPED is 1 on 10.x and 0 on 11.x
+    strongly_typed = 1 << int(fake.NetworkDefinitionCreationFlag.STRONGLY_TYPED)
+    assert len(sim.builds) == 1 and sim.builds[0]["flags"] == strongly_typed
+    assert sim.builds[0]["opt_level"] == 3
     assert engine.max_batch == 6 and engine.backend == "trt" and engine.precision == "fp16"
     assert engine.cache_entry.built and engine.cache_entry.path.name == "model.plan"
-    assert (tmp_path / "trt" / "timing-trt10.9.0-fake-gpu-sm-90.cache").read_bytes() == b"TIMING"
+    cache_name = f"timing-trt{fake.__version__}-fake-gpu-sm-90.cache"
+    assert (tmp_path / "trt" / cache_name).read_bytes() == b"TIMING"
     plan = json.loads(engine.cache_entry.path.read_bytes())
     assert plan["profile"]["x"] == [[1, 3, 28, 28], [4, 3, 28, 28], [6, 3, 28, 28]]
+    assert plan["io"]["x"] == {"mode": "INPUT", "dtype": "FLOAT"} and plan["io"]["c"]["dtype"] == "INT64"
 
     feeds = get_spec("digit_unet").example_inputs(5)
     out = engine.run(feeds)
-    ctx = fake.contexts[-1]
+    ctx = sim.contexts[-1]._s
     assert out["eps"].shape == (5, 3, 28, 28) and out["eps"].dtype == torch.float32
-    assert ctx.shapes["x"] == (5, 3, 28, 28) and ctx.shapes["c"] == (5,)
-    assert ctx.addresses["eps"] == out["eps"].data_ptr()
-    assert ctx.streams == [7]  # the caller is on the default stream: the engine's own stream is used
+    assert ctx["shapes"]["x"] == (5, 3, 28, 28) and ctx["shapes"]["c"] == (5,)
+    assert ctx["addresses"]["eps"] == out["eps"].data_ptr()
+    assert ctx["streams"] == [7]  # the caller is on the default stream: the engine's own stream is used
+    with torch.inference_mode():  # the data path: the inputs hw2rt bound, the reference's result read back
+        assert torch.equal(out["eps"], net(*(feeds[s.name] for s in get_spec("digit_unet").inputs)))
     with pytest.raises(Hw2rtError, match="max_batch 6"):
         engine.run(get_spec("digit_unet").example_inputs(7))
     graphed = GraphedEngine(engine)  # buckets up to the profile's max; larger requests are split
-    assert graphed.run(get_spec("digit_unet").example_inputs(9))["eps"].shape == (9, 3, 28, 28)
+    nine = get_spec("digit_unet").example_inputs(9, seed=3)
+    with torch.inference_mode():
+        want = net(*(nine[s.name] for s in get_spec("digit_unet").inputs))
+    torch.testing.assert_close(graphed.run(nine)["eps"], want, rtol=1e-5, atol=1e-6)
+    # 9 rows: a full bucket of 6, then 3 padded to 4
+    assert [e["x"][0] for e in sim.executions[-2:]] == [6, 4]
 
     # Second open: a verified cache hit, no build; the timing cache is fed back into a rebuild.
     again = trt_mod.open_trt_engine("digit_unet", net, max_batch=6, opt_batch=4, cache_dir=tmp_path, opset=18)
-    assert not again.cache_entry.built and len(fake.builds) == 1
+    assert not again.cache_entry.built and len(sim.builds) == 1
     engine.cache_entry.path.write_bytes(b"corrupt")
     rebuilt = trt_mod.open_trt_engine("digit_unet", net, max_batch=6, opt_batch=4, cache_dir=tmp_path,
                                       opset=18)
-    assert rebuilt.cache_entry.built and len(fake.builds) == 2 and fake.builds[1]["timing_in"] == b"TIMING"
+    assert rebuilt.cache_entry.built and len(sim.builds) == 2 and sim.builds[1]["timing_in"] == b"TIMING"
+
+
+def test_open_engine_serves_trt_through_the_one_factory(fake_trt, tmp_path):
+    _, sim = fake_trt
+    net = random_model("face_unet", {"base": 32, "norm_groups": 8})
+    sim.references["face_unet"] = net
+    engine = open_engine("face_unet", net, backend="trt", precision="fp16", device="cuda", graphs=False,
+                         dims={"height": 32, "width": 32}, max_batch=2, cache_dir=tmp_path)
+    assert engine.describe()["engine"] == "TrtEngine" and engine.max_batch == 2
+    feeds = get_spec("face_unet").example_inputs(2, height=32, width=32)
+    with torch.inference_mode():
+        want = net(feeds["x"], feeds["t"])
+    assert torch.equal(engine.run(feeds)["eps"], want)
+    assert json.loads(engine.cache_entry.path.read_bytes())["profile"]["x"][2] == [2, 3, 32, 32]
+
+
+def test_a_graph_tensorrt_cannot_parse_is_one_line_naming_the_errors(fake_trt, tmp_path):
+    _, sim = fake_trt
+    sim.parse_ok = False
+    net = random_model("dann")
+    with pytest.raises(Hw2rtError, match=r"could not parse the ONNX graph: In node 0 .*INVALID_GRAPH"):
+        open_engine("dann", net, backend="trt", device="cuda", graphs=False, cache_dir=tmp_path)
+
+
+def test_an_operator_tensorrt_does_not_import_is_named_before_any_build(fake_trt, tmp_path):
+    import onnx
+    from onnx import TensorProto, helper
+
+    from hw2rt.engines.trt import build_plan, unsupported_ops
+
+    _, sim = fake_trt
+    graph = helper.make_graph([helper.make_node("Det", ["x"], ["y"])], "g",
+                              [helper.make_tensor_value_info("x", TensorProto.FLOAT, [2, 2])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [])])
+    path = tmp_path / "det.onnx"
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)]), str(path))
+    assert unsupported_ops(path) == ["Det"]
+    with pytest.raises(Hw2rtError, match=r"det.onnx: operators TensorRT's ONNX parser does not import: Det"):
+        build_plan(path, "dann", max_batch=1)
+    assert sim.builds == []
 
 
 def test_trt_profile_uses_dims_for_the_face_unet():
