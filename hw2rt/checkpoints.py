@@ -35,6 +35,9 @@ def read_checkpoint(path) -> tuple[dict, dict | None]:
     path = Path(path)
     if not path.is_file():
         raise Hw2rtError(f"{path}: checkpoint not found")
+    if path.suffix == ".onnx":
+        raise Hw2rtError(f"{path}: is an ONNX graph, not a checkpoint: run it with --backend ort "
+                         "(e.g. `hw2rt parity --onnx`) or give the checkpoint it was exported from")
     if path.suffix == ".safetensors":
         return _read_safetensors(path)
     try:
@@ -50,6 +53,10 @@ def read_checkpoint(path) -> tuple[dict, dict | None]:
     if not isinstance(obj, dict) or not obj or not all(isinstance(v, torch.Tensor) for v in obj.values()):
         raise Hw2rtError(f"{path}: not a state dict "
                          "(expected a dict of tensors, or a dict with 'state_dict')")
+    bad_keys = [k for k in obj if not isinstance(k, str)]
+    if bad_keys:
+        raise Hw2rtError(f"{path}: not a state dict: its keys must be parameter names, found "
+                         f"{type(bad_keys[0]).__name__} key {bad_keys[0]!r}")
     if all(k.startswith("module.") for k in obj):  # saved from nn.DataParallel
         obj = {k[len("module."):]: v for k, v in obj.items()}
     return obj, None
@@ -64,7 +71,16 @@ def _read_safetensors(path):
         raise Hw2rtError(f"{path}: not a readable safetensors file: {first_line(exc, 160)}") from None
     if "hw2rt_model" not in meta:
         return sd, None
-    return sd, {"model": meta["hw2rt_model"], "config": json.loads(meta.get("hw2rt_config", "{}"))}
+    if meta["hw2rt_model"] not in MODELS:
+        raise Hw2rtError(f"{path}: its metadata names an unknown model {meta['hw2rt_model']!r} "
+                         f"(known: {', '.join(MODELS)})")
+    try:
+        config = json.loads(meta.get("hw2rt_config", "{}"))
+    except ValueError:
+        config = None
+    if not isinstance(config, dict):
+        raise Hw2rtError(f"{path}: its hw2rt_config metadata is not a JSON object")
+    return sd, {"model": meta["hw2rt_model"], "config": config}
 
 
 def identify(state_dict: dict) -> str | None:
@@ -95,7 +111,11 @@ def load_model(path, model: str | None = None) -> tuple[nn.Module, str, dict]:
             config = {**spec.default_config, **spec.infer_config(sd)}
         except KeyError as exc:
             raise Hw2rtError(f"{path}: not a {name} checkpoint: missing key {exc.args[0]}") from None
-    net = build_model(name, config)
+    try:
+        net = build_model(name, config)
+    except (TypeError, ValueError, ZeroDivisionError, RuntimeError) as exc:
+        raise Hw2rtError(f"{path}: config {json.dumps(config, sort_keys=True)} cannot build a {name}: "
+                         f"{first_line(exc, 160)}") from None
     sd = {k: v for k, v in sd.items() if not k.startswith(spec.ignored_prefixes)}
     check_state_dict(net, sd, path, name)
     net.load_state_dict({k: v.float() if v.is_floating_point() else v for k, v in sd.items()}, strict=True)
@@ -103,17 +123,20 @@ def load_model(path, model: str | None = None) -> tuple[nn.Module, str, dict]:
 
 
 def check_state_dict(net: nn.Module, sd: dict, path, name: str):
-    """One readable error listing the first missing/unexpected keys and shape mismatches."""
+    """One readable error listing the first missing/unexpected keys, shape mismatches, and tensors that
+    must be floating point (parameters, float buffers) but are not."""
     expected = net.state_dict()
     missing = [k for k in expected if k not in sd]
     unexpected = [k for k in sd if k not in expected]
     shapes = [f"{k}: {tuple(sd[k].shape)} vs {tuple(v.shape)}" for k, v in expected.items()
               if k in sd and sd[k].shape != v.shape]
-    if not (missing or unexpected or shapes):
+    dtypes = [f"{k}: {str(sd[k].dtype).removeprefix('torch.')}" for k, v in expected.items()
+              if k in sd and v.is_floating_point() and not sd[k].is_floating_point()]
+    if not (missing or unexpected or shapes or dtypes):
         return
     parts = []
     for label, items in (("missing", missing), ("unexpected", unexpected),
-                         ("shape mismatch (file vs model)", shapes)):
+                         ("shape mismatch (file vs model)", shapes), ("not floating point", dtypes)):
         if items:
             more = f" (+{len(items) - _SHOW} more)" if len(items) > _SHOW else ""
             parts.append(f"{len(items)} {label}: {', '.join(items[:_SHOW])}{more}")
@@ -139,6 +162,10 @@ def bundled_checkpoint(name: str) -> Path:
     """A bundled model by name: hw2rt/assets/<name>.safetensors (see hw2rt/assets/MODEL_CARDS.md)."""
     path = ASSETS / f"{name}.safetensors"
     if not path.is_file():
+        variants = sorted(p.stem for p in ASSETS.glob(f"{name}_*.safetensors"))
+        if variants:
+            raise Hw2rtError(f"there are {len(variants)} bundled {name} models: pass --checkpoint "
+                             f"{' or '.join(variants)}")
         raise Hw2rtError(f"{path}: no bundled {name} model in this install; pass --checkpoint")
     return path
 

@@ -9,6 +9,7 @@ import contextlib
 import csv
 import os
 import tempfile
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -38,6 +39,32 @@ def atomic_path(path):
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
         raise
+
+
+def check_output(path, option: str, *, folder: bool = False) -> Path:
+    """Refuse, before any work, an output that cannot be written: `path` (a file, or with `folder` a folder
+    of outputs) must not be the other kind, and its nearest existing ancestor must be a writable folder
+    (the missing ones are created when the output is written)."""
+    path = Path(path)
+    if path.exists() and path.is_dir() != folder:
+        kind = "a folder" if path.is_dir() else "a file"
+        raise Hw2rtError(f"{option} {path}: is {kind}; {'a folder' if folder else 'a file'} is needed here")
+    ancestor = path if folder and path.exists() else path.parent
+    while not ancestor.exists():
+        ancestor = ancestor.parent
+    if not ancestor.is_dir():
+        raise Hw2rtError(f"{option} {path}: {ancestor} is a file, not a folder")
+    if not os.access(ancestor, os.W_OK | os.X_OK):
+        raise Hw2rtError(f"{option} {path}: {ancestor} is not writable")
+    return path
+
+
+def check_outputs(*outputs) -> None:
+    """Every output a command writes, refused before any work when it cannot be written:
+    (option, path, is_folder) triples; a None path is an option not given."""
+    for option, path, folder in outputs:
+        if path is not None:
+            check_output(path, option, folder=folder)
 
 
 def _existing_dir(path, what: str) -> Path:
@@ -111,9 +138,19 @@ def read_image(path) -> np.ndarray:
     if not path.is_file():
         raise Hw2rtError(f"{path}: image not found")
     try:
-        with Image.open(path) as im:
-            im.load()
-            return np.asarray(im.convert("RGB"))
+        with warnings.catch_warnings():
+            # Pillow warns above ~89 M pixels and refuses twice that: either is not a picture to decode here.
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            with Image.open(path) as im:
+                im.load()
+                if im.mode in ("I;16", "I;16L", "I;16B", "I;16N", "I"):
+                    # 16-bit grayscale: scaled to 8 bits (convert("RGB") would clip everything above 255)
+                    wide = np.asarray(im).astype(np.float64)
+                    gray = np.clip(np.floor(wide / 257.0 + 0.5), 0, 255).astype(np.uint8)
+                    return np.repeat(gray[..., None], 3, axis=2)
+                return np.asarray(im.convert("RGB"))
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
+        raise Hw2rtError(f"{path}: refused: {first_line(exc, 160)}") from None
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
         raise Hw2rtError(f"{path}: not a readable image (corrupt or truncated?): {exc}") from None
 

@@ -118,7 +118,7 @@ def _sample(model: str, engine: Engine, x: torch.Tensor, *, steps: int, seed: in
     if model == "face_unet":
         return jobs.sample_faces(engine, x, steps=steps, eta=0.0, batch_size=len(x), progress=False)
     labels = torch.arange(x.shape[0], dtype=torch.int64) % 10
-    return jobs.sample_digits(engine, labels, jobs.digit_plan("ancestral", steps), w=guidance, seed=seed,
+    return jobs.sample_digits(engine, labels, jobs.digit_plan("ancestral", steps, w=guidance), seed=seed,
                               batch_size=len(labels), progress=False)
 
 

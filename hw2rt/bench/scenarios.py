@@ -171,7 +171,7 @@ def digit_loop_fns(engines: dict, net, loop, device, w: float = 2.0) -> tuple[di
     runs: the first `loop.parity_images` images, in full, per runner."""
     from diffusers import DDIMScheduler  # noqa: F401 -- slow to import: never inside a timed run
 
-    plan = digit_plan(loop.sampler, loop.steps)
+    plan = digit_plan(loop.sampler, loop.steps, w=w)
     labels = torch.arange(loop.images) % 10
     total = len(plan.timesteps)
     check_every = 20 if str(device).startswith("cuda") else 1  # a sync per check: rarely on a GPU
@@ -192,7 +192,7 @@ def digit_loop_fns(engines: dict, net, loop, device, w: float = 2.0) -> tuple[di
                     raise StopEarly
 
         try:
-            return sample_digits(engine, labels[:n], plan, w=w, batch_size=n, callback=callback,
+            return sample_digits(engine, labels[:n], plan, batch_size=n, callback=callback,
                                  progress=False)
         except StopEarly:
             return Partial(done[0], total)

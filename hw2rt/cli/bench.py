@@ -57,9 +57,11 @@ def bench(suite, model, backends, batches, threads, budget, json_path, md_path, 
     Exit status 1 when a section failed."""
     from hw2rt.bench.report import markdown, plot, write_markdown
     from hw2rt.bench.suites import make_suite, run_bench
+    from hw2rt.io import check_outputs
 
     if quick and click.get_current_context().get_parameter_source("suite").name == "COMMANDLINE":
         raise click.UsageError("--quick is short for --suite quick: give one of them")
+    check_outputs(("--json", json_path, False), ("--md", md_path, False), ("--plot", plot_path, False))
     chosen = make_suite("quick" if quick else suite, model=model, batches=_csv(batches, int),
                         backends=_csv(backends))
     result = run_bench(chosen, threads=threads, cache_dir=cache_dir, budget_s=budget, json_path=json_path,

@@ -45,9 +45,11 @@ def data():
 def synth(out, mnist_idx, seed, n_mnistm, n_usps, n_svhn, n_faces, noise_size, overwrite):
     """Build a stand-in hw2_data/ tree from offline sources (deterministic for a seed)."""
     from hw2rt.data.synth import format_summary, synthesize
+    from hw2rt.io import check_outputs
 
     if noise_size % 32:
         raise click.BadParameter(f"{noise_size} is not a multiple of 32", param_hint="--noise-size")
+    check_outputs(("--out", out, True))
     try:
         summary = synthesize(out, seed=seed, mnist_idx=mnist_idx, overwrite=overwrite, noise_size=noise_size,
                              sizes={"mnistm": n_mnistm, "usps": n_usps, "svhn": n_svhn, "faces": n_faces})

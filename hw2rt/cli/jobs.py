@@ -33,9 +33,21 @@ def _open_engine(model, checkpoint, backend, precision, threads, device, default
                        precision=precision, device=device, threads=threads, dims=dims or None)
 
 
-def _dims(noise):
-    """The face UNet's serving size, from the noise (names, [N,3,H,W]) it will sample."""
-    return {"height": noise[1].shape[2], "width": noise[1].shape[3]}
+def _outputs(*outputs):
+    from hw2rt.io import check_outputs
+
+    check_outputs(*outputs)
+
+
+def _face_noise(noise_dir):
+    """The noise folder (names, [N,3,H,W]) and the face UNet's serving size; refused if it cannot serve it."""
+    from hw2rt.io import read_noise_dir
+    from hw2rt.models import get_spec
+
+    noise = read_noise_dir(noise_dir)
+    dims = {"height": noise[1].shape[2], "width": noise[1].shape[3]}
+    get_spec("face_unet").check_dims(dims, str(noise_dir))
+    return noise, dims
 
 
 def _report(summary, what):
@@ -68,15 +80,16 @@ def _report(summary, what):
 def ddim(noise_dir, out, checkpoint, eta, steps, batch_size, gt_dir, seed, eta_grid, grid, backend, precision,
          threads, device):
     """DDIM faces from a noise folder (HW2 Problem 2): NN.pt -> NN.png."""
-    from hw2rt.io import read_noise_dir
     from hw2rt.runtime import jobs
 
-    etas = _parse_floats(eta_grid, "--eta-grid") if eta_grid else None
+    etas = _parse_floats(eta_grid, "--eta-grid") if eta_grid is not None else None
     if (etas is None) != (grid is None):
         raise click.UsageError("--eta-grid and --grid go together")
     jobs.check_ddim_args(steps, [eta] + (etas or []))
-    noise = read_noise_dir(noise_dir)
-    with _open_engine("face_unet", checkpoint, backend, precision, threads, device, **_dims(noise)) as engine:
+    _outputs(("--out", out, True), ("--grid", grid, False))
+    noise, dims = _face_noise(noise_dir)
+    jobs.check_seed(seed, len(noise[0]))
+    with _open_engine("face_unet", checkpoint, backend, precision, threads, device, **dims) as engine:
         summary = jobs.face_job(engine, noise, out, steps=steps, eta=eta, batch_size=batch_size, seed=seed,
                                 gt_dir=gt_dir)
         _report(summary, f"ddim ({engine.name}, {steps} steps, eta {eta:g})")
@@ -91,11 +104,15 @@ def ddim(noise_dir, out, checkpoint, eta, steps, batch_size, gt_dir, seed, eta_g
 
 
 def _parse_floats(text, option):
+    from hw2rt.errors import Hw2rtError
+
     try:
-        return [float(v) for v in text.split(",") if v.strip()]
+        values = [float(v) for v in text.split(",") if v.strip()]
     except ValueError:
-        raise click.BadParameter(f"{text!r} is not a comma-separated list of numbers",
-                                 param_hint=option) from None
+        values = []
+    if not values:
+        raise Hw2rtError(f"{option} {text!r}: expected comma-separated numbers, e.g. 0,0.5,1")
+    return values
 
 
 @main.command()
@@ -109,7 +126,6 @@ def _parse_floats(text, option):
 @_engine_options
 def interp(noise_dir, pair, mode, out, checkpoint, steps, backend, precision, threads, device):
     """Interpolate two noises (alpha = 0, 0.1, ..., 1) and sample each: one row of 11 per mode."""
-    from hw2rt.io import read_noise_dir
     from hw2rt.runtime import jobs
 
     names = [p.strip() for p in pair.split(",")]
@@ -117,8 +133,9 @@ def interp(noise_dir, pair, mode, out, checkpoint, steps, backend, precision, th
         raise click.BadParameter(f"{pair!r} must name two noises, e.g. 00,01", param_hint="--pair")
     jobs.check_ddim_args(steps, [0.0])
     modes = ("slerp", "lerp") if mode == "both" else (mode,)
-    noise = read_noise_dir(noise_dir)
-    with _open_engine("face_unet", checkpoint, backend, precision, threads, device, **_dims(noise)) as engine:
+    _outputs(("--out", out, False))
+    noise, dims = _face_noise(noise_dir)
+    with _open_engine("face_unet", checkpoint, backend, precision, threads, device, **dims) as engine:
         s = jobs.interp_job(engine, noise, out, pair=tuple(names), modes=modes, steps=steps)
     click.echo(f"interp: {' / '.join(modes)} rows of 11 ({names[0]} -> {names[1]}): {out}")
     return s
@@ -150,7 +167,10 @@ def ddpm(out, checkpoint, per_digit, w, sampler, steps, eta, seed, batch_size, g
     """Guided DDPM digits (HW2 Problem 1): {d}_{i:03d}.png for d = 0..9, i = 1..per-digit."""
     from hw2rt.runtime import jobs
 
-    jobs.digit_plan(sampler, steps, eta)  # refused before the engine is opened (an export takes seconds)
+    # refused before the engine is opened (an export takes seconds)
+    jobs.digit_plan(sampler, steps, eta, w)
+    jobs.check_seed(seed, 10 * per_digit, jobs.DIGIT_SEED_STRIDE)
+    _outputs(("--out", out, True), ("--grid", grid, False), ("--frames", frames, False))
     with _open_engine("digit_unet", checkpoint, backend, precision, threads, device) as engine:
         s = jobs.digit_job(engine, out, per_digit=per_digit, w=w, sampler=sampler, steps=steps, eta=eta,
                            seed=seed, batch_size=batch_size, grid_path=grid, frames_path=frames)
@@ -180,6 +200,7 @@ def classify(images, out, checkpoint, batch_size, features, backend, precision, 
     from hw2rt.checkpoints import default_dann
     from hw2rt.runtime import jobs
 
+    _outputs(("--out", out, False), ("--features", features, False))
     with _open_engine("dann", checkpoint, backend, precision, threads, device,
                       default=default_dann(images)) as engine:
         s = jobs.classify_job(engine, images, out, batch_size=batch_size, features_path=features)
@@ -200,6 +221,7 @@ def demo(out, quick, backend, threads):
     """The main job on the bundled defaults: data, engines, parity, faces, digits, DANN -> report.html."""
     from hw2rt.demo import run_demo
 
+    _outputs(("--out", out, True))
     report = run_demo(out, quick=quick, backend=backend, threads=threads, log=click.echo)
     click.echo(f"report: {report.resolve()}")
 
@@ -207,12 +229,12 @@ def demo(out, quick, backend, threads):
 @main.command()
 @click.option("--model", required=True, type=click.Choice(options.MODELS))
 @click.option("--checkpoint", type=click.Path(dir_okay=False, path_type=Path), default=None,
-              help="Default: the bundled model.")
+              help="Default: the bundled model (for dann: name one, dann_usps or dann_svhn).")
 @click.option("--out", required=True, type=click.Path(dir_okay=False, path_type=Path),
               help="The .onnx to write.")
 @click.option("--precision", type=click.Choice(options.GRAPH_PRECISIONS), default="fp32", show_default=True,
               help="fp16: fp16 graph with fp32 islands (timestep embedding, GroupNorm statistics, softmax).")
-@click.option("--opset", type=click.IntRange(min=18), default=None,
+@click.option("--opset", type=int, default=None,
               help="ONNX opset (default: hw2rt's, >= 18).")
 @click.option("--size", type=click.IntRange(min=32), default=None,
               help="face_unet: the H = W to trace with (the graph stays dynamic in H and W).")
@@ -222,6 +244,7 @@ def export(model, checkpoint, out, precision, opset, size):
     from hw2rt.export import DEFAULT_OPSET, export_checkpoint
 
     dims = {"height": size, "width": size} if size and model == "face_unet" else None
+    _outputs(("--out", out, False))
     path = export_checkpoint(resolve_checkpoint(checkpoint, model), out, model=model, precision=precision,
                              opset=opset or DEFAULT_OPSET, dims=dims)
     click.echo(f"export: {model} ({precision}, opset {opset or DEFAULT_OPSET}) -> {path}")
@@ -241,6 +264,7 @@ def parity(model, checkpoint, steps, size, no_e2e, json_path, backend, precision
     when over budget."""
     from hw2rt.parity import format_report, run_parity
 
+    _outputs(("--json", json_path, False))
     dims = {"height": size, "width": size} if size and model == "face_unet" else None
     report = run_parity(model, checkpoint, backend=backend, precision=precision, device=device,
                         threads=threads, dims=dims, steps=steps, e2e=not no_e2e, json_path=json_path)

@@ -22,8 +22,11 @@ def _train_options(f):
 
 
 def _train(fn, *args, **kwargs):
+    """`fn(*args, **kwargs)`, its run folder (the last positional argument) checked first."""
+    from hw2rt.io import check_outputs
     from hw2rt.training.loop import format_summary
 
+    check_outputs(("--out", args[-1], True))
     kwargs = {k: v for k, v in kwargs.items() if v is not None}
     try:
         summary = fn(*args, **kwargs)
@@ -130,7 +133,9 @@ def eval_digits(images, classifier):
 def tsne(checkpoint, source, target, out, n_per_domain, bn_stats):
     """t-SNE of the validation features (the CNN's 512-d output), by digit and by domain."""
     from hw2rt.evaluate import tsne as run_tsne
+    from hw2rt.io import check_outputs
 
+    check_outputs(("--out", f"{out}_digit.png", False), ("--out", f"{out}_domain.png", False))
     r = run_tsne(checkpoint, source, target, out, n_per_domain=n_per_domain, bn_stats=bn_stats)
     click.echo(f"t-SNE: {', '.join(str(v) for k, v in r.items() if str(v).endswith('.png'))}")
 

@@ -52,7 +52,7 @@ class Engine:
     def run(self, feeds: Mapping) -> dict:
         if self.closed:
             raise Hw2rtError(f"{self.name}: engine is closed")
-        feeds = check_feeds(self.inputs, feeds, max_batch=self.max_batch, where=self.name)
+        feeds = check_feeds(self.inputs, feeds, max_batch=self.max_batch, where=self.name, model=self.model)
         return self._run({k: v.to(self.device) for k, v in feeds.items()})
 
     def __call__(self, *args):
@@ -89,8 +89,9 @@ def _as_tensor(value, name: str, where: str) -> torch.Tensor:
 
 
 def check_feeds(inputs: tuple, feeds: Mapping, *, max_batch: int | None = None,
-                where: str = "engine") -> dict:
+                where: str = "engine", model: str | None = None) -> dict:
     """Validate `feeds` against the input specs; returns {name: torch.Tensor} in spec order.
+    With `model`, also the sizes its spec requires of the named axes (`ModelSpec.check_dims`).
 
     Checks: exactly the spec's names; dtype equal to the spec's (no silent casts: an fp64 or
     int32 feed is a caller bug); rank; fixed sizes; one size per named axis across all inputs
@@ -126,14 +127,19 @@ def check_feeds(inputs: tuple, feeds: Mapping, *, max_batch: int | None = None,
         raise Hw2rtError(f"{where}: empty batch")
     if max_batch is not None and batch > max_batch:
         raise Hw2rtError(f"{where}: batch {batch} exceeds this engine's max_batch {max_batch}")
+    if model is not None:
+        from hw2rt.models import get_spec
+
+        get_spec(model).check_dims({d: n for d, n in named_dims(inputs, out).items() if d != "batch"}, where)
     return out
+
+
+def named_dims(inputs: tuple, feeds: dict) -> dict:
+    """The sizes of the named axes in feeds (validated: one size per name)."""
+    return {d: int(n) for s in inputs for n, d in zip(feeds[s.name].shape, s.shape) if isinstance(d, str)}
 
 
 def output_shapes(inputs: tuple, outputs: tuple, feeds: dict) -> dict:
     """Concrete output shapes from the named axes of validated feeds (for preallocated outputs)."""
-    dims = {}
-    for s in inputs:
-        for n, d in zip(feeds[s.name].shape, s.shape):
-            if isinstance(d, str):
-                dims[d] = int(n)
+    dims = named_dims(inputs, feeds)
     return {s.name: s.concrete_shape(dims) for s in outputs}

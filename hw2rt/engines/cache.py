@@ -8,16 +8,21 @@ truncated, edited or half-replaced entry, or one whose manifest belongs to anoth
 rebuilt and never used. Artefact and manifest are each written to a temporary file and renamed
 into place, artefact first: a crash between the two leaves an entry that fails verification.
 """
+import atexit
 import hashlib
 import json
 import logging
 import os
+import shutil
+import sys
+import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
 from hw2rt.checkpoints import file_sha256
+from hw2rt.errors import Hw2rtError, first_line
 from hw2rt.io import atomic_path
 
 log = logging.getLogger("hw2rt.cache")
@@ -25,10 +30,20 @@ MANIFEST = "manifest.json"
 
 
 def cache_root(cache_dir=None) -> Path:
+    """The cache folder: `cache_dir`, else $HW2RT_CACHE, else ~/.cache/hw2rt. A file in its place is a
+    one-line error; an unwritable folder is handled by `get_or_build`."""
     if cache_dir:
-        return Path(cache_dir)
-    env = os.environ.get("HW2RT_CACHE")
-    return Path(env) if env else Path.home() / ".cache" / "hw2rt"
+        root, what = Path(cache_dir), "the cache folder"
+    elif os.environ.get("HW2RT_CACHE"):
+        root, what = Path(os.environ["HW2RT_CACHE"]), "HW2RT_CACHE"
+    else:
+        root, what = Path.home() / ".cache" / "hw2rt", "the cache folder"
+    for folder in (root, *root.parents):
+        if folder.exists():
+            if not folder.is_dir():
+                raise Hw2rtError(f"{root}: {what} is not a folder ({folder} is a file)")
+            break
+    return root
 
 
 def cache_key(parts: dict) -> str:
@@ -79,9 +94,22 @@ def get_or_build(kind: str, label: str, parts: dict, filename: str, build: Calla
         return CacheEntry(artefact, key, built=False, reason="hit")
     if problem != "new":
         log.warning("cache entry %s is unusable (%s): rebuilding", folder, problem)
-    folder.mkdir(parents=True, exist_ok=True)
-    with atomic_path(artefact) as tmp:
-        build(tmp)
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        if not os.access(folder, os.W_OK | os.X_OK):
+            raise PermissionError(f"{folder} is not writable")
+        with atomic_path(artefact) as tmp:
+            build(tmp)
+    except (PermissionError, FileExistsError, NotADirectoryError) as exc:
+        # An unwritable cache must not stop the work: build where we can write, and say it is not cached.
+        scratch = Path(tempfile.mkdtemp(prefix=f"hw2rt-{kind}-"))
+        atexit.register(shutil.rmtree, scratch, True)
+        # Printed, not logged: the user must see it whatever logging is configured to do.
+        print(f"hw2rt: the cache folder {folder.parent} cannot be written ({first_line(exc, 120)}): built in "
+              f"{scratch}, not cached", file=sys.stderr)
+        artefact = scratch / filename
+        build(artefact)
+        return CacheEntry(artefact, key, built=True, reason=f"{problem}; not cached")
     manifest = {"key": key, "parts": parts, "artefact": filename, "sha256": file_sha256(artefact),
                 "bytes": artefact.stat().st_size, "created": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
     with atomic_path(folder / MANIFEST) as tmp:

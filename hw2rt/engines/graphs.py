@@ -317,7 +317,8 @@ class GraphedEngine(Engine):
     def run(self, feeds) -> dict:
         if self.closed:
             raise Hw2rtError(f"{self.name}: engine is closed")
-        feeds = check_feeds(self.inputs, feeds, where=self.name)  # readable errors before any padding
+        # readable errors before any padding
+        feeds = check_feeds(self.inputs, feeds, where=self.name, model=self.model)
         if self.device.type == "cuda":
             feeds = {k: v.to(self.device, non_blocking=True) for k, v in feeds.items()}
         return self.runner(feeds)

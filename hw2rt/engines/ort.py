@@ -94,7 +94,7 @@ class OrtEngine(Engine):
             raise Hw2rtError(f"{path}: holds a {meta['model']} graph, but this needs a {model}")
         try:
             spec = get_spec(meta["model"])
-        except ValueError as exc:
+        except Hw2rtError as exc:
             raise Hw2rtError(f"{path}: {exc}") from None
         for kind, got, want in (("inputs", session.get_inputs(), spec.inputs),
                                 ("outputs", session.get_outputs(), spec.outputs)):

@@ -27,6 +27,13 @@ DEFAULT_OPSET = 18
 MIN_OPSET = 18
 PRECISIONS = GRAPH_PRECISIONS
 EXPORTER = "torch.onnx-torchscript"
+
+
+def max_opset() -> int:
+    """The newest opset torch's TorchScript exporter writes (20 with torch 2.13)."""
+    from torch.onnx import _constants
+
+    return int(getattr(_constants, "ONNX_TORCHSCRIPT_EXPORTER_MAX_OPSET", _constants.ONNX_MAX_OPSET))
 META_PREFIX = "hw2rt."
 # The traced example's sizes. Every named axis stays dynamic, so the smallest valid size is
 # enough, and tracing runs the network once for real: an fp16 trace of the full face UNet
@@ -95,8 +102,9 @@ def export_onnx(net: nn.Module, spec: ModelSpec | str, out_path, *, precision: s
       hw2rt.version, hw2rt.exporter, hw2rt.torch, and `metadata` (keys get the hw2rt. prefix).
     """
     spec = get_spec(spec) if isinstance(spec, str) else spec
-    if opset < MIN_OPSET:
-        raise Hw2rtError(f"opset {opset} is too old: hw2rt exports opset >= {MIN_OPSET}")
+    if not MIN_OPSET <= opset <= max_opset():
+        raise Hw2rtError(f"opset {opset}: hw2rt exports opsets {MIN_OPSET} to {max_opset()} (the newest this "
+                         f"torch's exporter writes)")
     out_path = Path(out_path)
     dims = trace_dims(spec, dims)
     module = prepare_module(net, precision)

@@ -10,6 +10,7 @@ import torch
 from torch import nn
 
 from hw2rt import options
+from hw2rt.errors import Hw2rtError
 from hw2rt.models.dann import DANNClassifier
 from hw2rt.models.digit_classifier import DigitClassifier
 from hw2rt.models.digit_unet import DigitUNet
@@ -42,6 +43,17 @@ class ModelSpec:
     # It is the TensorRT profile's maximum and the top CUDA-graph bucket.
     max_batch: int = 1024
     ignored_prefixes: tuple = ()  # state-dict entries a full training checkpoint may carry beyond this module
+    # Named axes the network needs to be positive multiples of a number (the face UNet halves H and W five
+    # times); every other named axis must be positive.
+    dim_multiple: dict = field(default_factory=dict)
+
+    def check_dims(self, dims: dict, where: str) -> None:
+        """One-line Hw2rtError when a size of a named axis cannot be served."""
+        for axis, n in dims.items():
+            k = self.dim_multiple.get(axis, 1)
+            if n < 1 or n % k:
+                need = f"a positive multiple of {k}" if k > 1 else "positive"
+                raise Hw2rtError(f"{where}: {axis} {n} cannot be served: the {self.name} needs it {need}")
 
     def example_inputs(self, batch: int = 2, seed: int = 0, **dims) -> dict:
         """Seeded inputs in the model's domain (the same on every call with the same arguments)."""
@@ -90,6 +102,7 @@ MODELS = {
                 TensorSpec("t", torch.int64, ("batch",))),
         outputs=(TensorSpec("eps", torch.float32, ("batch", 3, "height", "width")),),
         default_dims={"height": 64, "width": 64},
+        dim_multiple={"height": 32, "width": 32},
         signature_key="mid1.resblocks.conv1.weight",
         infer_config=_face_config,
         make_example=_face_example,
@@ -146,7 +159,7 @@ def get_spec(name: str) -> ModelSpec:
     try:
         return MODELS[name]
     except KeyError:
-        raise ValueError(f"unknown model {name!r}; known: {', '.join(MODELS)}") from None
+        raise Hw2rtError(f"unknown model {name!r}; known: {', '.join(MODELS)}") from None
 
 
 def build_model(name: str, config: dict | None = None) -> nn.Module:

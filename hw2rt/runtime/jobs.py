@@ -4,6 +4,7 @@ A job sees only engines (`engine.run(feeds) -> outputs`, DESIGN.md); the sampler
 the denoiser callables built here. Files are written atomically; a tqdm bar tracks the steps.
 """
 import json
+import math
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -46,6 +47,24 @@ def _check_etas(etas):
             raise Hw2rtError(f"--{exc}") from None
 
 
+SEED_MAX = 2**63 - 1  # torch.Generator.manual_seed's int64 range
+
+
+def check_seed(seed: int, images: int, stride: int = 1) -> int:
+    """--seed: image i draws from seed * stride + i, which must stay inside the generators' range."""
+    largest = (SEED_MAX - images) // stride
+    if not 0 <= seed <= largest:
+        raise Hw2rtError(f"--seed {seed}: must be an integer from 0 to {largest}")
+    return seed
+
+
+def check_finite(option: str, value: float) -> float:
+    """A float option that must be a real number (not NaN, not infinite)."""
+    if not math.isfinite(value):
+        raise Hw2rtError(f"{option} {value}: must be a finite number")
+    return value
+
+
 def check_ddim_args(steps: int, etas) -> list[int]:
     """The face DDIM timesteps for `steps`, every eta checked: refused before any work."""
     _check_etas(etas)
@@ -73,8 +92,13 @@ def face_job(engine, noise, out_dir, *, steps=50, eta=0.0, batch_size=10, seed=0
     """`NN.pt` -> `NN.png` (HW2 naming and min-max normalisation); with `gt_dir`, the graded MSE.
     `noise`: (names, tensor) as `io.read_noise_dir` gives them."""
     names, x = noise
-    if gt_dir is not None:
-        gt = {n: read_image(Path(gt_dir) / f"{n}.png") for n in names}  # fail before sampling, not after
+    check_seed(seed, len(names))
+    if gt_dir is not None:  # fail before sampling, not after
+        gt = {n: read_image(Path(gt_dir) / f"{n}.png") for n in names}
+        for name, image in gt.items():
+            if image.shape[:2] != tuple(x.shape[2:]):
+                raise Hw2rtError(f"{Path(gt_dir) / (name + '.png')}: size {image.shape[0]}x{image.shape[1]} "
+                                 f"differs from the noise's {x.shape[2]}x{x.shape[3]}")
     start = time.perf_counter()
     images = sample_faces(engine, x, steps=steps, eta=eta, seeds=[seed + i for i in range(len(names))],
                           batch_size=batch_size, progress=progress)
@@ -86,12 +110,7 @@ def face_job(engine, noise, out_dir, *, steps=50, eta=0.0, batch_size=10, seed=0
     summary = {"images": len(names), "out_dir": str(out_dir), "seconds": seconds,
                "images_per_s": len(names) / seconds}
     if gt_dir is not None:
-        per_image = {}
-        for name, arr in zip(names, arrays):
-            if gt[name].shape != arr.shape:
-                raise Hw2rtError(f"{Path(gt_dir) / (name + '.png')}: size {gt[name].shape[:2]} differs "
-                                 f"from the generated {arr.shape[:2]}")
-            per_image[name] = mse_255(arr, gt[name])
+        per_image = {name: mse_255(arr, gt[name]) for name, arr in zip(names, arrays)}
         summary["mse"] = {"per_image": per_image, "mean": float(np.mean(list(per_image.values())))}
         with atomic_path(out_dir / "mse.json") as tmp:
             tmp.write_text(json.dumps(summary["mse"], indent=2))
@@ -135,15 +154,16 @@ def interp_job(engine, noise, out_path, *, pair=("00", "01"), modes=("slerp", "l
 
 @dataclass(frozen=True)
 class DigitPlan:
-    """What the digit job samples with: its loop, schedule, timesteps and eta."""
+    """What the digit job samples with: its loop, schedule, timesteps, eta and guidance weight."""
 
     sampler: str
     schedule: Schedule
     timesteps: list
     eta: float = 0.0
+    w: float = 2.0
 
 
-def digit_plan(sampler: str, steps: int, eta: float = 0.0) -> DigitPlan:
+def digit_plan(sampler: str, steps: int, eta: float = 0.0, w: float = 2.0) -> DigitPlan:
     """The digit job's plan, refused before any work when it does not fit.
 
     "ancestral": the assignment's DDPM with T = `steps` (the T the model was trained with), every t;
@@ -151,14 +171,15 @@ def digit_plan(sampler: str, steps: int, eta: float = 0.0) -> DigitPlan:
     deterministic, eta = 1 draws fresh noise every step as the ancestral sampler does, over fewer steps.
     """
     _check_etas([eta])
+    check_finite("--w", w)
     if sampler == "ancestral":
         if eta != 0:
             raise Hw2rtError("--eta applies to --sampler ddim "
                              "(the ancestral sampler always draws fresh noise)")
         schedule = _checked_steps(steps, digit_schedule)
-        return DigitPlan(sampler, schedule, schedule.timesteps(schedule.T))
+        return DigitPlan(sampler, schedule, schedule.timesteps(schedule.T), w=w)
     if sampler == "ddim":
-        return DigitPlan(sampler, DIGIT, _checked_steps(steps, DIGIT.timesteps), eta)
+        return DigitPlan(sampler, DIGIT, _checked_steps(steps, DIGIT.timesteps), eta, w)
     raise Hw2rtError(f"unknown sampler {sampler!r}: {' or '.join(options.SAMPLERS)}")
 
 
@@ -167,14 +188,18 @@ def frame_timesteps(timesteps: list[int], n: int = 6) -> list[int]:
     return [timesteps[round(k * (len(timesteps) - 1) / (n - 1))] for k in range(n)]
 
 
+DIGIT_SEED_STRIDE = 1_000_003  # image k of --seed s draws from generator s * stride + k
+
+
 def digit_noise(n: int, seed: int = 0) -> tuple[torch.Tensor, list[torch.Generator]]:
     """Image k's starting noise [1,3,28,28] and the generator that goes on to draw its every z:
     one generator per image, so results do not depend on batching."""
-    gens = [torch.Generator().manual_seed(seed * 1_000_003 + k) for k in range(n)]
+    check_seed(seed, n, DIGIT_SEED_STRIDE)
+    gens = [torch.Generator().manual_seed(seed * DIGIT_SEED_STRIDE + k) for k in range(n)]
     return torch.cat([torch.randn(1, 3, 28, 28, generator=g) for g in gens]), gens
 
 
-def sample_digits(engine, labels: torch.Tensor, plan: DigitPlan, *, w=2.0, seed=0, batch_size=250,
+def sample_digits(engine, labels: torch.Tensor, plan: DigitPlan, *, seed=0, batch_size=250,
                   callback=None, progress=True) -> torch.Tensor:
     """The digit job's loop: guided digits of classes `labels` [N] (images in [-1, 1]) by `plan`, the
     engine as the model behind one doubled guidance batch per step. `callback(first_image, step, t, x)`
@@ -190,7 +215,8 @@ def sample_digits(engine, labels: torch.Tensor, plan: DigitPlan, *, w=2.0, seed=
                 if callback is not None:
                     callback(first, step, t, x)
             x = x_T[i:i + batch_size].to(engine.device)
-            denoiser = guided_denoiser(engine, w, labels[i:i + batch_size].to(engine.device), schedule.T)
+            labels_chunk = labels[i:i + batch_size].to(engine.device)
+            denoiser = guided_denoiser(engine, plan.w, labels_chunk, schedule.T)
             noise = seeded_noise(gens[i:i + batch_size], x)
             if plan.sampler == "ancestral":
                 out = ancestral_sample(denoiser, x, schedule, timesteps, noise=noise, callback=on_step)
@@ -206,7 +232,8 @@ def digit_job(engine, out_dir, *, per_digit=100, w=2.0, sampler="ancestral", ste
     """`{d}_{i:03d}.png` for d = 0..9, i = 1..per_digit; the 10x10 grid; six frames of the first "0"."""
     if per_digit < 1:
         raise Hw2rtError(f"--per-digit must be >= 1 (got {per_digit})")
-    plan = digit_plan(sampler, steps, eta)
+    plan = digit_plan(sampler, steps, eta, w)
+    check_seed(seed, 10 * per_digit, DIGIT_SEED_STRIDE)
     labels = torch.arange(10).repeat_interleave(per_digit)
     names = [f"{d}_{i:03d}.png" for d in range(10) for i in range(1, per_digit + 1)]
     keep = set(frame_timesteps(plan.timesteps))
@@ -217,7 +244,7 @@ def digit_job(engine, out_dir, *, per_digit=100, w=2.0, sampler="ancestral", ste
             frames.append(to_uint8_signed(x[0]))
 
     start = time.perf_counter()
-    out = sample_digits(engine, labels, plan, w=w, seed=seed, batch_size=batch_size, callback=callback,
+    out = sample_digits(engine, labels, plan, seed=seed, batch_size=batch_size, callback=callback,
                         progress=progress)
     seconds = time.perf_counter() - start
     images = [to_uint8_signed(img) for img in out]
