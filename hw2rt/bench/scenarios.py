@@ -180,7 +180,7 @@ def digit_loop_fns(engines: dict, net, loop, device, w: float = 2.0) -> tuple[di
         start = time.perf_counter()
         done = [0]
 
-        def callback(_first, i, _t, _x):
+        def callback(_first, i, _t, _x, _x0):
             done[0] = i + 1
             if i + 1 >= total:
                 return

@@ -16,7 +16,9 @@ from hw2rt.runtime.noise import NoiseFn, draw, global_noise
 from hw2rt.runtime.schedules import Schedule
 
 Denoiser = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
-Callback = Callable[[int, int, torch.Tensor], None]
+# callback(step_index, t, x, x0): after every step, the new latent and the step's predicted clean image
+# (k-diffusion's "denoised"). Parity's trajectory compares both, step by step.
+Callback = Callable[[int, int, torch.Tensor, torch.Tensor], None]
 
 
 def check_eta(eta: float) -> float:
@@ -26,6 +28,13 @@ def check_eta(eta: float) -> float:
     return eta
 
 
+def predicted_x0(x: torch.Tensor, eps: torch.Tensor, abar_t: float) -> torch.Tensor:
+    """The clean image the network predicts at x_t, clamped to the training range [-1, 1]."""
+    # The networks were trained on images in [-1, 1]; clamping x0 keeps early, noisy predictions
+    # from throwing the trajectory out of range (the GT faces rely on it).
+    return ((x - math.sqrt(1.0 - abar_t) * eps) / math.sqrt(abar_t)).clamp(-1.0, 1.0)
+
+
 def ddim_step(x: torch.Tensor, eps: torch.Tensor, abar_t: float, abar_prev: float, *, eta: float = 0.0,
               noise: torch.Tensor | None = None) -> torch.Tensor:
     """One DDIM update x_t -> x_prev (DDIM paper eq. 12 with x0 clamped to [-1, 1]).
@@ -33,12 +42,8 @@ def ddim_step(x: torch.Tensor, eps: torch.Tensor, abar_t: float, abar_prev: floa
     ``abar_t`` and ``abar_prev`` are Python floats; every coefficient is derived in float64 and
     becomes fp32 only when it multiplies the fp32 tensors.
     """
-    sqrt_abar_t = math.sqrt(abar_t)
-    sqrt_1m_abar_t = math.sqrt(1.0 - abar_t)
     sigma = eta * math.sqrt((1.0 - abar_prev) / (1.0 - abar_t)) * math.sqrt(1.0 - abar_t / abar_prev)
-    # The networks were trained on images in [-1, 1]; clamping x0 keeps early, noisy predictions
-    # from throwing the trajectory out of range (the GT faces rely on it).
-    x0 = ((x - sqrt_1m_abar_t * eps) / sqrt_abar_t).clamp(-1.0, 1.0)
+    x0 = predicted_x0(x, eps, abar_t)
     x_prev = math.sqrt(abar_prev) * x0 + math.sqrt(1.0 - abar_prev - sigma**2) * eps
     if sigma > 0.0:
         if noise is None:
@@ -57,7 +62,7 @@ def ddim_sample(denoiser: Denoiser, x: torch.Tensor, schedule: Schedule, timeste
     The step after the smallest timestep goes to index 0 (``abar[0] = 0.9999``, not 1, as in the
     GT recipe). For ``eta > 0`` the step's z is ``noise(step_index)`` (`noise.seeded_noise`: one
     source per image), else torch's global generator (results then depend on the batch layout).
-    ``callback(step_index, t, x)`` runs after every step with the new x.
+    ``callback(step_index, t, x, x0)`` runs after every step with the new x and the step's x0.
     """
     check_eta(eta)
     timesteps = list(timesteps)
@@ -71,7 +76,8 @@ def ddim_sample(denoiser: Denoiser, x: torch.Tensor, schedule: Schedule, timeste
         t_batch = torch.full((x.shape[0],), t, dtype=torch.int64, device=x.device)
         eps = denoiser(x, t_batch).to(torch.float32)  # an fp16 engine may hand back fp16 eps
         z = draw(noise, i, x) if eta > 0.0 else None
+        x_t = x
         x = ddim_step(x, eps, abar[t], abar[t_prev], eta=eta, noise=z)
         if callback is not None:
-            callback(i, t, x)
+            callback(i, t, x, predicted_x0(x_t, eps, abar[t]))
     return x

@@ -12,7 +12,7 @@ from collections.abc import Callable, Sequence
 
 import torch
 
-from hw2rt.runtime.ddim import Callback, Denoiser
+from hw2rt.runtime.ddim import Callback, Denoiser, predicted_x0
 from hw2rt.runtime.noise import NoiseFn, draw, global_noise
 from hw2rt.runtime.schedules import Schedule
 
@@ -73,21 +73,23 @@ def ancestral_sample(denoiser: Denoiser, x: torch.Tensor, schedule: Schedule, ti
 
     z is drawn for every step but t = 1 (z = 0 there) from ``noise(step_index)``
     (`noise.seeded_noise`: one source per image, results then do not depend on the batch
-    layout), else from torch's global generator. ``callback(step_index, t, x)`` runs after
-    every step with x = x_{t-1}.
+    layout), else from torch's global generator. ``callback(step_index, t, x, x0)`` runs after
+    every step with x = x_{t-1} and the step's predicted clean image (not used by the update).
     """
     timesteps = list(timesteps)
     if (not timesteps or timesteps != list(range(timesteps[0], timesteps[0] - len(timesteps), -1))
             or timesteps[-1] < 1):
         raise ValueError("the ancestral sampler steps through consecutive timesteps down to 1 or above")
     one_over_sqrt_alpha, eps_coef, sigma = ancestral_coefficients(schedule)
+    abar = schedule.read(schedule.abar) if callback is not None else None
     x = x.to(torch.float32)
     noise = noise or global_noise(x)
     for i, t in enumerate(timesteps):
         t_batch = torch.full((x.shape[0],), t, dtype=torch.int64, device=x.device)
         eps = denoiser(x, t_batch).to(torch.float32)
         z = draw(noise, i, x) if t > 1 else None
+        x_t = x
         x = ancestral_step(x, eps, one_over_sqrt_alpha[t], eps_coef[t], sigma[t], z)
         if callback is not None:
-            callback(i, t, x)
+            callback(i, t, x, predicted_x0(x_t, eps, abar[t]))
     return x

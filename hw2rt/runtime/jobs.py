@@ -72,9 +72,10 @@ def check_ddim_args(steps: int, etas) -> list[int]:
 
 
 def sample_faces(engine, x: torch.Tensor, *, steps=50, eta=0.0, seeds=None, batch_size=10, desc="ddim",
-                 progress=True):
+                 callback=None, progress=True):
     """The face job's loop: DDIM over `x` [N,3,H,W] in chunks of `batch_size`, the engine as the
-    denoiser; image i's eta-noise comes from seeds[i] alone (default: i)."""
+    denoiser; image i's eta-noise comes from seeds[i] alone (default: i). `callback(first_image, step,
+    t, x, x0)` runs after every step of every chunk."""
     timesteps = check_ddim_args(steps, [eta])
     seeds = list(seeds) if seeds is not None else list(range(len(x)))
     outs = []
@@ -83,8 +84,12 @@ def sample_faces(engine, x: torch.Tensor, *, steps=50, eta=0.0, seeds=None, batc
             # the loop runs where the engine runs
             chunk = x[i:i + batch_size].to(engine.device, torch.float32)
             noise = seeded_noise(seeds[i:i + batch_size], chunk) if eta > 0 else None
-            outs.append(ddim_sample(engine, chunk, FACE, timesteps, eta=eta, noise=noise,
-                                    callback=lambda *_: bar.update()).cpu())
+            def on_step(step, t, x, x0, first=i):
+                bar.update()
+                if callback is not None:
+                    callback(first, step, t, x, x0)
+            out = ddim_sample(engine, chunk, FACE, timesteps, eta=eta, noise=noise, callback=on_step)
+            outs.append(out.cpu())
     return torch.cat(outs)
 
 
@@ -202,7 +207,7 @@ def digit_noise(n: int, seed: int = 0) -> tuple[torch.Tensor, list[torch.Generat
 def sample_digits(engine, labels: torch.Tensor, plan: DigitPlan, *, seed=0, batch_size=250,
                   callback=None, progress=True) -> torch.Tensor:
     """The digit job's loop: guided digits of classes `labels` [N] (images in [-1, 1]) by `plan`, the
-    engine as the model behind one doubled guidance batch per step. `callback(first_image, step, t, x)`
+    engine as the model behind one doubled guidance batch per step. `callback(first_image, step, t, x, x0)`
     runs after every step of every chunk."""
     schedule, timesteps, eta = plan.schedule, plan.timesteps, plan.eta
     x_T, gens = digit_noise(len(labels), seed)
@@ -210,10 +215,10 @@ def sample_digits(engine, labels: torch.Tensor, plan: DigitPlan, *, seed=0, batc
     with tqdm(total=-(-len(labels) // batch_size) * len(timesteps), desc=plan.sampler, unit="step",
               disable=not progress) as bar:
         for i in range(0, len(labels), batch_size):
-            def on_step(step, t, x, first=i):
+            def on_step(step, t, x, x0, first=i):
                 bar.update()
                 if callback is not None:
-                    callback(first, step, t, x)
+                    callback(first, step, t, x, x0)
             x = x_T[i:i + batch_size].to(engine.device)
             labels_chunk = labels[i:i + batch_size].to(engine.device)
             denoiser = guided_denoiser(engine, plan.w, labels_chunk, schedule.T)
@@ -239,7 +244,7 @@ def digit_job(engine, out_dir, *, per_digit=100, w=2.0, sampler="ancestral", ste
     keep = set(frame_timesteps(plan.timesteps))
     frames = []
 
-    def callback(first, step, t, x):
+    def callback(first, step, t, x, _x0):
         if first == 0 and t in keep:  # image 0 is the first "0"
             frames.append(to_uint8_signed(x[0]))
 

@@ -150,7 +150,8 @@ def test_ddim_matches_diffusers(eta):
     zs = [torch.randn(x.shape, generator=torch.Generator().manual_seed(100 + i)) for i in range(50)]
     seen = []
     ours = face_ddim(
-        face_toy_eps, x, steps=50, eta=eta, noise_fn=lambda i: zs[i], callback=lambda i, t, _x: seen.append(t)
+        face_toy_eps, x, steps=50, eta=eta, noise_fn=lambda i: zs[i],
+        callback=lambda i, t, _x, _x0: seen.append(t),
     )
 
     sched = diffusers_ddim()
@@ -290,7 +291,7 @@ def test_ddpm_sample_matches_diffusers_loop():
     x = torch.randn(2, 3, 8, 8, generator=torch.Generator().manual_seed(4))
     c = torch.tensor([0, 7])
     seen = []
-    ours = ddpm_sample(den, x, c, T=T, seeds=[1, 2], callback=lambda i, t, _x: seen.append((i, t)))
+    ours = ddpm_sample(den, x, c, T=T, seeds=[1, 2], callback=lambda i, t, _x, _x0: seen.append((i, t)))
     assert seen == [(i, T - i) for i in range(T)]
 
     sched = diffusers_ddpm(T, torch.float64)
@@ -457,7 +458,7 @@ def test_ddim_over_the_digit_schedule_matches_closed_form():
     denoiser = guided_denoiser(model_fn, 2.0, c, T)
     seen = []
     out = ddim_sample(denoiser, x, schedule, schedule.timesteps(steps),
-                      callback=lambda i, t, _x: seen.append(t))
+                      callback=lambda i, t, _x, _x0: seen.append(t))
     assert seen == [50, 40, 30, 20, 10]
     abar = schedule.abar.float().double()  # the digit schedule is read in float32
     ref = x.double()
