@@ -39,6 +39,7 @@ from hw2rt.engines import Engine, open_engine, resolve_source
 from hw2rt.io import atomic_path, mse_255, to_uint8_minmax, to_uint8_signed
 from hw2rt.models import build_model, get_spec
 from hw2rt.runtime import jobs
+from hw2rt.trajectory import format_trajectory, plot_trajectory, trajectory_report
 
 BUDGETS = {
     "fp32": {"per_call_rel_max_abs": 1e-4, "e2e_image_mse_255": 0.05},
@@ -130,10 +131,8 @@ def end_to_end(reference: Engine, candidate: Engine, *, images: int = 2, seed: i
     model = reference.model
     if model not in E2E_STEPS:
         return None
-    spec = get_spec(model)
     steps = steps or E2E_STEPS[model]
-    x_shape = spec.inputs[0].concrete_shape({**spec.default_dims, **(dims or {}), "batch": images})
-    x = torch.randn(x_shape, generator=torch.Generator().manual_seed(seed))  # faces; digits draw their own
+    x = _noise(model, images, seed, dims)
     to_uint8 = to_uint8_minmax if model == "face_unet" else to_uint8_signed
     result = {"sampler": "ddim eta=0" if model == "face_unet" else f"ddpm cfg w={guidance}",
               "steps": steps, "images": images, "seed": seed}
@@ -151,10 +150,19 @@ def end_to_end(reference: Engine, candidate: Engine, *, images: int = 2, seed: i
     return result
 
 
+def _noise(model: str, images: int, seed: int, dims: dict | None) -> torch.Tensor:
+    """The sampler's starting noise (faces; the digit loops draw their own from the seed and use only
+    its batch size)."""
+    spec = get_spec(model)
+    x_shape = spec.inputs[0].concrete_shape({**spec.default_dims, **(dims or {}), "batch": images})
+    return torch.randn(x_shape, generator=torch.Generator().manual_seed(seed))
+
+
 def parity_report(reference: Engine, candidate: Engine, *, batch: int = 4, seed: int = 0,
                   dims: dict | None = None, e2e: bool = True, e2e_images: int = 2, steps: int | None = None,
-                  source: dict | None = None) -> dict:
-    """Compare `candidate` with `reference` (the torch fp32 engine of the same weights)."""
+                  source: dict | None = None, trajectory: str | None = None, eta: float = 0.0) -> dict:
+    """Compare `candidate` with `reference` (the torch fp32 engine of the same weights); with
+    `trajectory` (one of `trajectory.LOOPS`), also step by step along that loop."""
     budgets = BUDGETS[candidate.precision]
     report = {
         "model": reference.model,
@@ -168,7 +176,13 @@ def parity_report(reference: Engine, candidate: Engine, *, batch: int = 4, seed:
         "end_to_end": end_to_end(reference, candidate, images=e2e_images, seed=seed, dims=dims, steps=steps,
                                  budget=budgets["e2e_image_mse_255"]) if e2e else None,
     }
-    report["passed"] = report["per_call"]["passed"] and (report["end_to_end"] or {}).get("passed", True)
+    if trajectory is not None:
+        report["trajectory"] = trajectory_report(
+            reference, candidate, loop=trajectory, x_T=_noise(reference.model, e2e_images, seed, dims),
+            steps=steps or E2E_STEPS[reference.model], seed=seed, eta=eta,
+            rel_budget=budgets["per_call_rel_max_abs"])
+    report["passed"] = (report["per_call"]["passed"] and (report["end_to_end"] or {}).get("passed", True)
+                        and report.get("trajectory", {}).get("passed", True))
     return report
 
 
@@ -207,18 +221,22 @@ def open_pair(model: str, checkpoint=None, *, backend: str = "auto", precision: 
 def run_parity(model: str, checkpoint=None, *, backend: str = "auto", precision: str = "fp32", device="auto",
                threads: int | None = None, cache_dir=None, batch: int = 4, seed: int = 0,
                dims: dict | None = None, e2e: bool = True, e2e_images: int = 2, steps: int | None = None,
-               json_path=None) -> dict:
+               trajectory: str | None = None, eta: float = 0.0, json_path=None, plot_path=None) -> dict:
     """`hw2rt parity`: the torch fp32 CPU reference against `backend`/`precision` on `device` (see
-    `open_pair`). Writes the report as JSON to `json_path` when given. Returns the report dict."""
+    `open_pair`). Writes the report as JSON to `json_path` and the trajectory's plot to `plot_path`
+    when given. Returns the report dict."""
     reference, candidate, source, dims = open_pair(model, checkpoint, backend=backend, precision=precision,
                                                    device=device, threads=threads, cache_dir=cache_dir,
                                                    seed=seed, dims=dims)
     try:
         report = parity_report(reference, candidate, batch=batch, seed=seed, dims=dims, e2e=e2e,
-                               e2e_images=e2e_images, steps=steps, source=source)
+                               e2e_images=e2e_images, steps=steps, source=source, trajectory=trajectory,
+                               eta=eta)
     finally:
         candidate.close()
         reference.close()
+    if plot_path is not None and "trajectory" in report:
+        plot_trajectory(report["trajectory"], plot_path)
     if json_path is not None:
         with atomic_path(json_path) as tmp:
             Path(tmp).write_text(json.dumps(report, indent=2) + "\n")
@@ -259,4 +277,6 @@ def format_report(report: dict) -> str:
                 f"budget {_g(e['budget_image_mse_255'])}: {ok(e['passed'])}  "
                 f"[{e['seconds']['reference']:.1f}s reference, {e['seconds']['candidate']:.1f}s candidate]")
         lines += ["", line]
+    if "trajectory" in report:
+        lines += ["", format_trajectory(report["trajectory"])]
     return "\n".join(lines)

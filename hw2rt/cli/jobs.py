@@ -257,17 +257,36 @@ def export(model, checkpoint, out, precision, opset, size):
 @click.option("--steps", type=int, default=None, help="End-to-end sampler steps (DDIM) or T (DDPM).")
 @click.option("--size", type=click.IntRange(min=32), default=None, help="face_unet: H = W of the inputs.")
 @click.option("--no-e2e", is_flag=True, help="Per-call comparison only.")
+@click.option("--trajectory", is_flag=True,
+              help="Also compare step by step along the sampler (free and forced runs); diffusion models.")
+@click.option("--sampler", type=click.Choice(options.SAMPLERS), default="ancestral", show_default=True,
+              help="digit_unet, with --trajectory: the digit loop to follow (faces: the face DDIM).")
+@click.option("--eta", type=float, default=0.0, show_default=True, help="DDIM eta of the trajectory.")
 @click.option("--json", "json_path", type=click.Path(dir_okay=False, path_type=Path), default=None)
+@click.option("--plot", "plot_path", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="With --trajectory: the PNG of error vs step (default: beside --json, .png).")
 @_engine_options
-def parity(model, checkpoint, steps, size, no_e2e, json_path, backend, precision, device, threads):
+def parity(model, checkpoint, steps, size, no_e2e, trajectory, sampler, eta, json_path, plot_path, backend,
+           precision, device, threads):
     """Compare an engine, opened as the commands open it, with the torch fp32 CPU reference; exit status 1
     when over budget."""
+    from hw2rt.errors import Hw2rtError
     from hw2rt.parity import format_report, run_parity
+    from hw2rt.runtime.jobs import check_finite
 
-    _outputs(("--json", json_path, False))
+    loop = None
+    if trajectory:
+        if model not in ("face_unet", "digit_unet"):
+            raise Hw2rtError(f"--trajectory: {model} has no sampler (face_unet or digit_unet)")
+        loop = "face-ddim" if model == "face_unet" else f"digit-{sampler}"
+        if plot_path is None and json_path is not None:
+            plot_path = json_path.with_suffix(".png")
+    check_finite("--eta", eta)
+    _outputs(("--json", json_path, False), ("--plot", plot_path, False))
     dims = {"height": size, "width": size} if size and model == "face_unet" else None
     report = run_parity(model, checkpoint, backend=backend, precision=precision, device=device,
-                        threads=threads, dims=dims, steps=steps, e2e=not no_e2e, json_path=json_path)
+                        threads=threads, dims=dims, steps=steps, e2e=not no_e2e, trajectory=loop, eta=eta,
+                        json_path=json_path, plot_path=plot_path)
     click.echo(format_report(report))
     if not report["passed"]:
         raise SystemExit(1)
