@@ -38,8 +38,7 @@ from torch import nn
 from hw2rt.engines import Engine, open_engine, resolve_source
 from hw2rt.io import atomic_path, mse_255, to_uint8_minmax, to_uint8_signed
 from hw2rt.models import build_model, get_spec
-from hw2rt.runtime import jobs
-from hw2rt.trajectory import format_trajectory, plot_trajectory, trajectory_report
+from hw2rt.trajectory import format_trajectory, plot_trajectory, run_loop, trajectory_report
 
 BUDGETS = {
     "fp32": {"per_call_rel_max_abs": 1e-4, "e2e_image_mse_255": 0.05},
@@ -114,15 +113,6 @@ def per_call(reference: Engine, candidate: Engine, *, batch: int = 4, seed: int 
             "passed": all(o["passed"] for o in outputs.values())}
 
 
-def _sample(model: str, engine: Engine, x: torch.Tensor, *, steps: int, seed: int, guidance: float):
-    """The jobs' own loops: faces by the face job's DDIM (eta 0), digits by the digit job's ancestral DDPM."""
-    if model == "face_unet":
-        return jobs.sample_faces(engine, x, steps=steps, eta=0.0, batch_size=len(x), progress=False)
-    labels = torch.arange(x.shape[0], dtype=torch.int64) % 10
-    return jobs.sample_digits(engine, labels, jobs.digit_plan("ancestral", steps, w=guidance), seed=seed,
-                              batch_size=len(labels), progress=False)
-
-
 def end_to_end(reference: Engine, candidate: Engine, *, images: int = 2, seed: int = 0,
                dims: dict | None = None, steps: int | None = None, guidance: float = 2.0,
                budget: float) -> dict | None:
@@ -139,7 +129,8 @@ def end_to_end(reference: Engine, candidate: Engine, *, images: int = 2, seed: i
     pics, secs = [], []
     for engine in (reference, candidate):
         t0 = time.perf_counter()
-        out = _sample(model, engine, x.to(engine.device), steps=steps, seed=seed, guidance=guidance).cpu()
+        loop = "face-ddim" if model == "face_unet" else "digit-ancestral"  # the jobs' defaults
+        out = run_loop(loop, engine, x, steps=steps, seed=seed, w=guidance).cpu()
         secs.append(time.perf_counter() - t0)
         pics.append([to_uint8(img) for img in out])
     mses = [mse_255(a, b) for a, b in zip(*pics)]

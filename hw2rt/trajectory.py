@@ -23,12 +23,10 @@ from hw2rt.runtime import jobs
 LOOPS = ("face-ddim", "digit-ancestral", "digit-ddim")
 
 
-def default_loop(model: str) -> str:
-    return "face-ddim" if model == "face_unet" else "digit-ancestral"
-
-
-def _run_loop(loop: str, engine, x_T: torch.Tensor, *, steps: int, seed: int, w: float, eta: float, callback):
-    """One whole loop (all images in one chunk, so the callback sees the full batch)."""
+def run_loop(loop: str, engine, x_T: torch.Tensor, *, steps: int, seed: int = 0, w: float = 2.0,
+             eta: float = 0.0, callback=None) -> torch.Tensor:
+    """One whole job loop on `engine` (all images in one chunk, so a callback sees the full batch); the
+    digit loops draw their own noise from `seed` and use only the batch size of `x_T`."""
     if loop == "face-ddim":
         return jobs.sample_faces(engine, x_T.to(engine.device), steps=steps, eta=eta, batch_size=len(x_T),
                                  callback=callback, progress=False)
@@ -49,7 +47,7 @@ def _record(loop, engine, x_T, *, force=None, **kw):
             with torch.no_grad():
                 x.copy_(force[step][1].to(x.device, x.dtype))
 
-    _run_loop(loop, engine, x_T, callback=callback, **kw)
+    run_loop(loop, engine, x_T, callback=callback, **kw)
     return steps
 
 
