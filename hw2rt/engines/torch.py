@@ -20,7 +20,7 @@ from torch import nn
 from hw2rt.device import usable_device
 from hw2rt.engines.base import Engine
 from hw2rt.errors import Hw2rtError
-from hw2rt.export.fp16 import cast_floats, fold_batchnorm
+from hw2rt.export.fp16 import fold_batchnorm, make_island
 from hw2rt.models import get_spec
 
 DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
@@ -42,12 +42,6 @@ DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 FP32_ISLANDS = {"face_unet": ("time",), "digit_unet": (), "dann": (), "digit_classifier": ()}
 
 
-def _make_island(sub: nn.Module, out_dtype: torch.dtype):
-    """Run fp32 `sub` on fp32 inputs and hand its float outputs on in `out_dtype`."""
-    sub.register_forward_pre_hook(lambda _m, args: cast_floats(args, torch.float32))
-    sub.register_forward_hook(lambda _m, _args, out: cast_floats(out, out_dtype))
-
-
 def reduced_precision_module(net: nn.Module, model: str, precision: str, device=None) -> nn.Module:
     """The torch backend's fp16/bf16 module for `model`: a copy, eval mode, BatchNorm folded (in
     fp32), parameters in `precision`, FP32_ISLANDS kept fp32, channels-last. The original is untouched."""
@@ -60,7 +54,7 @@ def reduced_precision_module(net: nn.Module, model: str, precision: str, device=
     for name, sub in kept.items():
         parent, _, leaf = name.rpartition(".")
         setattr(net.get_submodule(parent) if parent else net, leaf, sub)
-        _make_island(sub, dtype)
+        make_island(sub, dtype)
     return net.to(device=device, memory_format=torch.channels_last)
 
 

@@ -78,28 +78,33 @@ def dynamic_axes(spec: ModelSpec) -> dict:
             for s in (*spec.inputs, *spec.outputs)}
 
 
-def prepare_module(net: nn.Module, precision: str) -> nn.Module:
-    """The module that gets traced: a copy, eval mode, BatchNorm folded; fp16 with fp32 islands."""
+def prepare_module(net: nn.Module, precision: str, islands=None) -> nn.Module:
+    """The module that gets traced: a copy, eval mode, BatchNorm folded; fp16 with fp32 `islands`
+    (None: the default ones; see export/fp16.py)."""
     if precision not in PRECISIONS:
         raise Hw2rtError(f"unknown precision {precision!r}; choose one of {', '.join(PRECISIONS)}")
     if precision == "fp16":
-        return to_fp16(net)
+        return to_fp16(net, islands)
+    if islands is not None:
+        raise Hw2rtError(f"fp32 islands are a property of fp16 graphs, not of {precision}")
     return fold_batchnorm(copy.deepcopy(net).eval())
 
 
 def export_onnx(net: nn.Module, spec: ModelSpec | str, out_path, *, precision: str = "fp32",
                 opset: int = DEFAULT_OPSET, dims: dict | None = None, source_sha256: str | None = None,
-                metadata: dict | None = None) -> Path:
+                metadata: dict | None = None, islands=None) -> Path:
     """Export `net` (a module of `spec`'s model) to `out_path`, atomically; returns the path.
 
     - Inputs/outputs are named and typed exactly as `spec.inputs/outputs` (fp16 graphs too:
       fp32 in, fp32 out, fp16 inside); every named axis ("batch", "height", "width") is dynamic.
+    - fp16: `islands` are the fp32 islands (None: the default set; export/fp16.py).
     - `dims` sets the traced example's non-batch sizes (default: `trace_dims`, 32x32 for the
       face UNet); the trace uses batch 2 so that no reshape bakes in a batch of 1.
     - The graph passes `onnx.checker.check_model` and strict shape inference.
     - metadata_props: hw2rt.model, hw2rt.config (JSON), hw2rt.source_sha256 (the checkpoint
       file's SHA-256, or `state_dict_sha256(net)`), hw2rt.precision, hw2rt.opset,
-      hw2rt.version, hw2rt.exporter, hw2rt.torch, and `metadata` (keys get the hw2rt. prefix).
+      hw2rt.version, hw2rt.exporter, hw2rt.torch, hw2rt.dims, fp16: hw2rt.islands (JSON: the islands
+      the trace used), and `metadata` (keys get the hw2rt. prefix).
     """
     spec = get_spec(spec) if isinstance(spec, str) else spec
     if not MIN_OPSET <= opset <= max_opset():
@@ -107,7 +112,7 @@ def export_onnx(net: nn.Module, spec: ModelSpec | str, out_path, *, precision: s
                          f"torch's exporter writes)")
     out_path = Path(out_path)
     dims = trace_dims(spec, dims)
-    module = prepare_module(net, precision)
+    module = prepare_module(net, precision, islands)
     example = spec.example_inputs(2, seed=0, **dims)
     names_in = [s.name for s in spec.inputs]
     names_out = [s.name for s in spec.outputs]
@@ -131,6 +136,8 @@ def export_onnx(net: nn.Module, spec: ModelSpec | str, out_path, *, precision: s
             torch.onnx.export(module, tuple(example[n] for n in names_in), str(tmp), dynamo=False,
                               opset_version=opset, input_names=names_in, output_names=names_out,
                               dynamic_axes=dynamic_axes(spec), do_constant_folding=True)
+        if precision == "fp16":
+            meta["islands"] = json.dumps(module.islands())
         model = onnx.load(str(tmp))
         del model.metadata_props[:]
         for k, v in meta.items():
