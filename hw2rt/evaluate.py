@@ -41,7 +41,6 @@ def digit_accuracy(images_dir, classifier, *, batch_size: int = 500, device: str
     Every image's name must start with its digit; an image that is not 28x28 (the grader's input)
     is resized by the one resize rule (hw2rt.data.images) and counted in the result's `resized`.
     """
-    dev = usable_device(device)
     files = list_images(images_dir)
     labels = []
     for f in files:
@@ -50,9 +49,19 @@ def digit_accuracy(images_dir, classifier, *, batch_size: int = 500, device: str
                              "(the grader's label is the first character, e.g. 3_017.png)")
         labels.append(int(f.name[0]))
     images, resized = read_images(files, DIGIT_SIZE)
+    graded = grade_digits(images, torch.tensor(labels), classifier, batch_size=batch_size, device=device)
+    del graded["predictions"]
+    return {"images_dir": str(images_dir), **graded, "resized": resized}
+
+
+def grade_digits(images_u8: torch.Tensor, labels: torch.Tensor, classifier, *, batch_size: int = 500,
+                 device: str = "auto") -> dict:
+    """The grading of `digit_accuracy` on a uint8 [N,3,28,28] batch (what the digit job writes) with its
+    true `labels` [N]: {"classifier", "n", "correct", "accuracy", "per_digit", "predictions" (int64 [N])}."""
+    dev = usable_device(device)
     net, name = _load_classifier(classifier, dev)
-    preds = predict(net, images, batch_size=batch_size, device=dev)
-    truth = torch.tensor(labels)
+    preds = predict(net, images_u8, batch_size=batch_size, device=dev)
+    truth = labels.cpu()
     hit = preds == truth
     per_digit = {}
     for d in range(10):
@@ -60,10 +69,8 @@ def digit_accuracy(images_dir, classifier, *, batch_size: int = 500, device: str
         n = int(sel.sum())
         c = int(hit[sel].sum())
         per_digit[str(d)] = {"n": n, "correct": c, "accuracy": c / n if n else None}
-    return {
-        "images_dir": str(images_dir), "classifier": name, "n": len(files), "correct": int(hit.sum()),
-        "accuracy": float(hit.float().mean()), "per_digit": per_digit, "resized": resized,
-    }
+    return {"classifier": name, "n": len(truth), "correct": int(hit.sum()),
+            "accuracy": float(hit.float().mean()), "per_digit": per_digit, "predictions": preds}
 
 
 def _subsample(n: int, k: int, seed: int, salt: int) -> np.ndarray:

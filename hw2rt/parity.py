@@ -36,6 +36,7 @@ import torch
 from torch import nn
 
 from hw2rt.engines import Engine, open_engine, resolve_source
+from hw2rt.errors import Hw2rtError
 from hw2rt.io import atomic_path, mse_255, to_uint8_minmax, to_uint8_signed
 from hw2rt.models import build_model, get_spec
 from hw2rt.trajectory import format_trajectory, plot_trajectory, run_loop, trajectory_report
@@ -58,6 +59,7 @@ LAST_CONV = {"face_unet": "out.2", "digit_unet": "out.3"}
 DAMP = {"face_unet": 0.02, "digit_unet": 0.02}
 # Default end-to-end settings: DDIM steps for faces, DDPM T for digits.
 E2E_STEPS = {"face_unet": 20, "digit_unet": 50}
+JOB_LOOPS = {"face_unet": "face-ddim", "digit_unet": "digit-ancestral"}  # the jobs' default loops
 
 
 def random_model(model: str, config: dict | None = None, *, seed: int = 0,
@@ -113,6 +115,15 @@ def per_call(reference: Engine, candidate: Engine, *, batch: int = 4, seed: int 
             "passed": all(o["passed"] for o in outputs.values())}
 
 
+def sample_images(engine: Engine, loop: str, x_T: torch.Tensor, *, steps: int, seed: int = 0, w: float = 2.0,
+                  eta: float = 0.0) -> list:
+    """One whole job loop (`trajectory.LOOPS`) on `engine`, its images as the assignment saves them
+    (uint8 [H,W,3]: faces per-image min-max, digits (x+1)/2)."""
+    out = run_loop(loop, engine, x_T, steps=steps, seed=seed, w=w, eta=eta).cpu()
+    to_uint8 = to_uint8_minmax if loop == "face-ddim" else to_uint8_signed
+    return [to_uint8(img) for img in out]
+
+
 def end_to_end(reference: Engine, candidate: Engine, *, images: int = 2, seed: int = 0,
                dims: dict | None = None, steps: int | None = None, guidance: float = 2.0,
                budget: float) -> dict | None:
@@ -122,17 +133,14 @@ def end_to_end(reference: Engine, candidate: Engine, *, images: int = 2, seed: i
     if model not in E2E_STEPS:
         return None
     steps = steps or E2E_STEPS[model]
-    x = _noise(model, images, seed, dims)
-    to_uint8 = to_uint8_minmax if model == "face_unet" else to_uint8_signed
+    x = start_noise(model, images, seed, dims)
     result = {"sampler": "ddim eta=0" if model == "face_unet" else f"ddpm cfg w={guidance}",
               "steps": steps, "images": images, "seed": seed}
     pics, secs = [], []
     for engine in (reference, candidate):
         t0 = time.perf_counter()
-        loop = "face-ddim" if model == "face_unet" else "digit-ancestral"  # the jobs' defaults
-        out = run_loop(loop, engine, x, steps=steps, seed=seed, w=guidance).cpu()
+        pics.append(sample_images(engine, JOB_LOOPS[model], x, steps=steps, seed=seed, w=guidance))
         secs.append(time.perf_counter() - t0)
-        pics.append([to_uint8(img) for img in out])
     mses = [mse_255(a, b) for a, b in zip(*pics)]
     mean = sum(mses) / len(mses)
     result.update({"image_mse_255": mses, "mean_image_mse_255": mean, "max_image_mse_255": max(mses),
@@ -141,7 +149,7 @@ def end_to_end(reference: Engine, candidate: Engine, *, images: int = 2, seed: i
     return result
 
 
-def _noise(model: str, images: int, seed: int, dims: dict | None) -> torch.Tensor:
+def start_noise(model: str, images: int, seed: int, dims: dict | None) -> torch.Tensor:
     """The sampler's starting noise (faces; the digit loops draw their own from the seed and use only
     its batch size)."""
     spec = get_spec(model)
@@ -151,9 +159,14 @@ def _noise(model: str, images: int, seed: int, dims: dict | None) -> torch.Tenso
 
 def parity_report(reference: Engine, candidate: Engine, *, batch: int = 4, seed: int = 0,
                   dims: dict | None = None, e2e: bool = True, e2e_images: int = 2, steps: int | None = None,
-                  source: dict | None = None, trajectory: str | None = None, eta: float = 0.0) -> dict:
+                  source: dict | None = None, trajectory: str | None = None, eta: float = 0.0,
+                  task=None, task_labels=None, localize: bool = False, cache_dir=None,
+                  threads: int | None = None) -> dict:
     """Compare `candidate` with `reference` (the torch fp32 engine of the same weights); with
-    `trajectory` (one of `trajectory.LOOPS`), also step by step along that loop."""
+    `trajectory` (one of `trajectory.LOOPS`), also step by step along that loop; with `task` (digit_unet:
+    a number of digits; dann, digit_classifier: an image folder, `task_labels` its CSV), the task's grade
+    (task.py), which then stands in for the image MSE in the verdict; with `localize` (or when the per-call
+    check fails), the first diverging node of the candidate's ONNX graph (localize.py)."""
     budgets = BUDGETS[candidate.precision]
     report = {
         "model": reference.model,
@@ -169,24 +182,69 @@ def parity_report(reference: Engine, candidate: Engine, *, batch: int = 4, seed:
     }
     if trajectory is not None:
         report["trajectory"] = trajectory_report(
-            reference, candidate, loop=trajectory, x_T=_noise(reference.model, e2e_images, seed, dims),
+            reference, candidate, loop=trajectory, x_T=start_noise(reference.model, e2e_images, seed, dims),
             steps=steps or E2E_STEPS[reference.model], seed=seed, eta=eta,
             rel_budget=budgets["per_call_rel_max_abs"])
-    report["passed"] = (report["per_call"]["passed"] and (report["end_to_end"] or {}).get("passed", True)
-                        and report.get("trajectory", {}).get("passed", True))
+    if task is not None:
+        report["task"] = task_report(reference, candidate, task, labels_csv=task_labels, seed=seed,
+                                     steps=steps)
+    if localize or not report["per_call"]["passed"]:
+        report["localize"] = localize_report(reference, candidate, batch=batch, seed=seed, dims=dims,
+                                             rel_budget=budgets["per_call_rel_max_abs"], cache_dir=cache_dir,
+                                             threads=threads)
+    images_ok = (report["task"] if task is not None else report["end_to_end"] or {}).get("passed", True)
+    report["passed"] = (report["per_call"]["passed"] and images_ok
+                        and report.get("trajectory", {}).get("passed", True)
+                        and (report.get("localize") or {}).get("first_divergent") is None)
     return report
 
 
+def task_report(reference: Engine, candidate: Engine, task, *, labels_csv=None, seed: int = 0,
+                steps: int | None = None) -> dict:
+    """The task-level grade (task.py): digit_unet: `task` digits of the demo's loop (guided DDIM, eta 1,
+    w 2, `steps` or 50 steps); dann / digit_classifier: the labels of the image folder `task`."""
+    from hw2rt.task import digit_agreement, label_agreement
+
+    if reference.model == "digit_unet":
+        return digit_agreement(reference, candidate, int(task), seed=seed, steps=steps or 50)
+    if reference.model == "face_unet":
+        raise Hw2rtError("--task: face_unet has no task grade (its images are graded by image MSE)")
+    return label_agreement(reference, candidate, task, labels_csv=labels_csv)
+
+
+def localize_report(reference: Engine, candidate: Engine, *, batch: int, seed: int, dims: dict | None,
+                    rel_budget: float, cache_dir=None, threads: int | None = None) -> dict:
+    """The first node of the candidate's ONNX graph whose output leaves the budget, against the fp32 export
+    of the reference's weights, on the per-call feeds. Engines without a graph are reported as skipped."""
+    from hw2rt.engines.weights import cached_onnx
+    from hw2rt.localize import localize
+
+    graph = getattr(candidate, "path", None)
+    if graph is None or candidate.backend != "ort":
+        return {"skipped": f"the {candidate.backend} engine has no ONNX graph to localize in",
+                "first_divergent": None}
+    reference_graph = cached_onnx(reference.model, resolve_source(reference.model, reference.module),
+                                  precision="fp32", cache_dir=cache_dir).path
+    feeds = get_spec(reference.model).example_inputs(batch, seed, **(dims or {}))
+    return localize(graph, reference_graph, feeds, rel_budget=rel_budget, threads=threads)
+
+
 def open_pair(model: str, checkpoint=None, *, backend: str = "auto", precision: str = "fp32", device="auto",
-              threads: int | None = None, cache_dir=None, seed: int = 0, dims: dict | None = None):
+              threads: int | None = None, cache_dir=None, seed: int = 0, dims: dict | None = None, onnx=None):
     """(reference, candidate, source, dims): the torch fp32 CPU engine, and the candidate opened by
     `open_engine` exactly as the commands open it.
 
     With `checkpoint`, its weights (the candidate opens the file itself, so ort and trt export
     through the same cache entry as the commands); without, a seeded random model of the small
     configuration in SMALL, damped (see above), and SMALL's dims unless `dims` is given.
+    With `onnx` (an hw2rt export of `checkpoint`, default the bundled one), the candidate is that graph
+    on ONNX Runtime (its own precision); a graph of other weights is refused.
     """
+    from hw2rt.checkpoints import resolve_checkpoint
+
     spec = get_spec(model)
+    if onnx is not None:
+        checkpoint = resolve_checkpoint(checkpoint, spec.name)
     if checkpoint is None:
         config, small_dims = SMALL[spec.name]
         net = random_model(spec.name, config, seed=seed)
@@ -204,25 +262,37 @@ def open_pair(model: str, checkpoint=None, *, backend: str = "auto", precision: 
         cand_source = weights.path
     reference = open_engine(spec.name, net, backend="torch", precision="fp32", device="cpu", graphs=False,
                             threads=threads)
-    candidate = open_engine(spec.name, cand_source, backend=backend, precision=precision, device=device,
-                            threads=threads, cache_dir=cache_dir, dims=dims)
+    if onnx is not None:
+        candidate = open_engine(spec.name, onnx, backend="ort", device=device, threads=threads,
+                                cache_dir=cache_dir)
+        exported_from = candidate.metadata.get("source_sha256", "")
+        if exported_from != weights.sha256:
+            candidate.close()
+            raise Hw2rtError(f"{onnx}: exported from other weights (sha256 "
+                             f"{exported_from[:12] or 'unknown'}) than {weights.label} "
+                             f"({weights.sha256[:12]}); give --checkpoint the file it was exported from")
+    else:
+        candidate = open_engine(spec.name, cand_source, backend=backend, precision=precision, device=device,
+                                threads=threads, cache_dir=cache_dir, dims=dims)
     return reference, candidate, source, dims
 
 
 def run_parity(model: str, checkpoint=None, *, backend: str = "auto", precision: str = "fp32", device="auto",
                threads: int | None = None, cache_dir=None, batch: int = 4, seed: int = 0,
                dims: dict | None = None, e2e: bool = True, e2e_images: int = 2, steps: int | None = None,
-               trajectory: str | None = None, eta: float = 0.0, json_path=None, plot_path=None) -> dict:
-    """`hw2rt parity`: the torch fp32 CPU reference against `backend`/`precision` on `device` (see
-    `open_pair`). Writes the report as JSON to `json_path` and the trajectory's plot to `plot_path`
-    when given. Returns the report dict."""
+               trajectory: str | None = None, eta: float = 0.0, onnx=None, localize: bool = False, task=None,
+               task_labels=None, json_path=None, plot_path=None) -> dict:
+    """`hw2rt parity`: the torch fp32 CPU reference against `backend`/`precision` on `device`, or against
+    the graph `onnx` (see `open_pair`). Writes the report as JSON to `json_path` and the trajectory's plot
+    to `plot_path` when given. Returns the report dict."""
     reference, candidate, source, dims = open_pair(model, checkpoint, backend=backend, precision=precision,
                                                    device=device, threads=threads, cache_dir=cache_dir,
-                                                   seed=seed, dims=dims)
+                                                   seed=seed, dims=dims, onnx=onnx)
     try:
         report = parity_report(reference, candidate, batch=batch, seed=seed, dims=dims, e2e=e2e,
                                e2e_images=e2e_images, steps=steps, source=source, trajectory=trajectory,
-                               eta=eta)
+                               eta=eta, task=task, task_labels=task_labels, localize=localize,
+                               cache_dir=cache_dir, threads=threads)
     finally:
         candidate.close()
         reference.close()
@@ -240,6 +310,9 @@ def _g(v: float) -> str:
 
 def format_report(report: dict) -> str:
     """A readable table of a parity report (markdown-compatible)."""
+    from hw2rt.localize import format_localize
+    from hw2rt.task import format_task
+
     def ok(b):
         return "ok" if b else "FAIL"
 
@@ -270,4 +343,9 @@ def format_report(report: dict) -> str:
         lines += ["", line]
     if "trajectory" in report:
         lines += ["", format_trajectory(report["trajectory"])]
+    if "task" in report:
+        lines += ["", format_task(report["task"])]
+    if "localize" in report:
+        loc = report["localize"]
+        lines += ["", f"localize: skipped ({loc['skipped']})" if "skipped" in loc else format_localize(loc)]
     return "\n".join(lines)

@@ -237,17 +237,52 @@ def demo(out, quick, backend, threads):
 @click.option("--opset", type=int, default=None,
               help="ONNX opset (default: hw2rt's, >= 18).")
 @click.option("--size", type=click.IntRange(min=32), default=None,
-              help="face_unet: the H = W to trace with (the graph stays dynamic in H and W).")
-def export(model, checkpoint, out, precision, opset, size):
+              help="face_unet: the H = W to trace with (the graph stays dynamic in H and W); with "
+                   "--search-islands, the size the search samples at (default 64).")
+@click.option("--search-islands", is_flag=True,
+              help="fp16, face_unet/digit_unet: search the smallest set of fp32 islands whose images stay "
+                   "within --budget of the fp32 images (and whose calls within parity's fp16 budget); "
+                   "writes that graph and the search's report.")
+@click.option("--budget", type=click.FloatRange(min=0, min_open=True), default=None,
+              help="With --search-islands: the image MSE (0..255) budget (default: parity's fp16 0.3).")
+@click.option("--report", "report_path", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="With --search-islands: the JSON report (default: beside --out, .islands.json).")
+def export(model, checkpoint, out, precision, opset, size, search_islands, budget, report_path):
     """Export a network to ONNX from its I/O spec: named inputs, dynamic batch, hw2rt metadata."""
     from hw2rt.checkpoints import resolve_checkpoint
+    from hw2rt.errors import Hw2rtError
     from hw2rt.export import DEFAULT_OPSET, export_checkpoint
 
     dims = {"height": size, "width": size} if size and model == "face_unet" else None
-    _outputs(("--out", out, False))
-    path = export_checkpoint(resolve_checkpoint(checkpoint, model), out, model=model, precision=precision,
-                             opset=opset or DEFAULT_OPSET, dims=dims)
-    click.echo(f"export: {model} ({precision}, opset {opset or DEFAULT_OPSET}) -> {path}")
+    if not search_islands:
+        if budget is not None or report_path is not None:
+            raise Hw2rtError("--budget and --report belong to --search-islands")
+        _outputs(("--out", out, False))
+        path = export_checkpoint(resolve_checkpoint(checkpoint, model), out, model=model, precision=precision,
+                                 opset=opset or DEFAULT_OPSET, dims=dims)
+        click.echo(f"export: {model} ({precision}, opset {opset or DEFAULT_OPSET}) -> {path}")
+        return
+    import json
+
+    from hw2rt.checkpoints import file_sha256, load_model
+    from hw2rt.io import atomic_path
+    from hw2rt.islands import BUDGET_IMAGE_MSE_255, SEARCH_LOOPS, format_search, search_islands
+
+    if precision != "fp16" or model not in SEARCH_LOOPS:
+        raise Hw2rtError(f"--search-islands searches the fp32 islands of an fp16 graph of face_unet or "
+                         f"digit_unet (got --model {model} --precision {precision})")
+    if opset is not None and opset != DEFAULT_OPSET:
+        raise Hw2rtError(f"--search-islands exports opset {DEFAULT_OPSET}")
+    report_path = report_path or out.with_suffix(".islands.json")
+    _outputs(("--out", out, False), ("--report", report_path, False))
+    path = resolve_checkpoint(checkpoint, model)
+    net, _, _ = load_model(path, model)
+    report = search_islands(model, net, out, budget=budget or BUDGET_IMAGE_MSE_255, dims=dims,
+                            source_sha256=file_sha256(path), log=click.echo)
+    with atomic_path(report_path) as tmp:
+        Path(tmp).write_text(json.dumps(report, indent=2) + "\n")
+    click.echo(format_search(report))
+    click.echo(f"report: {report_path}")
 
 
 @main.command()
@@ -262,14 +297,25 @@ def export(model, checkpoint, out, precision, opset, size):
 @click.option("--sampler", type=click.Choice(options.SAMPLERS), default="ancestral", show_default=True,
               help="digit_unet, with --trajectory: the digit loop to follow (faces: the face DDIM).")
 @click.option("--eta", type=float, default=0.0, show_default=True, help="DDIM eta of the trajectory.")
+@click.option("--onnx", "onnx_path", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="The candidate: this hw2rt export of --checkpoint (default: the bundled model), on ort.")
+@click.option("--localize", is_flag=True,
+              help="Name the first node of the candidate's ONNX graph whose output leaves the per-call "
+                   "budget, against the fp32 export (also done whenever the per-call check fails).")
+@click.option("--task", default=None,
+              help="Grade the task: digit_unet: N digits (a multiple of 10; guided DDIM, eta 1, w 2) graded "
+                   "by the bundled grader; dann/digit_classifier: an image folder's labels. Replaces the "
+                   "image MSE in the verdict.")
+@click.option("--labels", "labels_csv", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="With --task FOLDER: its image_name,label CSV, for both accuracies.")
 @click.option("--json", "json_path", type=click.Path(dir_okay=False, path_type=Path), default=None)
 @click.option("--plot", "plot_path", type=click.Path(dir_okay=False, path_type=Path), default=None,
               help="With --trajectory: the PNG of error vs step (default: beside --json, .png).")
 @_engine_options
-def parity(model, checkpoint, steps, size, no_e2e, trajectory, sampler, eta, json_path, plot_path, backend,
-           precision, device, threads):
-    """Compare an engine, opened as the commands open it, with the torch fp32 CPU reference; exit status 1
-    when over budget."""
+def parity(model, checkpoint, steps, size, no_e2e, trajectory, sampler, eta, onnx_path, localize, task,
+           labels_csv, json_path, plot_path, backend, precision, device, threads):
+    """Compare an engine, opened as the commands open it (or an ONNX graph), with the torch fp32 CPU
+    reference; exit status 1 when over budget."""
     from hw2rt.errors import Hw2rtError
     from hw2rt.parity import format_report, run_parity
     from hw2rt.runtime.jobs import check_finite
@@ -281,14 +327,24 @@ def parity(model, checkpoint, steps, size, no_e2e, trajectory, sampler, eta, jso
         loop = "face-ddim" if model == "face_unet" else f"digit-{sampler}"
         if plot_path is None and json_path is not None:
             plot_path = json_path.with_suffix(".png")
+    if task is not None:
+        if model == "face_unet":
+            raise Hw2rtError("--task: face_unet has no task grade (its images are graded by image MSE)")
+        if model == "digit_unet":
+            if not task.isdigit() or int(task) < 10 or int(task) % 10:
+                raise Hw2rtError(f"--task {task}: digit_unet takes a number of digits, a multiple of 10")
+            task = int(task)
+        elif not Path(task).is_dir():
+            raise Hw2rtError(f"--task {task}: not an image folder")
+    if labels_csv is not None and (task is None or model == "digit_unet"):
+        raise Hw2rtError("--labels belongs to --task FOLDER (dann, digit_classifier)")
     check_finite("--eta", eta)
     _outputs(("--json", json_path, False), ("--plot", plot_path, False))
     dims = {"height": size, "width": size} if size and model == "face_unet" else None
     report = run_parity(model, checkpoint, backend=backend, precision=precision, device=device,
                         threads=threads, dims=dims, steps=steps, e2e=not no_e2e, trajectory=loop, eta=eta,
+                        onnx=onnx_path, localize=localize, task=task, task_labels=labels_csv,
                         json_path=json_path, plot_path=plot_path)
     click.echo(format_report(report))
     if not report["passed"]:
         raise SystemExit(1)
-
-

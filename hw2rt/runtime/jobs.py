@@ -273,10 +273,16 @@ def digit_job(engine, out_dir, *, per_digit=100, w=2.0, sampler="ancestral", ste
 
 def classify_job(engine, images_dir, out_csv, *, batch_size=512, features_path=None, progress=True):
     """The assignment's DANN inference: `image_name,label` for every image of the folder, decoded by the one
-    decoder (hw2rt.data.images: grayscale repeated, other sizes resized to 28x28 bilinearly, counted)."""
+    decoder (hw2rt.data.images: grayscale repeated, other sizes resized to 28x28 bilinearly, counted).
+    The label is the argmax of the engine's first output (a DANN's log_probs, a digit classifier's logits);
+    `features_path` (DANN only) saves the features output."""
     from hw2rt.data.images import read_images
     from hw2rt.io import list_images, write_labels_csv
+    from hw2rt.models import get_spec
 
+    scores = get_spec(engine.model).outputs[0].name
+    if features_path is not None and "features" not in {s.name for s in get_spec(engine.model).outputs}:
+        raise Hw2rtError(f"{features_path}: {engine.model} has no features output")
     paths = list_images(images_dir)
     start = time.perf_counter()
     images, resized = read_images(paths, 28)
@@ -286,8 +292,9 @@ def classify_job(engine, images_dir, out_csv, *, batch_size=512, features_path=N
     labels, feats = [], []
     for i in tqdm(range(0, len(x), batch_size), desc="classify", unit="batch", disable=not progress):
         out = engine.run({"x": x[i:i + batch_size]})
-        labels.append(out["log_probs"].argmax(1).cpu())
-        feats.append(out["features"].float().cpu())
+        labels.append(out[scores].argmax(1).cpu())
+        if features_path is not None:
+            feats.append(out["features"].float().cpu())
     labels = torch.cat(labels).tolist()
     seconds = time.perf_counter() - start
     write_labels_csv(out_csv, [(p.name, y) for p, y in zip(paths, labels)])

@@ -1,0 +1,233 @@
+"""The fp16 island search: the smallest set of fp32 islands that keeps a diffusion model's images
+within the fp16 budget, found against the end-to-end metric rather than by rule.
+
+Candidates (named as `export/fp16.py` names islands): the default islands (every GroupNorm, the
+face UNet's timestep embedding, every softmax site) and EXTRA_CANDIDATES (the output conv; the digit
+UNet's time and label embeddings). A trial exports the fp16 graph with one island set, runs the
+job's own loop on it (ONNX Runtime, the same code path as the commands) from the reference's noise,
+and grades its images against the torch fp32 images as the assignment grades them (image MSE on the
+0..255 scale, mean over the images); its cost is the graph's per-call time.
+
+The search starts from the default set (or, when that misses the budget, from every candidate) and
+shrinks it by bisection over the candidate groups (delta debugging's complement step): drop a chunk,
+keep the drop if the images stay within budget, halve the chunk when no drop of that size passes.
+A set that passes and from which no single island can be dropped is the result. Every trial (its
+islands, image MSE, per-call time) goes into the report.
+
+How far to trust the CPU: ONNX Runtime's CPU provider has few fp16 kernels and computes most fp16
+nodes in fp32 between Casts, so a CPU trial sees fp16 *rounding* of every tensor, not fp16
+*arithmetic* (accumulation, overflow inside a reduction). An island that only protects arithmetic
+(a GroupNorm's statistics, a softmax's sum) looks free to drop here. The report therefore says which
+default islands the search dropped, and measures the gap once: the exported fp16 module run by
+torch's CPU fp16 kernels against the ORT fp16 graph of the same islands.
+"""
+import math
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+from hw2rt.bench.measure import side_by_side
+from hw2rt.engines import OrtEngine, TorchEngine
+from hw2rt.export import export_onnx, to_fp16
+from hw2rt.io import mse_255
+from hw2rt.models import get_spec
+from hw2rt.parity import compare_outputs, sample_images, start_noise
+
+# The loop a search grades, per model: what the demo and the jobs run (faces: Problem 2's DDIM;
+# digits: the demo's guided DDIM, eta 1, w 2), at the size of the search (faces 64x64).
+SEARCH_LOOPS = {
+    "face_unet": {"loop": "face-ddim", "steps": 50, "eta": 0.0, "images": 8,
+                  "dims": {"height": 64, "width": 64}},
+    "digit_unet": {"loop": "digit-ddim", "steps": 50, "eta": 1.0, "images": 20, "dims": {}},
+}
+EXTRA_CANDIDATES = {
+    "face_unet": ("out.2",),
+    "digit_unet": ("timeembed1", "timeembed2", "contextembed1", "contextembed2", "out.3"),
+}
+# parity.BUDGETS["fp16"]: a trial passes when its graph would pass `hw2rt parity` (per call and images)
+BUDGET_IMAGE_MSE_255 = 0.3
+PER_CALL_BUDGET = 1e-2
+W = 2.0
+
+
+def default_islands(net, model: str) -> list:
+    """The islands the default fp16 conversion uses (module islands, then the softmax sites it hit)."""
+    spec = get_spec(model)
+    half = to_fp16(net)
+    feeds = spec.example_inputs(1, seed=0, **spec.default_dims)
+    with torch.no_grad():
+        half(*(feeds[s.name] for s in spec.inputs))
+    return half.islands()
+
+
+def _setup(model: str, images, steps, dims) -> dict:
+    if model not in SEARCH_LOOPS:
+        raise ValueError(f"the island search grades a sampler's images: face_unet or digit_unet, not {model}")
+    setup = dict(SEARCH_LOOPS[model])
+    setup.update({k: v for k, v in (("images", images), ("steps", steps), ("dims", dims)) if v})
+    return setup
+
+
+def loop_images(engine, setup: dict, x_T, seed: int) -> list:
+    return sample_images(engine, setup["loop"], x_T, steps=setup["steps"], seed=seed, w=W, eta=setup["eta"])
+
+
+class Trials:
+    """Runs and remembers trials: an island set -> its exported graph's image MSE and per-call time."""
+
+    def __init__(self, net, model: str, setup: dict, workdir: Path, *, x_T, reference_images, seed: int,
+                 threads, budget: float, log):
+        spec = get_spec(model)
+        self.net, self.model, self.setup, self.workdir = net, model, setup, workdir
+        self.x_T, self.reference_images, self.seed, self.threads = x_T, reference_images, seed, threads
+        self.budget, self.log = budget, log
+        self.timing_feeds = spec.example_inputs(len(x_T), seed=1, **{**spec.default_dims, **setup["dims"]})
+        self.reference_outputs = TorchEngine(net, model).run(self.timing_feeds)
+        self.records = []
+
+    def images(self, engine) -> list:
+        return loop_images(engine, self.setup, self.x_T, self.seed)
+
+    def grade(self, images) -> tuple[float, float]:
+        mses = [mse_255(a, b) for a, b in zip(images, self.reference_images, strict=True)]
+        return sum(mses) / len(mses), max(mses)
+
+    def __call__(self, islands: list, why: str) -> dict:
+        for r in self.records:
+            if set(r["islands"]) == set(islands):
+                return r
+        t0 = time.perf_counter()
+        path = self.workdir / "trial.onnx"
+        export_onnx(self.net, self.model, path, precision="fp16", islands=islands)
+        engine = OrtEngine(path, model=self.model, threads=self.threads)
+        try:
+            mean, worst = self.grade(self.images(engine))
+            per_call = side_by_side({"call": lambda: engine.run(self.timing_feeds)}, 5, engine.device)["call"]
+            stats = compare_outputs(self.reference_outputs, engine.run(self.timing_feeds), PER_CALL_BUDGET)
+        finally:
+            engine.close()
+        rel = max(s["required_rtol"] for s in stats.values())
+        record = {"trial": len(self.records), "why": why, "fp32_islands": len(islands),
+                  "islands": list(islands),
+                  "image_mse_255": mean, "max_image_mse_255": worst, "per_call_rel": rel,
+                  "per_call_ms": per_call["median_ms"],
+                  "passed": (math.isfinite(mean) and mean <= self.budget
+                             and all(s["passed"] for s in stats.values())),
+                  "seconds": time.perf_counter() - t0}
+        self.records.append(record)
+        self.log(f"trial {record['trial']:3d} ({why}): {len(islands)} fp32 islands, image MSE {mean:.4g}, "
+                 f"per call rel {rel:.3g}, {record['per_call_ms']:.2f} ms/call: "
+                 f"{'ok' if record['passed'] else 'over budget'}")
+        return record
+
+
+def shrink(islands: list, passes) -> list:
+    """The complement step of delta debugging: drop chunks of `islands` while `passes(rest)` holds,
+    halving the chunk when no drop of its size passes, down to single islands."""
+    keep = list(islands)
+    chunk = max(1, math.ceil(len(keep) / 2))
+    while keep:
+        i = 0
+        while i < len(keep):
+            rest = keep[:i] + keep[i + chunk:]
+            if passes(rest):
+                keep = rest
+            else:
+                i += chunk
+        if chunk == 1:
+            break
+        chunk = math.ceil(chunk / 2)
+    return keep
+
+
+def search_islands(model: str, net, out_path, *, threads: int | None = 1,
+                   budget: float = BUDGET_IMAGE_MSE_255, images: int | None = None, steps: int | None = None,
+                   dims: dict | None = None, seed: int = 0, source_sha256: str | None = None,
+                   log=print) -> dict:
+    """Search the fp32 islands of `net` (a face or digit UNet; SEARCH_LOOPS says how it is graded,
+    `images`, `steps`, `dims` override), write the chosen fp16 graph to `out_path` and return the
+    report: every trial, the chosen islands, and the CPU fidelity check."""
+    setup = _setup(model, images, steps, dims)
+    t0 = time.perf_counter()
+    x_T = start_noise(model, setup["images"], seed, setup["dims"])
+    with tempfile.TemporaryDirectory(prefix="hw2rt-islands-") as tmp:
+        reference_images = loop_images(TorchEngine(net, model), setup, x_T, seed)
+        trials = Trials(net, model, setup, Path(tmp), x_T=x_T, reference_images=reference_images, seed=seed,
+                        threads=threads, budget=budget, log=log)
+        defaults = default_islands(net, model)
+        candidates = defaults + [c for c in EXTRA_CANDIDATES[model] if c not in defaults]
+        none, default = trials([], "no islands"), trials(defaults, "the default islands")
+        if none["passed"]:
+            chosen = []
+        else:
+            start = defaults if default["passed"] else candidates
+            if start is candidates and not trials(candidates, "every candidate")["passed"]:
+                chosen = candidates  # nothing among the candidates meets the budget: the safest set
+            else:
+                chosen = shrink(start, lambda rest: trials(rest, "drop")["passed"])
+        best = trials(chosen, "chosen")
+        fidelity = cpu_fidelity(net, model, trials, chosen)
+    note = (f"image MSE {best['image_mse_255']:.4g} <= {budget:g}" if best["passed"]
+            else f"no candidate set met the budget {budget:g}")
+    export_onnx(net, model, out_path, precision="fp16", islands=chosen, source_sha256=source_sha256,
+                metadata={"island_search": note})
+    return {
+        "model": model, "config": getattr(net, "config", {}), **setup,
+        "w": None if model == "face_unet" else W,
+        "seed": seed, "threads": threads, "budget_image_mse_255": budget, "candidates": candidates,
+        "default_islands": defaults, "chosen": chosen, "met_budget": best["passed"], "note": note,
+        "dropped_defaults": [d for d in defaults if d not in chosen],
+        "added": [c for c in chosen if c not in defaults], "chosen_trial": best, "trials": trials.records,
+        "cpu_fidelity": fidelity, "out": str(out_path), "seconds": time.perf_counter() - t0,
+    }
+
+
+def cpu_fidelity(net, model: str, trials: Trials, islands: list) -> dict:
+    """The same fp16 module (the one exported with `islands`) run by torch's CPU fp16 kernels: its
+    image MSE against the fp32 images, beside the ORT graph's, and the two fp16 runs' per-call gap."""
+    half = to_fp16(net, islands)  # fp32 in, fp32 out: TorchEngine runs it as it is
+    torch_fp16 = TorchEngine(half, model)
+    mean, worst = trials.grade(trials.images(torch_fp16))
+    path = trials.workdir / "fidelity.onnx"
+    export_onnx(net, model, path, precision="fp16", islands=islands)
+    ort_fp16 = OrtEngine(path, model=model, threads=trials.threads)
+    reference = TorchEngine(net, model)
+    try:
+        feeds = trials.timing_feeds
+        ref, out_ort, out_torch = reference.run(feeds), ort_fp16.run(feeds), torch_fp16.run(feeds)
+    finally:
+        ort_fp16.close()
+    pairs = {"ort_fp16_vs_fp32": (ref, out_ort), "torch_fp16_vs_fp32": (ref, out_torch),
+             "ort_fp16_vs_torch_fp16": (out_torch, out_ort)}
+    rel = {name: max(s["required_rtol"] for s in compare_outputs(a, b, 1.0).values())
+           for name, (a, b) in pairs.items()}
+    ort_mse = next(r["image_mse_255"] for r in trials.records if set(r["islands"]) == set(islands))
+    return {"islands": list(islands), "torch_fp16_image_mse_255": mean, "torch_fp16_max_image_mse_255": worst,
+            "ort_fp16_image_mse_255": ort_mse, "per_call_rel_max_abs": rel,
+            "note": "torch's CPU fp16 kernels and ORT's CPU fp16 (fp32 compute between Casts) stand in for a "
+                    "GPU's fp16 arithmetic; neither overflows inside a reduction as an fp16 kernel may"}
+
+
+def format_search(report: dict) -> str:
+    """A readable summary of a search report."""
+    fid = report["cpu_fidelity"]
+    dims = f", {report['dims']}" if report["dims"] else ""
+    lines = [(f"island search {report['model']}: {report['loop']} {report['steps']} steps, "
+              f"{report['images']} images{dims}, budget image MSE {report['budget_image_mse_255']:g}: "
+              f"{len(report['trials'])} trials in {report['seconds']:.0f} s"),
+             "| trial | why | fp32 islands | image MSE | per call rel | ms/call | |",
+             "|---|---|---|---|---|---|---|"]
+    for r in report["trials"]:
+        lines.append(f"| {r['trial']} | {r['why']} | {r['fp32_islands']} | {r['image_mse_255']:.4g} | "
+                     f"{r['per_call_rel']:.3g} | {r['per_call_ms']:.2f} | "
+                     f"{'ok' if r['passed'] else 'over'} |")
+    gaps = ", ".join(f"{k} {v:.3g}" for k, v in fid["per_call_rel_max_abs"].items())
+    lines += [(f"chosen: {len(report['chosen'])} fp32 islands {report['chosen']} ({report['note']}); dropped "
+               f"{len(report['dropped_defaults'])} of {len(report['default_islands'])} default islands, "
+               f"added {report['added']}"),
+              (f"CPU fidelity (chosen islands): image MSE ORT fp16 {fid['ort_fp16_image_mse_255']:.4g}, "
+               f"torch fp16 {fid['torch_fp16_image_mse_255']:.4g}; per call rel max abs {gaps}"),
+              f"graph: {report['out']}"]
+    return "\n".join(lines)
