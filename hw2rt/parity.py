@@ -101,6 +101,7 @@ def compare_outputs(ref: dict, cand: dict, rel_budget: float) -> dict:
             "required_rtol": max_abs / scale if scale > 0 else max_abs,
             "required_atol": max_abs,
             "budget_rtol": rel_budget,
+            "nonfinite": not finite,
             "passed": finite and max_abs <= rel_budget * max(scale, 1e-12),
         }
     return stats
@@ -334,6 +335,8 @@ def format_report(report: dict) -> str:
         lines.append(f"| {name} | {_g(s['max_abs'])} | {_g(s['mean_abs'])} | {_g(s['mse'])} | "
                      f"{s['cosine']:.7f} | {_g(s['scale'])} | {_g(s['required_rtol'])} | "
                      f"{_g(s['budget_rtol'])} | {ok(s['passed'])} |")
+    lines += [f"NaN/Inf in the candidate's output {name} (per call)" for name, s in pc["outputs"].items()
+              if s["nonfinite"]]
     e = report.get("end_to_end")
     if e:
         line = (f"end to end ({e['sampler']}, {e['steps']} steps, {e['images']} images, seed {e['seed']}): "

@@ -41,3 +41,23 @@ def test_run_parity_writes_json(tmp_path):
     assert report["passed"] and report["end_to_end"] is None
     assert json.loads(out.read_text())["per_call"]["outputs"]["logits"]["passed"] is True
     assert report["source"]["checkpoint"] is None and "random" in report["source"]["note"]
+
+
+def test_a_nan_output_is_named_and_a_graphless_candidate_is_not_localized():
+    import torch
+
+    from hw2rt.engines import TorchEngine
+    from hw2rt.parity import random_model
+
+    class NaNs(TorchEngine):
+        def _run(self, feeds):
+            return {k: v * float("nan") for k, v in super()._run(feeds).items()}
+
+    net = random_model("digit_classifier")
+    report = parity_report(TorchEngine(net, "digit_classifier"), NaNs(net, "digit_classifier"), batch=2,
+                           e2e=False)
+    assert not report["passed"] and report["per_call"]["outputs"]["logits"]["nonfinite"]
+    assert report["localize"]["skipped"] == "the torch engine has no ONNX graph to localize in"
+    text = format_report(report)
+    assert "NaN/Inf in the candidate's output logits (per call)" in text and "localize: skipped" in text
+    assert torch.isfinite(torch.tensor(report["per_call"]["outputs"]["logits"]["scale"]))

@@ -47,6 +47,7 @@ def test_comparator_fails_non_finite_output():
     ref = {"y": torch.ones(2, 3)}
     cand = {"y": torch.tensor([[1.0, float("nan"), 1.0], [1.0, 1.0, 1.0]])}
     stats = compare_outputs(ref, cand, rel_budget=1e-2)["y"]
-    assert not stats["passed"]
+    assert not stats["passed"] and stats["nonfinite"] and stats["max_abs"] == float("inf")
     exact = compare_outputs(ref, {"y": torch.ones(2, 3)}, rel_budget=1e-4)["y"]
     assert exact["passed"] and exact["max_abs"] == 0 and exact["cosine"] == pytest.approx(1.0)
+    assert not exact["nonfinite"]
