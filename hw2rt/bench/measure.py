@@ -235,10 +235,19 @@ def _ladder(make, flops_of, sizes, device, budget_s) -> float:
 
 def measure_peak(precision: str, device, *, budget_s: float = 0.25) -> dict:
     """This machine's FLOP/s in `precision` at the current thread count: the best of a square
-    matmul and a 3x3 convolution (256 channels, channels-last), each at growing sizes, best of 5."""
-
-    dtype = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}[precision]
+    matmul and a 3x3 convolution (256 channels, channels-last), each at growing sizes, best of 5.
+    int8: integer multiply-adds of `torch._int_mm` (int8 x int8 -> int32; torch has no int8 conv)."""
     device = torch.device(device)
+    if precision == "int8":
+        def int_mm(n):
+            a, b = (torch.randint(-128, 128, (n, n), dtype=torch.int8, device=device) for _ in range(2))
+            return lambda: torch._int_mm(a, b)
+
+        sizes = (256, 512, 1024, 2048, 4096)
+        with torch.inference_mode():
+            mm = _ladder(int_mm, lambda n: 2.0 * n ** 3, sizes, device, budget_s)
+        return {"gflops": mm / 1e9, "matmul_gflops": mm / 1e9, "conv_gflops": None, "best": "int_mm"}
+    dtype = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}[precision]
     hw = 64 if device.type == "cuda" else 32
     ch = 256
 

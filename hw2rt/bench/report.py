@@ -142,8 +142,14 @@ def markdown(result: dict) -> str:
                f"python {v['python']}.")
     how = ("Weights: seeded random models (speed does not depend on training). Times: median [p10-p90]; "
            "x = speed-up against torch eager fp32 in the same run (runners alternate call by call).")
+    def conv(d):  # int8's peak is a matmul's only (torch has no int8 conv)
+        return f", conv3x3 {d['conv_gflops']:.1f}" if d.get("conv_gflops") is not None else ""
+
+    def unit(p):
+        return "GOP/s" if p == "int8" else "GFLOP/s"
+
     peaks = "Measured peak (same thread count, the better of the run's start and end): " + "; ".join(
-        f"{p} {d['gflops']:.1f} GFLOP/s (matmul {d['matmul_gflops']:.1f}, conv3x3 {d['conv_gflops']:.1f}; "
+        f"{p} {d['gflops']:.1f} {unit(p)} (matmul {d['matmul_gflops']:.1f}{conv(d)}; "
         f"start {d['start']['gflops']:.1f}, end {d['end']['gflops'] if 'end' in d else float('nan'):.1f})"
         for p, d in result["peaks"].items()) + "."
     lines = [when, "", machine, "", how, "", peaks, ""]

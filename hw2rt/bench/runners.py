@@ -14,6 +14,8 @@ RUNNERS = {
     "fp16": {"backend": "torch", "precision": "fp16", "label": "torch fp16 (fp32 islands, channels-last)"},
     "ort": {"backend": "ort", "precision": "fp32", "label": "ONNX Runtime fp32"},
     "ort-fp16": {"backend": "ort", "precision": "fp16", "label": "ONNX Runtime fp16 graph"},
+    "ort-int8": {"backend": "ort", "precision": "int8",
+                 "label": "ONNX Runtime int8 (QDQ, calibrated on the loop)"},
     "trt": {"backend": "trt", "precision": "fp16", "label": "TensorRT fp16"},
     "torch+graphs": {"backend": "torch", "precision": "fp32", "graphs": True,
                      "label": "torch fp32, CUDA graphs"},

@@ -7,7 +7,8 @@ from hw2rt import options
 from hw2rt.cli.group import main
 
 PRECISION_HELP = ("fp16: the fp16 graph with fp32 islands (ort, trt; torch on CUDA). bf16: torch only; "
-                  "fast only on CPUs/GPUs with native bf16.")
+                  "fast only on CPUs/GPUs with native bf16. int8: the QDQ graph calibrated on the model's "
+                  "own loop (ort, trt; checked by `parity --precision int8`).")
 
 
 def _engine_options(f):
@@ -24,13 +25,15 @@ def _engine_options(f):
     return f
 
 
-def _open_engine(model, checkpoint, backend, precision, threads, device, default=None, **dims):
+def _open_engine(model, checkpoint, backend, precision, threads, device, default=None,
+                 calibration_images=None, **dims):
     """The engine a command runs: the one `open_engine`, on the checkpoint (or the bundled default)."""
     from hw2rt.checkpoints import resolve_checkpoint
     from hw2rt.engines import open_engine
 
     return open_engine(model, resolve_checkpoint(checkpoint, default or model), backend=backend,
-                       precision=precision, device=device, threads=threads, dims=dims or None)
+                       precision=precision, device=device, threads=threads, dims=dims or None,
+                       calibration_images=calibration_images)
 
 
 def _outputs(*outputs):
@@ -195,14 +198,15 @@ def classify(images, out, checkpoint, batch_size, features, backend, precision, 
     """DANN inference (HW2 Problem 3): image_name,label for every image of a folder.
 
     Grayscale images are repeated to 3 channels; images that are not 28x28 are resized to 28x28
-    (bilinear), as the assignment's transforms do, and the count is reported.
+    (bilinear), as the assignment's transforms do, and the count is reported. An int8 engine is
+    calibrated on (up to 512 of) the folder's own images: the target domain, no labels.
     """
     from hw2rt.checkpoints import default_dann
     from hw2rt.runtime import jobs
 
     _outputs(("--out", out, False), ("--features", features, False))
-    with _open_engine("dann", checkpoint, backend, precision, threads, device,
-                      default=default_dann(images)) as engine:
+    with _open_engine("dann", checkpoint, backend, precision, threads, device, default=default_dann(images),
+                      calibration_images=images if precision == "int8" else None) as engine:
         s = jobs.classify_job(engine, images, out, batch_size=batch_size, features_path=features)
         click.echo(f"classify ({engine.name}): {s['images']} images -> {out} in {s['seconds']:.2f} s "
                    f"({s['images_per_s']:.0f} images/s)"
@@ -233,7 +237,13 @@ def demo(out, quick, backend, threads):
 @click.option("--out", required=True, type=click.Path(dir_okay=False, path_type=Path),
               help="The .onnx to write.")
 @click.option("--precision", type=click.Choice(options.GRAPH_PRECISIONS), default="fp32", show_default=True,
-              help="fp16: fp16 graph with fp32 islands (timestep embedding, GroupNorm statistics, softmax).")
+              help="fp16: fp16 graph with fp32 islands (timestep embedding, GroupNorm statistics, softmax). "
+                   "int8: QDQ graph calibrated on the model's own loop (dann/digit_classifier: on "
+                   "--calibration-images).")
+@click.option("--calibration-method", type=click.Choice(("minmax", "entropy", "percentile")), default=None,
+              help="int8: how activation ranges are chosen (default percentile, 99.99).")
+@click.option("--calibration-images", type=click.Path(file_okay=False, path_type=Path), default=None,
+              help="int8 dann/digit_classifier: a folder of target-domain images to calibrate on.")
 @click.option("--opset", type=int, default=None,
               help="ONNX opset (default: hw2rt's, >= 18).")
 @click.option("--size", type=click.IntRange(min=32), default=None,
@@ -247,7 +257,8 @@ def demo(out, quick, backend, threads):
               help="With --search-islands: the image MSE (0..255) budget (default: parity's fp16 0.3).")
 @click.option("--report", "report_path", type=click.Path(dir_okay=False, path_type=Path), default=None,
               help="With --search-islands: the JSON report (default: beside --out, .islands.json).")
-def export(model, checkpoint, out, precision, opset, size, search_islands, budget, report_path):
+def export(model, checkpoint, out, precision, calibration_method, calibration_images, opset, size,
+           search_islands, budget, report_path):
     """Export a network to ONNX from its I/O spec: named inputs, dynamic batch, hw2rt metadata."""
     from hw2rt.checkpoints import resolve_checkpoint
     from hw2rt.errors import Hw2rtError
@@ -259,7 +270,8 @@ def export(model, checkpoint, out, precision, opset, size, search_islands, budge
             raise Hw2rtError("--budget and --report belong to --search-islands")
         _outputs(("--out", out, False))
         path = export_checkpoint(resolve_checkpoint(checkpoint, model), out, model=model, precision=precision,
-                                 opset=opset or DEFAULT_OPSET, dims=dims)
+                                 opset=opset or DEFAULT_OPSET, dims=dims, method=calibration_method,
+                                 calibration_images=calibration_images)
         click.echo(f"export: {model} ({precision}, opset {opset or DEFAULT_OPSET}) -> {path}")
         return
     import json
@@ -327,6 +339,12 @@ def parity(model, checkpoint, steps, size, no_e2e, trajectory, sampler, eta, onn
         loop = "face-ddim" if model == "face_unet" else f"digit-{sampler}"
         if plot_path is None and json_path is not None:
             plot_path = json_path.with_suffix(".png")
+    if precision == "int8" and task is None and onnx_path is None:
+        if model == "digit_unet":
+            task = "1000"  # the int8 gate: 1,000 graded digits against 1,000 fp32 ones
+        elif model != "face_unet":
+            raise Hw2rtError(f"--precision int8 {model}: give --task FOLDER, target-domain images (they "
+                             "calibrate the graph, without labels, and are classified by both engines)")
     if task is not None:
         if model == "face_unet":
             raise Hw2rtError("--task: face_unet has no task grade (its images are graded by image MSE)")

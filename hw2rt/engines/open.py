@@ -51,13 +51,14 @@ def _is_onnx(source) -> bool:
 def open_engine(model: str, source=None, *, backend: str = "auto", precision: str | None = None,
                 device="cpu", graphs: bool | str = "auto", max_batch: int | None = None,
                 threads: int | None = None, cache_dir=None, dims: dict | None = None,
-                opset: int = DEFAULT_OPSET, compile: bool | dict = False) -> Engine:
+                opset: int = DEFAULT_OPSET, compile: bool | dict = False, calibration_images=None) -> Engine:
     """An Engine for `model` ("face_unet", "digit_unet", "dann", "digit_classifier").
 
     source: a checkpoint path (.pt/.pth/.safetensors) or bundled name, an nn.Module of that model,
         an hw2rt ONNX file (.onnx: ort and trt; its precision is the file's), or None for the bundled one.
-    precision: "fp32", "fp16" (fp16 graph with fp32 islands; torch: CUDA only) or "bf16" (torch
-        only). None (the default): fp32, but fp16 on trt, and an ONNX file's own precision.
+    precision: "fp32", "fp16" (fp16 graph with fp32 islands; torch: CUDA only), "bf16" (torch
+        only) or "int8" (ort, trt: the QDQ graph calibrated on the model's own loop, export/int8.py).
+        None (the default): fp32, but fp16 on trt, and an ONNX file's own precision.
     device: "cpu", "cuda", "cuda:N" or "auto".
     graphs: "auto" (CUDA graphs on a CUDA device, nothing on the CPU), True (always behind the
         bucketing wrapper: CUDA graphs on CUDA, the same padded buckets run eagerly on the CPU) or False.
@@ -69,6 +70,7 @@ def open_engine(model: str, source=None, *, backend: str = "auto", precision: st
     dims: sizes of the non-batch axes the engine will mostly serve (face_unet height/width): the
         TensorRT profile. ORT and torch are dynamic in them.
     compile: torch only: True or torch.compile options.
+    calibration_images: int8 dann / digit_classifier: a folder of target-domain images to calibrate on.
     """
     spec = get_spec(model)
     if backend not in options.BACKENDS:
@@ -83,22 +85,25 @@ def open_engine(model: str, source=None, *, backend: str = "auto", precision: st
     if precision is not None and precision not in options.GRAPH_PRECISIONS and backend != "torch":
         raise Hw2rtError(f"precision {precision} runs on the torch backend only (there is no {precision} "
                          f"ONNX graph for {backend}); use --backend torch, or fp32/fp16 on {backend}")
+    if precision == "int8" and backend == "torch":
+        raise Hw2rtError("int8 is a quantized ONNX graph: it runs on the ort (or trt) backend, not torch")
     if compile and backend != "torch":
         raise Hw2rtError(f"torch.compile applies to the torch backend, not {backend}")
     graphed = device.type == "cuda" if graphs == "auto" else graphs
     call_batch = max_batch or (spec.max_batch if graphed or backend == "trt" else None)
 
     engine = _open_backend(spec.name, source, backend, precision, device, call_batch, threads, cache_dir,
-                           dims, opset, compile)
+                           dims, opset, compile, calibration_images)
     return GraphedEngine(engine, bucket_sizes(call_batch)) if graphed else engine
 
 
 def _open_backend(model, source, backend, precision, device, max_batch, threads, cache_dir, dims, opset,
-                  compile) -> Engine:
-    if backend == "trt":  # a plan of the fp16 (default) or fp32 graph, via the engine cache
+                  compile, calibration_images) -> Engine:
+    if backend == "trt":  # a plan of the fp16 (default), fp32 or int8 graph, via the engine cache
         from hw2rt.engines.trt import open_trt_engine
         return open_trt_engine(model, source, precision=precision, device=device, dims=dims,
-                               max_batch=max_batch, cache_dir=cache_dir, opset=opset)
+                               max_batch=max_batch, cache_dir=cache_dir, opset=opset,
+                               calibration_images=calibration_images)
     if _is_onnx(source):
         if backend != "ort":
             raise Hw2rtError(f"{source}: an ONNX file runs on the ort backend (or trt), not {backend}")
@@ -113,7 +118,8 @@ def _open_backend(model, source, backend, precision, device, max_batch, threads,
     if backend == "torch":
         return TorchEngine(weights.net, model, precision=precision, device=device, compile=compile,
                            threads=threads, max_batch=max_batch, source=weights.label)
-    entry = cached_onnx(model, weights, precision=precision, opset=opset, cache_dir=cache_dir)
+    entry = cached_onnx(model, weights, precision=precision, opset=opset, cache_dir=cache_dir,
+                        calibration_images=calibration_images)
     engine = OrtEngine(entry.path, model=model, device=device, threads=threads, max_batch=max_batch,
                        trt_cache_dir=cache_root(cache_dir) / "ort_trt")
     engine.cache_entry = entry

@@ -1,5 +1,5 @@
-"""The native TensorRT backend: build a plan from the exported ONNX graph (fp32, or fp16 with fp32
-islands), cache it, run it.
+"""The native TensorRT backend: build a plan from the exported ONNX graph (fp32, fp16 with fp32
+islands, or int8 QDQ with symmetric activations: explicit quantization), cache it, run it.
 
 TensorRT 10 and 11 only, strongly typed networks only. TensorRT 11 removed the fp16 builder
 flag (and every other weak-typing flag): the precision of each layer is the one the ONNX graph
@@ -342,12 +342,14 @@ def trt_key_parts(onnx_sha256: str, model: str, *, precision: str, shapes: dict,
 def open_trt_engine(model: str, source=None, *, precision: str | None = None, device="cuda",
                     dims: dict | None = None, max_batch: int | None = None, opt_batch: int | None = None,
                     opt_level: int = DEFAULT_OPT_LEVEL, cache_dir=None, opset: int | None = None,
-                    verbose: bool = False) -> TrtEngine:
+                    verbose: bool = False, calibration_images=None) -> TrtEngine:
     """A TensorRT engine for `model`, its plan built once and then loaded from the engine cache.
 
     source: as `open_engine` (checkpoint path, nn.Module, None for the bundled weights), or an
         hw2rt ONNX export (.onnx; its precision is the file's).
-    precision: "fp16" (default: the fp16 graph with fp32 islands; what TensorRT is for) or "fp32".
+    precision: "fp16" (default: the fp16 graph with fp32 islands; what TensorRT is for), "fp32" or
+        "int8" (the QDQ graph: an explicitly quantized, strongly typed plan; `calibration_images` as
+        `open_engine`).
     dims: the face UNet's height/width for the profile (default: the registry's 64x64).
     max_batch / opt_batch: the profile's batch range 1..max_batch (default `ModelSpec.max_batch`),
         tuned for opt_batch (default max). `open_engine` puts the result behind CUDA graphs.
@@ -374,11 +376,12 @@ def open_trt_engine(model: str, source=None, *, precision: str | None = None, de
     else:
         precision = precision or "fp16"
         if precision not in GRAPH_PRECISIONS:
-            raise Hw2rtError(f"the trt backend builds fp16 or fp32 graphs, not {precision!r}")
+            raise Hw2rtError(f"the trt backend builds fp16, fp32 or int8 graphs, not {precision!r}")
         # The graph is dynamic in every named axis: trace at the default (cheap) size,
         # fix `dims` in the profile.
         onnx_path = cached_onnx(spec.name, resolve_source(spec.name, source), precision=precision,
-                                opset=opset or DEFAULT_OPSET, cache_dir=cache_dir).path
+                                opset=opset or DEFAULT_OPSET, cache_dir=cache_dir,
+                                calibration_images=calibration_images, int8_target="trt").path
     max_batch = int(max_batch or spec.max_batch)
     shapes = profile_shapes(spec, max_batch, opt_batch, dims)
     parts = trt_key_parts(file_sha256(onnx_path), spec.name, precision=precision, shapes=shapes,

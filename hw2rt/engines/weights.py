@@ -43,15 +43,38 @@ def resolve_source(model: str, source=None) -> Weights:
 
 
 def cached_onnx(model: str, weights: Weights, *, precision: str = "fp32", opset: int = DEFAULT_OPSET,
-                dims: dict | None = None, cache_dir=None) -> CacheEntry:
+                dims: dict | None = None, cache_dir=None, calibration_images=None,
+                int8_target: str = "ort") -> CacheEntry:
     """The exported graph of `weights` from the cache, exporting it on a miss or a bad entry.
-    `dims`: the trace size (default `trace_dims`; the graph is dynamic in every named axis)."""
+    `dims`: the trace size (default `trace_dims`; the graph is dynamic in every named axis).
+    int8: the fp32 graph quantized (export/int8.py) on feeds recorded from the model's own loop
+    (runtime/calibration.py; dann and digit_classifier: `calibration_images`, a folder), for
+    `int8_target` "ort" or "trt" (export/int8.py: the activations' type)."""
     spec = get_spec(model)
     dims = trace_dims(spec, dims)
     net = weights.net
+    if precision == "int8":
+        return _cached_int8(model, weights, opset, dims, cache_dir, calibration_images, int8_target)
     parts = onnx_key_parts(model, getattr(net, "config", {}), weights.sha256, precision, opset, dims)
 
     def build(tmp: Path):
         export_onnx(net, spec, tmp, precision=precision, opset=opset, dims=dims, source_sha256=weights.sha256)
 
     return get_or_build("onnx", f"{model}-{precision}", parts, "model.onnx", build, cache_dir=cache_dir)
+
+
+def _cached_int8(model, weights, opset, dims, cache_dir, calibration_images, target) -> CacheEntry:
+    from hw2rt.export.int8 import DEFAULT_METHOD, KEEP_FP32, export_int8
+    from hw2rt.runtime.calibration import calibration_recipe
+
+    recipe = calibration_recipe(model, calibration_images)
+    fp32 = cached_onnx(model, weights, precision="fp32", opset=opset, dims=dims, cache_dir=cache_dir)
+    parts = {**onnx_key_parts(model, getattr(weights.net, "config", {}), weights.sha256, "int8", opset, dims),
+             "int8": {"method": DEFAULT_METHOD, "keep_fp32": list(KEEP_FP32[model]), "calibration": recipe,
+                      "target": target}}
+
+    def build(tmp: Path):
+        export_int8(weights.net, model, tmp, calibration_images=calibration_images, fp32_path=fp32.path,
+                    target=target)
+
+    return get_or_build("onnx", f"{model}-int8-{target}", parts, "model.onnx", build, cache_dir=cache_dir)

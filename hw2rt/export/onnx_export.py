@@ -21,11 +21,10 @@ from hw2rt.errors import Hw2rtError, first_line
 from hw2rt.export.fp16 import fold_batchnorm, to_fp16
 from hw2rt.io import atomic_path
 from hw2rt.models import ModelSpec, get_spec
-from hw2rt.options import GRAPH_PRECISIONS
 
 DEFAULT_OPSET = 18
 MIN_OPSET = 18
-PRECISIONS = GRAPH_PRECISIONS
+PRECISIONS = ("fp32", "fp16")  # what a trace exports; int8 graphs are quantized from fp32 ones (int8.py)
 EXPORTER = "torch.onnx-torchscript"
 
 
@@ -176,10 +175,21 @@ def read_metadata(model_or_path) -> dict:
 
 
 def export_checkpoint(checkpoint, out_path, *, model: str | None = None, precision: str = "fp32",
-                      opset: int = DEFAULT_OPSET, dims: dict | None = None) -> Path:
-    """`hw2rt export`: load a checkpoint strictly and export it; the file's SHA-256 goes into the metadata."""
+                      opset: int = DEFAULT_OPSET, dims: dict | None = None, method: str | None = None,
+                      calibration_images=None) -> Path:
+    """`hw2rt export`: load a checkpoint strictly and export it; the file's SHA-256 goes into the metadata.
+    int8: quantized from the fp32 export (export/int8.py; `method`, `calibration_images`)."""
     from hw2rt.checkpoints import file_sha256, load_model
 
     net, name, _ = load_model(checkpoint, model)
+    if precision == "int8":
+        from hw2rt.export.int8 import DEFAULT_METHOD, export_int8
+
+        if opset != DEFAULT_OPSET or dims:
+            raise Hw2rtError("int8 exports quantize the default fp32 export: no --opset or --size")
+        return export_int8(net, name, out_path, method=method or DEFAULT_METHOD,
+                           calibration_images=calibration_images, source_sha256=file_sha256(checkpoint))
+    if method is not None or calibration_images is not None:
+        raise Hw2rtError("--calibration-method and --calibration-images belong to --precision int8")
     return export_onnx(net, name, out_path, precision=precision, opset=opset, dims=dims,
                        source_sha256=file_sha256(checkpoint))

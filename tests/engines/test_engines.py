@@ -124,6 +124,8 @@ def test_requests_a_backend_cannot_serve():
     with pytest.raises(Hw2rtError, match="unknown backend"):
         open_engine("digit_classifier", net, backend="tensorflow")
     with pytest.raises(Hw2rtError, match="unknown precision"):
+        open_engine("digit_classifier", net, backend="torch", precision="int4")
+    with pytest.raises(Hw2rtError, match="runs on the ort .or trt. backend, not torch"):
         open_engine("digit_classifier", net, backend="torch", precision="int8")
     if importlib.util.find_spec("tensorrt") is None:
         with pytest.raises(Hw2rtError, match="TensorRT"):

@@ -156,6 +156,31 @@ def test_open_engine_serves_trt_through_the_one_factory(fake_trt, tmp_path):
     assert json.loads(engine.cache_entry.path.read_bytes())["profile"]["x"][2] == [2, 3, 32, 32]
 
 
+def test_int8_builds_the_symmetric_qdq_graph_as_a_strongly_typed_plan(fake_trt, tmp_path, monkeypatch):
+    """TensorRT's explicit quantization takes int8 with zero point 0 only: the trt target's graph."""
+    import onnx
+    from onnx import numpy_helper
+
+    from hw2rt.engines import trt as trt_mod
+    from hw2rt.runtime import calibration
+
+    monkeypatch.setitem(calibration.RECIPES, "digit_unet", {**calibration.RECIPES["digit_unet"], "steps": 2,
+                                                            "per_digit": 1, "seeds": [1], "every": 1})
+    fake, sim = fake_trt
+    net = random_model("digit_unet", {"n_feat": 8})
+    sim.references["digit_unet"] = net
+    engine = trt_mod.open_trt_engine("digit_unet", net, precision="int8", max_batch=4, cache_dir=tmp_path)
+    assert engine.precision == "int8" and len(sim.builds) == 1
+    assert sim.builds[0]["flags"] == 1 << int(fake.NetworkDefinitionCreationFlag.STRONGLY_TYPED)
+    (graph,) = (tmp_path / "onnx").glob("digit_unet-int8-trt-*/model.onnx")
+    model = onnx.load(str(graph))
+    inits = {i.name: numpy_helper.to_array(i) for i in model.graph.initializer}
+    quants = [n for n in model.graph.node if n.op_type == "QuantizeLinear"]
+    zero_points = [inits[n.input[2]] for n in quants]
+    assert quants and all(z.dtype.name == "int8" and not z.any() for z in zero_points)
+    assert not trt_mod.unsupported_ops(graph)
+
+
 def test_a_graph_tensorrt_cannot_parse_is_one_line_naming_the_errors(fake_trt, tmp_path):
     _, sim = fake_trt
     sim.parse_ok = False

@@ -1,0 +1,151 @@
+"""int8 graphs: calibration recorded from the model's own loop, QDQ quantization, the engine and its cache."""
+import json
+
+import onnx
+import pytest
+import torch
+from click.testing import CliRunner
+
+from hw2rt.cli import main
+from hw2rt.engines import OrtEngine, TorchEngine, open_engine
+from hw2rt.errors import Hw2rtError
+from hw2rt.export import export_onnx, read_metadata
+from hw2rt.export.int8 import KEEP_FP32, export_int8, kept_nodes, quantize_int8
+from hw2rt.models import get_spec
+from hw2rt.parity import BUDGETS, SMALL, compare_outputs, random_model
+from hw2rt.runtime import calibration
+from hw2rt.runtime.calibration import Recorder, calibration_recipe, record_calibration
+
+FAST_DIGITS = {**calibration.RECIPES["digit_unet"], "steps": 4, "per_digit": 1, "every": 2}
+
+
+@pytest.fixture
+def fast_recipes(monkeypatch):
+    monkeypatch.setitem(calibration.RECIPES, "digit_unet", FAST_DIGITS)
+    monkeypatch.setitem(calibration.RECIPES, "face_unet", {**calibration.RECIPES["face_unet"], "steps": 3,
+                                                            "images": 2, "size": 32, "every": 1})
+
+
+@pytest.fixture(scope="module")
+def digit_net():
+    return random_model("digit_unet", {"n_feat": 16})
+
+
+def test_calibration_records_every_kth_call_of_the_guided_loop(fast_recipes, digit_net):
+    feeds = record_calibration(TorchEngine(digit_net, "digit_unet"), calibration_recipe("digit_unet"))
+    # 4 DDIM steps, every 2nd call kept, two seeds: 4 batches of both guidance halves of 10 digits
+    assert len(feeds) == 4 and all(f["x"].shape == (20, 3, 28, 28) for f in feeds)
+    assert all(set(f["mask"].tolist()) == {0.0, 1.0} and sorted(set(f["c"].tolist())) == list(range(10))
+               for f in feeds)
+    assert len({float(f["t"][0]) for f in feeds[:2]}) == 2  # different steps
+    face = record_calibration(TorchEngine(random_model("face_unet", SMALL["face_unet"][0]), "face_unet"),
+                              calibration_recipe("face_unet"))
+    assert len(face) == 3 and face[0]["x"].shape == (2, 3, 32, 32) and face[0]["t"].dtype == torch.int64
+
+
+def test_recorder_is_an_engine_that_forwards(digit_net):
+    ref = TorchEngine(digit_net, "digit_unet")
+    rec = Recorder(ref, every=3)
+    feeds = get_spec("digit_unet").example_inputs(2, 0)
+    for _ in range(7):
+        out = rec.run(feeds)
+    assert rec.calls == 7 and len(rec.feeds) == 3 and torch.equal(out["eps"], ref.run(feeds)["eps"])
+    assert rec.feeds[0]["x"] is not feeds["x"] and torch.equal(rec.feeds[0]["x"], feeds["x"])
+
+
+def test_the_int8_graph_is_qdq_with_the_sensitive_nodes_fp32(fast_recipes, digit_net, tmp_path):
+    path = export_int8(digit_net, "digit_unet", tmp_path / "int8.onnx")
+    model = onnx.load(str(path))
+    ops = [n.op_type for n in model.graph.node]
+    assert ops.count("QuantizeLinear") > 10 and ops.count("DequantizeLinear") > 10
+    meta = read_metadata(path)
+    int8 = json.loads(meta["int8"])
+    assert meta["precision"] == "int8" and meta["model"] == "digit_unet"
+    assert int8["method"] == "percentile" and int8["keep_fp32"] == list(KEEP_FP32["digit_unet"])
+    assert int8["calibration"]["steps"] == 4 and int8["calibration_batches"] == 4
+    producer = {o: n for n in model.graph.node for o in n.output}
+    inits = {i.name for i in model.graph.initializer}
+
+    def weight_source(node_name):
+        node = next(n for n in model.graph.node if n.name == node_name)
+        w = node.input[1]
+        return "initializer" if w in inits else producer[w].op_type
+
+    assert weight_source("/init_conv/conv1/conv1.0/Conv") == "initializer"  # kept fp32
+    assert weight_source("/out/out.3/Conv") == "initializer"
+    assert weight_source("/down1/model/model.0/conv1/conv1.0/Conv") == "DequantizeLinear"  # int8 weights
+    points = {i.name: i.data_type for i in model.graph.initializer}
+    activation_points = {points[n.input[2]] for n in model.graph.node if n.op_type == "QuantizeLinear"}
+    assert activation_points == {onnx.TensorProto.UINT8} and int8["target"] == "ort"
+    kept = kept_nodes(model, KEEP_FP32["digit_unet"])
+    assert any(n.startswith("/timeembed1/") for n in kept) and int8["fp32_nodes"] > 10
+    engine = OrtEngine(path, threads=1)
+    assert engine.precision == "int8"
+    feeds = get_spec("digit_unet").example_inputs(4, 0)
+    stats = compare_outputs(TorchEngine(digit_net, "digit_unet").run(feeds), engine.run(feeds), 1.0)["eps"]
+    assert 1e-4 < stats["required_rtol"] <= BUDGETS["int8"]["per_call_rel_max_abs"] and stats["cosine"] > 0.99
+
+
+def test_every_calibration_method_and_refusals(fast_recipes, digit_net, tmp_path):
+    fp32 = export_onnx(digit_net, "digit_unet", tmp_path / "fp32.onnx")
+    feeds = record_calibration(TorchEngine(digit_net, "digit_unet"), calibration_recipe("digit_unet"))
+    for method in ("minmax", "entropy"):
+        out = quantize_int8(fp32, tmp_path / f"{method}.onnx", feeds, method=method, keep_fp32=())
+        assert json.loads(read_metadata(out)["int8"])["method"] == method
+        assert json.loads(read_metadata(out)["int8"])["fp32_nodes"] == 0
+    with pytest.raises(Hw2rtError, match="calibration method"):
+        quantize_int8(fp32, tmp_path / "x.onnx", feeds, method="mse")
+    with pytest.raises(Hw2rtError, match="at least one"):
+        quantize_int8(fp32, tmp_path / "x.onnx", [])
+    fp16 = export_onnx(digit_net, "digit_unet", tmp_path / "fp16.onnx", precision="fp16")
+    with pytest.raises(Hw2rtError, match="fp32 export"):
+        quantize_int8(fp16, tmp_path / "x.onnx", feeds)
+    assert not (tmp_path / "x.onnx").exists()
+    with pytest.raises(Hw2rtError, match="images of the target domain"):
+        calibration_recipe("dann")
+
+
+def test_classifier_calibration_is_keyed_by_the_folder(tmp_path):
+    from hw2rt.data.synth import synthesize
+
+    root = tmp_path / "hw2_data"
+    synthesize(root, seed=0, sizes={"mnistm": 10, "usps": 40, "svhn": 10, "faces": 1}, progress=False)
+    usps, svhn = root / "digits" / "usps" / "data", root / "digits" / "svhn" / "data"
+    a, b = calibration_recipe("dann", usps), calibration_recipe("dann", svhn)
+    assert a["images"] == 40 and a["sha256"] != b["sha256"] and a["folder"] == str(usps)
+    feeds = record_calibration(TorchEngine(random_model("dann"), "dann"), a)
+    assert [len(f["x"]) for f in feeds] == [40]  # one batch of up to 64
+
+
+def test_the_engine_cache_keys_int8_by_its_calibration(fast_recipes, digit_net, tmp_path, monkeypatch):
+    def int8():
+        return open_engine("digit_unet", digit_net, backend="ort", precision="int8", cache_dir=tmp_path,
+                           threads=1)
+
+    first, again = int8(), int8()
+    assert first.cache_entry.built and not again.cache_entry.built
+    assert again.cache_entry.path == first.cache_entry.path
+    monkeypatch.setitem(calibration.RECIPES, "digit_unet", {**FAST_DIGITS, "seeds": [7]})
+    other = int8()
+    assert other.cache_entry.built and other.cache_entry.key != first.cache_entry.key
+    with pytest.raises(Hw2rtError, match="ort .or trt"):
+        open_engine("digit_unet", digit_net, backend="torch", precision="int8")
+
+
+def test_cli_export_int8_and_refusals(fast_recipes, tmp_path):
+    run = CliRunner().invoke
+    out = tmp_path / "d8.onnx"
+    result = run(main, ["export", "--model", "digit_unet", "--precision", "int8", "--calibration-method",
+                        "minmax", "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    assert "Finding optimal" not in result.output  # the quantizer's chatter stays off the console
+    assert json.loads(read_metadata(out)["int8"])["method"] == "minmax"
+    for args, message in ((["--model", "digit_unet", "--calibration-method", "minmax"],
+                           "belong to --precision int8"),
+                          (["--model", "dann", "--checkpoint", "dann_usps", "--precision", "int8"],
+                           "images of the target domain"),
+                          (["--model", "digit_unet", "--precision", "int8", "--opset", "19"], "no --opset")):
+        result = run(main, ["export", *args, "--out", str(tmp_path / "x.onnx")])
+        assert result.exit_code != 0 and message in result.output, (args, result.output)
+    result = run(main, ["parity", "--model", "dann", "--precision", "int8"])
+    assert result.exit_code != 0 and "give --task FOLDER" in result.output
