@@ -40,34 +40,45 @@ def _drop(correct_ref: int, correct_cand: int, n: int) -> float:
     return 100.0 * (correct_ref - correct_cand) / n
 
 
-def digit_agreement(reference, candidate, n: int, *, seed=0, sampler="ddim", steps=50, eta=1.0, w=2.0,
-                    grader=None, batch_size=250, progress=False) -> dict:
+def graded_digits(engine, n: int, *, seed=0, sampler="ddim", steps=50, eta=1.0, w=2.0, grader=None,
+                  batch_size=250, progress=False) -> dict:
     """`n` digits (a multiple of 10: n/10 of each class, as `hw2rt ddpm --per-digit n/10` writes them)
-    from both digit_unet engines, graded by `grader` (a checkpoint path, bundled name or module;
-    default: the bundled grader, as `eval-digits`). agreement: share of images the grader labels the
-    same on both; passed: accuracy drop <= BUDGETS["digit_unet"]."""
-    _check_pair(reference, candidate, ("digit_unet",))
+    from `engine`, as uint8 images, graded by `grader` (a checkpoint path, bundled name or module;
+    default: the bundled grader, as `eval-digits`): {"images", "predictions", "correct", "classifier",
+    "settings"}."""
     if n < 10 or n % 10:
         raise Hw2rtError(f"--task {n}: the number of digits must be a positive multiple of 10 "
                          "(the digit job writes as many of each class)")
     plan = jobs.digit_plan(sampler, steps, eta=eta, w=w)
     labels = torch.arange(10).repeat_interleave(n // 10)  # the digit job's order: 0_001 .. 9_{n/10}
     grader = grader if isinstance(grader, torch.nn.Module) else resolve_checkpoint(grader, "digit_classifier")
-    images, graded = [], []
-    for engine in (reference, candidate):
-        out = jobs.sample_digits(engine, labels, plan, seed=seed, batch_size=batch_size, progress=progress)
-        images.append([to_uint8_signed(img) for img in out])  # exactly what the digit job saves
-        u8 = torch.from_numpy(np.stack(images[-1])).permute(0, 3, 1, 2).contiguous()
-        graded.append(grade_digits(u8, labels, grader))
-    ref, cand = graded
+    out = jobs.sample_digits(engine, labels, plan, seed=seed, batch_size=batch_size, progress=progress)
+    images = [to_uint8_signed(img) for img in out]  # exactly what the digit job saves
+    u8 = torch.from_numpy(np.stack(images)).permute(0, 3, 1, 2).contiguous()
+    settings = {"n": n, "seed": seed, "sampler": sampler, "steps": len(plan.timesteps), "eta": eta, "w": w}
+    return {"images": images, **grade_digits(u8, labels, grader), "settings": settings}
+
+
+def digit_agreement(reference, candidate, n: int, *, seed=0, sampler="ddim", steps=50, eta=1.0, w=2.0,
+                    grader=None, batch_size=250, progress=False,
+                    reference_digits: dict | None = None) -> dict:
+    """`graded_digits` of both digit_unet engines (`reference_digits`: the reference's, already made
+    with the same settings, e.g. once for many candidates). agreement: share of images the grader
+    labels the same on both; passed: accuracy drop <= BUDGETS["digit_unet"]."""
+    _check_pair(reference, candidate, ("digit_unet",))
+    kw = {"seed": seed, "sampler": sampler, "steps": steps, "eta": eta, "w": w, "grader": grader,
+          "batch_size": batch_size, "progress": progress}
+    cand = graded_digits(candidate, n, **kw)
+    ref = reference_digits or graded_digits(reference, n, **kw)
+    if ref["settings"] != cand["settings"]:
+        raise ValueError(f"reference digits of other settings: {ref['settings']} vs {cand['settings']}")
     agreement = int((ref["predictions"] == cand["predictions"]).sum()) / n
     drop = _drop(ref["correct"], cand["correct"], n)
     budget = BUDGETS["digit_unet"]
-    return {"task": "digits", "n": n, "seed": seed, "sampler": sampler, "steps": len(plan.timesteps),
-            "eta": eta, "w": w, "grader": ref["classifier"], "agreement": agreement,
+    return {"task": "digits", **cand["settings"], "grader": ref["classifier"], "agreement": agreement,
             "accuracy": {"reference": ref["correct"] / n, "candidate": cand["correct"] / n},
             "accuracy_drop_points": drop,
-            "image_mse_255": float(np.mean([mse_255(a, b) for a, b in zip(*images)])),
+            "image_mse_255": float(np.mean([mse_255(a, b) for a, b in zip(ref["images"], cand["images"])])),
             "budget": budget, "passed": drop <= budget["accuracy_drop_points"]}
 
 

@@ -61,6 +61,27 @@ def _goal_digit_loop_2x(result):
                        "per_call_budget": call and call["parity_budget"]}}
 
 
+def _goal_digit_loop_2x_int8(result):
+    """The int8 engine on the same loop. Its gate is the task grade (`hw2rt parity --precision int8`:
+    grader accuracy of 1,000 digits of a trained model), which random weights cannot take; its loop
+    image MSE is reported, not gated, and the per-call check against int8's budget still applies."""
+    loop = [s for s in result["scenarios"] if s["scenario"] == "digit_ddim_loop"
+            and s["backend"] == "ort-int8" and s["median_s"] is not None]
+    if not loop:
+        return None
+    row = loop[0]
+    call = next((r for r in result["per_call"] if (r["model"], r["batch"], r["backend"])
+                 == ("digit_unet", row["batch"], "ort-int8")), None)
+    return {"goal": f"int8 >= 2x torch eager fp32 on the digit job's DDIM loop at batch {row['batch']}, "
+                    "within int8's per-call budget (its task gate: `hw2rt parity --precision int8` on the "
+                    "trained model)",
+            "target": 2.0, "value": row["speedup_vs_torch"], "backend": "ort-int8",
+            "met": row["speedup_vs_torch"] >= 2.0 and bool(call and call["parity_passed"]),
+            "parity": {"loop_image_mse_255": row["parity_value"], "loop_budget": None,
+                       "per_call_rel_max_abs": call and call["parity_value"],
+                       "per_call_budget": call and call["parity_budget"]}}
+
+
 def _goal_face_peak_85(result):
     face = [r for r in result["per_call"] if r["model"] == "face_unet" and r["median_ms"] is not None]
     if not face:
@@ -103,6 +124,7 @@ def _goal_graphs_faster(result):
 
 GOALS = {
     "digit_loop_2x": _goal_digit_loop_2x,
+    "digit_loop_2x_int8": _goal_digit_loop_2x_int8,
     "face_peak_85": _goal_face_peak_85,
     "face_job_1s": lambda r: _loop_goal(r, "face_ddim_loop", 1.0,
                                         "the face job ({images} faces, {steps} DDIM steps)"),
@@ -166,9 +188,10 @@ def markdown(result: dict) -> str:
         for g in result["goals"]:
             if "parity" in g:
                 p = g["parity"]
-                value = (f"{g['value']:.2f}x (loop image MSE {_f(p['loop_image_mse_255'], '{:.2g}')} <= "
-                         f"{p['loop_budget']}; per call {_f(p['per_call_rel_max_abs'], '{:.1e}')} <= "
-                         f"{_f(p['per_call_budget'], '{:.0e}')})")
+                loop_budget = "(reported)" if p["loop_budget"] is None else f"<= {p['loop_budget']}"
+                value = (f"{g['value']:.2f}x (loop image MSE {_f(p['loop_image_mse_255'], '{:.2g}')} "
+                         f"{loop_budget}; per call {_f(p['per_call_rel_max_abs'], '{:.1e}')} <= "
+                         f"{_f(p['per_call_budget'], '{:.2g}')})")
                 target = f">= {g['target']}x"
             elif "achieved_gflops" in g:
                 value = (f"{_f(g['value'], '{:.0%}')} ({g['achieved_gflops']:.1f} of {_f(g['peak_gflops'])} "

@@ -93,7 +93,7 @@ FACE_COMPILE_SKIP = ("left out of the full CPU suite (a cold compile of this UNe
 INT8_DANN_SKIP = ("int8 calibrates the DANN on target-domain images (none in a synthetic benchmark); "
                   "memory-bound, it gained nothing from int8 in the planning probe")
 COMPILE_ONLY_DIGITS = "compiled for the digit UNet only (one compile per shape takes about a minute)"
-CPU_GOALS = ("digit_loop_2x", "face_peak_85")
+CPU_GOALS = ("digit_loop_2x", "digit_loop_2x_int8", "face_peak_85")
 GPU_GOALS = ("face_job_1s", "digit_job_15s", "fp16_image_mse", "graphs_faster")
 
 

@@ -39,6 +39,9 @@ def test_demo_quick_writes_report_with_every_figure(demo):
     assert report.count("data:image/png;base64,") == 10 + 4 + 1
     summary = json.loads((demo / "report.json").read_text())
     assert all(p["passed"] for p in summary["parity"])
+    # the digits run on the int8 engine (it passed the gate), and the report says so
+    assert [p["model"] for p in summary["parity"] if p["candidate"]["precision"] == "int8"] == ["digit_unet"]
+    assert "w=2, ort int8" in report and "on ort int8" in report
     assert set(summary["accuracy"]) == {"generated digits (grader)", "DANN on usps-like test",
                                         "DANN on svhn-like test"}
     assert len(list((demo / "digits").glob("*.png"))) == 20
