@@ -1,12 +1,13 @@
 """Which blocks of the digit UNet tolerate int8: quantize one block at a time (the rest fp32) and grade
 the digits, to choose `export/int8.py`'s default exclusions; also everything int8, and the default.
 
-    PYTHONPATH=. .venv/bin/python benchmarks/int8_sensitivity.py [--digits 100] [--json out.json]
+    PYTHONPATH=. .venv/bin/python benchmarks/int8_sensitivity.py [--digits 100] [--trials everything,default]
+        [--json out.json]
 
 The bundled digit model (or --checkpoint), calibrated once on its own guided DDIM loop
 (runtime/calibration.py), graded by the bundled grader on the gate's loop (DDIM 50, eta 1, w 2) against
-the torch fp32 digits of the same seeds (task.py); per-call time: ORT, 1 thread, batch 40 (one guided
-call of 20 digits), median of 7. Prints a markdown table.
+the torch fp32 digits of the same seeds (task.py); per-call time: ORT, `--threads` (1), batch 40 (one
+guided call of 20 digits), median of 7. Prints a markdown table.
 """
 import argparse
 import json
@@ -34,8 +35,11 @@ def main():
     ap.add_argument("--checkpoint", default=None)
     ap.add_argument("--digits", type=int, default=100)
     ap.add_argument("--json", type=Path, default=None)
+    ap.add_argument("--threads", type=int, default=1, help="torch and ORT threads (timings: 1)")
+    ap.add_argument("--trials", default=None, help="comma list: everything, default, and block names "
+                                                    "(default: all of them)")
     args = ap.parse_args()
-    torch.set_num_threads(1)
+    torch.set_num_threads(args.threads)
     path = resolve_checkpoint(args.checkpoint, "digit_unet")
     net, _, _ = load_model(path, "digit_unet")
     reference = TorchEngine(net, "digit_unet")
@@ -46,14 +50,19 @@ def main():
     timing = get_spec("digit_unet").example_inputs(40, seed=1)
     trials = [("everything int8", ()), ("default exclusions", KEEP_FP32["digit_unet"])]
     trials += [(f"only {b} int8", tuple(f"/{o}/" for o in BLOCKS if o != b)) for b in BLOCKS]
+    if args.trials:
+        wanted = args.trials.split(",")
+        names = {"everything int8": "everything", "default exclusions": "default"}
+        trials = [t for t in trials if names.get(t[0], t[0].removeprefix("only ").removesuffix(" int8"))
+                  in wanted]
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         fp32 = export_onnx(net, "digit_unet", Path(tmp) / "fp32.onnx")
-        ort32 = OrtEngine(fp32, threads=1)
+        ort32 = OrtEngine(fp32, threads=args.threads)
         base = side_by_side({"fp32": lambda: ort32.run(timing)}, 7, "cpu")["fp32"]["median_ms"]
         for label, keep in trials:
             out = quantize_int8(fp32, Path(tmp) / "int8.onnx", feeds, keep_fp32=keep, calibration=recipe)
-            engine = OrtEngine(out, threads=1)
+            engine = OrtEngine(out, threads=args.threads)
             task = digit_agreement(reference, engine, args.digits, reference_digits=ref_digits)
             ms = side_by_side({"int8": lambda e=engine: e.run(timing)}, 7, "cpu")["int8"]["median_ms"]
             engine.close()

@@ -46,11 +46,13 @@ BUDGETS = {
     "fp16": {"per_call_rel_max_abs": 1e-2, "e2e_image_mse_255": 0.3},
     # bf16 keeps 8 mantissa bits to fp16's 11: 3x fp16's per-call budget; images graded like fp16.
     "bf16": {"per_call_rel_max_abs": 3e-2, "e2e_image_mse_255": 0.3},
-    # int8 (QDQ, 8-bit activations: a step of 1/255 of each tensor's range) needs 6-8e-2 of the scale per
-    # call on the bundled UNets (cosine 0.9997); 0.15 leaves 2x, while a lost scale or a wrong zero point
-    # is off by the whole scale. Images are graded like fp16, and miss that (faces: an image MSE of ~30):
-    # the int8 verdict is the task's (`--task`, on by default for digit_unet), the image MSE is reported.
-    "int8": {"per_call_rel_max_abs": 0.15, "e2e_image_mse_255": 0.3},
+    # int8 (QDQ, 8-bit activations: a step of 1/255 of each tensor's range) needed 0.06-0.16 of the scale per
+    # call on the bundled networks (digit UNet 0.060, face UNet 0.082, DANN 0.088 on USPS-like and 0.16 on
+    # SVHN-like images, where `--localize` puts it at the first classifier Gemm amplifying the features'
+    # rounding); 0.25 leaves 1.5x over the worst, while a lost scale or a wrong zero point is off by the
+    # whole scale. Images are graded like fp16 and miss that (faces: an image MSE of ~30): the int8
+    # verdict is the task's (`--task`, on by default for digit_unet), the image MSE is reported.
+    "int8": {"per_call_rel_max_abs": 0.25, "e2e_image_mse_255": 0.3},
 }
 # Small configurations for parity of random models (CPU-friendly): (config, dims).
 SMALL = {
