@@ -201,16 +201,23 @@ def classify(images, out, checkpoint, batch_size, features, backend, precision, 
     (bilinear), as the assignment's transforms do, and the count is reported. An int8 engine is
     calibrated on (up to 512 of) the folder's own images: the target domain, no labels.
     """
+    from hw2rt import distributed
     from hw2rt.checkpoints import default_dann
     from hw2rt.runtime import jobs
 
     _outputs(("--out", out, False), ("--features", features, False))
-    with _open_engine("dann", checkpoint, backend, precision, threads, device, default=default_dann(images),
-                      calibration_images=images if precision == "int8" else None) as engine:
-        s = jobs.classify_job(engine, images, out, batch_size=batch_size, features_path=features)
-        click.echo(f"classify ({engine.name}): {s['images']} images -> {out} in {s['seconds']:.2f} s "
-                   f"({s['images_per_s']:.0f} images/s)"
-                   + (f"; {s['resized']} resized to 28x28" if s["resized"] else ""))
+    with distributed.session(device) as world:
+        engine = distributed.rank0_first(lambda: _open_engine(
+            "dann", checkpoint, backend, precision, threads, distributed.device_for(device),
+            default=default_dann(images), calibration_images=images if precision == "int8" else None))
+        with engine:
+            s = jobs.classify_job(engine, images, out, batch_size=batch_size, features_path=features)
+    if not world.main:
+        return
+    ranks = f" on {world.size} ranks" if world.size > 1 else ""
+    click.echo(f"classify ({engine.name}): {s['images']} images -> {out} in {s['seconds']:.2f} s{ranks} "
+               f"({s['images_per_s']:.0f} images/s)"
+               + (f"; {s['resized']} resized to 28x28" if s["resized"] else ""))
     if features:
         click.echo(f"  features: {features}")
 

@@ -275,7 +275,9 @@ def classify_job(engine, images_dir, out_csv, *, batch_size=512, features_path=N
     """The assignment's DANN inference: `image_name,label` for every image of the folder, decoded by the one
     decoder (hw2rt.data.images: grayscale repeated, other sizes resized to 28x28 bilinearly, counted).
     The label is the argmax of the engine's first output (a DANN's log_probs, a digit classifier's logits);
-    `features_path` (DANN only) saves the features output."""
+    `features_path` (DANN only) saves the features output. Under torchrun every rank classifies its share
+    of the batches (hw2rt.distributed) and rank 0 writes the CSV and the features, as one process would."""
+    from hw2rt import distributed
     from hw2rt.data.images import read_images
     from hw2rt.io import list_images, write_labels_csv
     from hw2rt.models import get_spec
@@ -283,26 +285,38 @@ def classify_job(engine, images_dir, out_csv, *, batch_size=512, features_path=N
     scores = get_spec(engine.model).outputs[0].name
     if features_path is not None and "features" not in {s.name for s in get_spec(engine.model).outputs}:
         raise Hw2rtError(f"{features_path}: {engine.model} has no features output")
+    world = distributed.world()
     paths = list_images(images_dir)
     start = time.perf_counter()
-    images, resized = read_images(paths, 28)
-    # Channels-last, the pixels' order in the decoded files: torch eager runs the DANN faster on it than
-    # on NCHW (benchmarks/RESULTS.md), so the batch keeps the layout classify always had.
-    x = images.contiguous(memory_format=torch.channels_last).float() / 255.0
+    mine, error = world.chunks(len(paths), batch_size), None
+    try:  # this rank's share decoded before any work; a bad file on any rank stops every rank
+        decoded = [read_images(paths[a:b], 28) for a, b in mine]
+    except Hw2rtError as exc:
+        error = str(exc)
+    distributed.agree(error)
     labels, feats = [], []
-    for i in tqdm(range(0, len(x), batch_size), desc="classify", unit="batch", disable=not progress):
-        out = engine.run({"x": x[i:i + batch_size]})
+    for images, _ in tqdm(decoded, desc="classify", unit="batch", disable=not progress):
+        # Channels-last, the pixels' order in the decoded files: torch eager runs the DANN faster on it than
+        # on NCHW (benchmarks/RESULTS.md), so the batch keeps the layout classify always had.
+        out = engine.run({"x": images.contiguous(memory_format=torch.channels_last).float() / 255.0})
         labels.append(out[scores].argmax(1).cpu())
         if features_path is not None:
             feats.append(out["features"].float().cpu())
-    labels = torch.cat(labels).tolist()
+    shares = distributed.gather((mine, labels, feats, sum(r for _, r in decoded)))
     seconds = time.perf_counter() - start
+    summary = {"images": len(paths), "out": str(out_csv), "seconds": seconds,
+               "images_per_s": len(paths) / seconds if seconds > 0 else 0.0, "ranks": world.size}
+    if shares is None:  # not rank 0: its share is with rank 0
+        return summary
+    by_chunk = sorted((c, lab, f) for share in shares
+                      for c, lab, f in zip(share[0], share[1], share[2] or [None] * len(share[0])))
+    labels = [y for _, lab, _ in by_chunk for y in lab.tolist()]
+    summary["resized"] = sum(share[3] for share in shares)
     write_labels_csv(out_csv, [(p.name, y) for p, y in zip(paths, labels)])
-    summary = {"images": len(paths), "out": str(out_csv), "resized": resized, "seconds": seconds,
-               "images_per_s": len(paths) / seconds}
     if features_path is not None:
+        features = (torch.cat([f for *_, f in by_chunk]).numpy() if by_chunk
+                    else np.zeros((0, 512), np.float32))
         with atomic_path(features_path) as tmp, open(tmp, "wb") as f:
-            np.savez(f, names=np.array([p.name for p in paths]), features=torch.cat(feats).numpy(),
-                     labels=np.array(labels))
+            np.savez(f, names=np.array([p.name for p in paths]), features=features, labels=np.array(labels))
         summary["features"] = str(features_path)
     return summary

@@ -1,0 +1,120 @@
+"""Past one process: hw2rt's jobs under `torchrun` (torch.distributed: gloo on CPUs, NCCL on GPUs).
+
+A launch is detected from torchrun's environment (RANK, WORLD_SIZE, LOCAL_RANK). Every process takes
+a deterministic share of the work: the job's own chunks (the batches a single process would run, in
+order), chunk j to rank j % world size. A chunk is computed exactly as in a single process (same
+images, same batch), and every image draws from its own generator, so a sharded run writes the files a
+single-process run writes, whatever the world size. Rank 0 writes what is global (a CSV, a grid, a
+summary) after gathering the rest; every file is still written atomically.
+
+Failure: each rank checks its share's inputs before any work, and `agree` makes every rank learn of a
+failure on any rank, so all exit with one line naming the rank and the cause. Collective calls time out
+(TIMEOUT_S) rather than leave a rank waiting forever.
+"""
+import os
+from contextlib import contextmanager
+from dataclasses import dataclass
+from datetime import timedelta
+
+import torch
+
+from hw2rt.errors import Hw2rtError
+
+TIMEOUT_S = 300
+
+
+@dataclass(frozen=True)
+class World:
+    rank: int = 0
+    size: int = 1
+    local_rank: int = 0
+
+    @property
+    def main(self) -> bool:
+        return self.rank == 0
+
+    def chunks(self, n: int, batch_size: int) -> list:
+        """This rank's share of `n` items in batches of `batch_size`: [(start, stop)], chunk j of the
+        single-process order going to rank j % size."""
+        starts = range(0, n, batch_size)
+        return [(s, min(s + batch_size, n)) for j, s in enumerate(starts) if j % self.size == self.rank]
+
+
+def world() -> World:
+    """The torchrun launch this process is part of (a world of one outside torchrun)."""
+    try:
+        return World(int(os.environ.get("RANK", "0")), int(os.environ.get("WORLD_SIZE", "1")),
+                     int(os.environ.get("LOCAL_RANK", "0")))
+    except ValueError as exc:
+        raise Hw2rtError(f"torchrun environment: {exc}") from None
+
+
+def active() -> bool:
+    return torch.distributed.is_available() and torch.distributed.is_initialized()
+
+
+@contextmanager
+def session(device: str = "cpu"):
+    """The process group for a torchrun launch (nothing outside one): gloo, or NCCL for CUDA devices."""
+    w = world()
+    if w.size == 1 or active():
+        yield w
+        return
+    backend = "nccl" if str(device).startswith("cuda") else "gloo"
+    torch.distributed.init_process_group(backend, timeout=timedelta(seconds=TIMEOUT_S))
+    try:
+        yield w
+    finally:
+        torch.distributed.destroy_process_group()
+
+
+def device_for(device: str) -> str:
+    """`cuda` under torchrun is this process's own GPU, cuda:LOCAL_RANK."""
+    w = world()
+    return f"cuda:{w.local_rank}" if w.size > 1 and device in ("cuda", "auto") and torch.cuda.is_available() \
+        else device
+
+
+def agree(error: str | None) -> None:
+    """Every rank passes its own error (None: fine); if any rank failed, every rank raises one line
+    naming the first failed rank and its cause."""
+    if not active():
+        if error is not None:
+            raise Hw2rtError(error)
+        return
+    errors = [None] * torch.distributed.get_world_size()
+    torch.distributed.all_gather_object(errors, error)
+    failed = [(r, e) for r, e in enumerate(errors) if e is not None]
+    if failed:
+        rank, cause = failed[0]
+        raise Hw2rtError(f"rank {rank}: {cause}")
+
+
+def gather(obj) -> list | None:
+    """Rank 0 gets every rank's `obj` in rank order (others get None); a world of one, [obj]."""
+    if not active():
+        return [obj]
+    out = [None] * torch.distributed.get_world_size() if world().main else None
+    torch.distributed.gather_object(obj, out, dst=0)
+    return out
+
+
+def _attempt(fn):
+    try:
+        return fn(), None
+    except Hw2rtError as exc:
+        return None, str(exc)
+
+
+def rank0_first(fn):
+    """`fn()` on rank 0 first (e.g. filling the export cache), then on the others (from the cache); a
+    failure on any rank is every rank's one-line error (`agree`), so no rank waits for a dead one."""
+    if not active():
+        return fn()
+    main = world().main
+    result, error = _attempt(fn) if main else (None, None)
+    agree(error)
+    if not main:
+        result, error = _attempt(fn)
+    agree(error)
+    return result
