@@ -251,6 +251,9 @@ def demo(out, quick, backend, threads):
               help="int8: how activation ranges are chosen (default percentile, 99.99).")
 @click.option("--calibration-images", type=click.Path(file_okay=False, path_type=Path), default=None,
               help="int8 dann/digit_classifier: a folder of target-domain images to calibrate on.")
+@click.option("--keep-fp32", default=None,
+              help="int8: comma list of node-name scopes (/out/out.3/) and op types (Softmax) kept fp32, "
+                   "or 'none' for everything int8 (default: the model's, hw2rt/export/int8.py).")
 @click.option("--opset", type=int, default=None,
               help="ONNX opset (default: hw2rt's, >= 18).")
 @click.option("--size", type=click.IntRange(min=32), default=None,
@@ -264,7 +267,7 @@ def demo(out, quick, backend, threads):
               help="With --search-islands: the image MSE (0..255) budget (default: parity's fp16 0.3).")
 @click.option("--report", "report_path", type=click.Path(dir_okay=False, path_type=Path), default=None,
               help="With --search-islands: the JSON report (default: beside --out, .islands.json).")
-def export(model, checkpoint, out, precision, calibration_method, calibration_images, opset, size,
+def export(model, checkpoint, out, precision, calibration_method, calibration_images, keep_fp32, opset, size,
            search_islands, budget, report_path):
     """Export a network to ONNX from its I/O spec: named inputs, dynamic batch, hw2rt metadata."""
     from hw2rt.checkpoints import resolve_checkpoint
@@ -278,7 +281,9 @@ def export(model, checkpoint, out, precision, calibration_method, calibration_im
         _outputs(("--out", out, False))
         path = export_checkpoint(resolve_checkpoint(checkpoint, model), out, model=model, precision=precision,
                                  opset=opset or DEFAULT_OPSET, dims=dims, method=calibration_method,
-                                 calibration_images=calibration_images)
+                                 calibration_images=calibration_images,
+                                 keep_fp32=None if keep_fp32 is None else
+                                 tuple(k for k in keep_fp32.split(",") if k and k != "none"))
         click.echo(f"export: {model} ({precision}, opset {opset or DEFAULT_OPSET}) -> {path}")
         return
     import json

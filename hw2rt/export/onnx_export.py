@@ -176,9 +176,9 @@ def read_metadata(model_or_path) -> dict:
 
 def export_checkpoint(checkpoint, out_path, *, model: str | None = None, precision: str = "fp32",
                       opset: int = DEFAULT_OPSET, dims: dict | None = None, method: str | None = None,
-                      calibration_images=None) -> Path:
+                      calibration_images=None, keep_fp32=None) -> Path:
     """`hw2rt export`: load a checkpoint strictly and export it; the file's SHA-256 goes into the metadata.
-    int8: quantized from the fp32 export (export/int8.py; `method`, `calibration_images`)."""
+    int8: quantized from the fp32 export (export/int8.py; `method`, `calibration_images`, `keep_fp32`)."""
     from hw2rt.checkpoints import file_sha256, load_model
 
     net, name, _ = load_model(checkpoint, model)
@@ -187,9 +187,10 @@ def export_checkpoint(checkpoint, out_path, *, model: str | None = None, precisi
 
         if opset != DEFAULT_OPSET or dims:
             raise Hw2rtError("int8 exports quantize the default fp32 export: no --opset or --size")
-        return export_int8(net, name, out_path, method=method or DEFAULT_METHOD,
+        return export_int8(net, name, out_path, method=method or DEFAULT_METHOD, keep_fp32=keep_fp32,
                            calibration_images=calibration_images, source_sha256=file_sha256(checkpoint))
-    if method is not None or calibration_images is not None:
-        raise Hw2rtError("--calibration-method and --calibration-images belong to --precision int8")
+    if method is not None or calibration_images is not None or keep_fp32 is not None:
+        raise Hw2rtError("--calibration-method, --calibration-images and --keep-fp32 belong to "
+                         "--precision int8")
     return export_onnx(net, name, out_path, precision=precision, opset=opset, dims=dims,
                        source_sha256=file_sha256(checkpoint))

@@ -140,8 +140,15 @@ def test_cli_export_int8_and_refusals(fast_recipes, tmp_path):
     assert result.exit_code == 0, result.output
     assert "Finding optimal" not in result.output  # the quantizer's chatter stays off the console
     assert json.loads(read_metadata(out)["int8"])["method"] == "minmax"
+    everything = tmp_path / "all.onnx"
+    result = run(main, ["export", "--model", "digit_unet", "--precision", "int8", "--keep-fp32", "none",
+                        "--out", str(everything)])
+    assert result.exit_code == 0, result.output
+    meta = json.loads(read_metadata(everything)["int8"])
+    assert meta["keep_fp32"] == [] and meta["fp32_nodes"] == 0
     for args, message in ((["--model", "digit_unet", "--calibration-method", "minmax"],
-                           "belong to --precision int8"),
+                           "belong to"),
+                          (["--model", "digit_unet", "--keep-fp32", "none"], "belong to"),
                           (["--model", "dann", "--checkpoint", "dann_usps", "--precision", "int8"],
                            "images of the target domain"),
                           (["--model", "digit_unet", "--precision", "int8", "--opset", "19"], "no --opset")):
