@@ -33,7 +33,7 @@ from hw2rt.engines import OrtEngine, TorchEngine
 from hw2rt.export import export_onnx, to_fp16
 from hw2rt.io import mse_255
 from hw2rt.models import get_spec
-from hw2rt.parity import compare_outputs, sample_images, start_noise
+from hw2rt.parity import BUDGETS, compare_outputs, sample_images, start_noise
 
 # The loop a search grades, per model: what the demo and the jobs run (faces: Problem 2's DDIM;
 # digits: the demo's guided DDIM, eta 1, w 2), at the size of the search (faces 64x64).
@@ -46,9 +46,9 @@ EXTRA_CANDIDATES = {
     "face_unet": ("out.2",),
     "digit_unet": ("timeembed1", "timeembed2", "contextembed1", "contextembed2", "out.3"),
 }
-# parity.BUDGETS["fp16"]: a trial passes when its graph would pass `hw2rt parity` (per call and images)
-BUDGET_IMAGE_MSE_255 = 0.3
-PER_CALL_BUDGET = 1e-2
+# parity's fp16 budgets: a trial passes when its graph would pass `hw2rt parity` (per call and images)
+BUDGET_IMAGE_MSE_255 = BUDGETS["fp16"]["e2e_image_mse_255"]
+PER_CALL_BUDGET = BUDGETS["fp16"]["per_call_rel_max_abs"]
 W = 2.0
 
 
