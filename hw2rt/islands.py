@@ -168,11 +168,11 @@ def search_islands(model: str, net, out_path, *, threads: int | None = 1,
             else:
                 chosen = shrink(start, lambda rest: trials(rest, "drop")["passed"])
         best = trials(chosen, "chosen")
-        fidelity = cpu_fidelity(net, model, trials, chosen)
-    note = (f"image MSE {best['image_mse_255']:.4g} <= {budget:g}" if best["passed"]
-            else f"no candidate set met the budget {budget:g}")
-    export_onnx(net, model, out_path, precision="fp16", islands=chosen, source_sha256=source_sha256,
-                metadata={"island_search": note})
+        note = (f"image MSE {best['image_mse_255']:.4g} <= {budget:g}" if best["passed"]
+                else f"no candidate set met the budget {budget:g}")
+        export_onnx(net, model, out_path, precision="fp16", islands=chosen, source_sha256=source_sha256,
+                    metadata={"island_search": note})
+        fidelity = cpu_fidelity(net, model, trials, chosen, out_path)
     return {
         "model": model, "config": getattr(net, "config", {}), **setup,
         "w": None if model == "face_unet" else W,
@@ -184,19 +184,16 @@ def search_islands(model: str, net, out_path, *, threads: int | None = 1,
     }
 
 
-def cpu_fidelity(net, model: str, trials: Trials, islands: list) -> dict:
-    """The same fp16 module (the one exported with `islands`) run by torch's CPU fp16 kernels: its
-    image MSE against the fp32 images, beside the ORT graph's, and the two fp16 runs' per-call gap."""
+def cpu_fidelity(net, model: str, trials: Trials, islands: list, graph) -> dict:
+    """The fp16 module exported as `graph` (with `islands`) run by torch's CPU fp16 kernels: its image
+    MSE against the fp32 images, beside the ORT graph's, and the two fp16 runs' per-call gap."""
     half = to_fp16(net, islands)  # fp32 in, fp32 out: TorchEngine runs it as it is
     torch_fp16 = TorchEngine(half, model)
     mean, worst = trials.grade(trials.images(torch_fp16))
-    path = trials.workdir / "fidelity.onnx"
-    export_onnx(net, model, path, precision="fp16", islands=islands)
-    ort_fp16 = OrtEngine(path, model=model, threads=trials.threads)
-    reference = TorchEngine(net, model)
+    ort_fp16 = OrtEngine(graph, model=model, threads=trials.threads)
     try:
-        feeds = trials.timing_feeds
-        ref, out_ort, out_torch = reference.run(feeds), ort_fp16.run(feeds), torch_fp16.run(feeds)
+        feeds, ref = trials.timing_feeds, trials.reference_outputs
+        out_ort, out_torch = ort_fp16.run(feeds), torch_fp16.run(feeds)
     finally:
         ort_fp16.close()
     pairs = {"ort_fp16_vs_fp32": (ref, out_ort), "torch_fp16_vs_fp32": (ref, out_torch),

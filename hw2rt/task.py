@@ -36,6 +36,22 @@ def _check_pair(reference, candidate, models):
                          f"got {reference.model} and {candidate.model}")
 
 
+def check_task(model: str, task):
+    """`--task` as `model` takes it, checked before any work: digit_unet a number of digits (int, a
+    multiple of 10: the digit job writes as many of each class), dann / digit_classifier an image folder."""
+    if model == "face_unet":
+        raise Hw2rtError("--task: face_unet has no task grade (its images are graded by image MSE)")
+    if model == "digit_unet":
+        n = int(task) if str(task).isdigit() else 0
+        if n < 10 or n % 10:
+            raise Hw2rtError(f"--task {task}: the number of digits must be a positive multiple of 10 "
+                             "(the digit job writes as many of each class)")
+        return n
+    if not Path(task).is_dir():
+        raise Hw2rtError(f"--task {task}: not an image folder")
+    return Path(task)
+
+
 def _drop(correct_ref: int, correct_cand: int, n: int) -> float:
     return 100.0 * (correct_ref - correct_cand) / n
 
@@ -46,9 +62,7 @@ def graded_digits(engine, n: int, *, seed=0, sampler="ddim", steps=50, eta=1.0, 
     from `engine`, as uint8 images, graded by `grader` (a checkpoint path, bundled name or module;
     default: the bundled grader, as `eval-digits`): {"images", "predictions", "correct", "classifier",
     "settings"}."""
-    if n < 10 or n % 10:
-        raise Hw2rtError(f"--task {n}: the number of digits must be a positive multiple of 10 "
-                         "(the digit job writes as many of each class)")
+    check_task("digit_unet", n)
     plan = jobs.digit_plan(sampler, steps, eta=eta, w=w)
     labels = torch.arange(10).repeat_interleave(n // 10)  # the digit job's order: 0_001 .. 9_{n/10}
     grader = grader if isinstance(grader, torch.nn.Module) else resolve_checkpoint(grader, "digit_classifier")

@@ -358,14 +358,9 @@ def parity(model, checkpoint, steps, size, no_e2e, trajectory, sampler, eta, onn
             raise Hw2rtError(f"--precision int8 {model}: give --task FOLDER, target-domain images (they "
                              "calibrate the graph, without labels, and are classified by both engines)")
     if task is not None:
-        if model == "face_unet":
-            raise Hw2rtError("--task: face_unet has no task grade (its images are graded by image MSE)")
-        if model == "digit_unet":
-            if not task.isdigit() or int(task) < 10 or int(task) % 10:
-                raise Hw2rtError(f"--task {task}: digit_unet takes a number of digits, a multiple of 10")
-            task = int(task)
-        elif not Path(task).is_dir():
-            raise Hw2rtError(f"--task {task}: not an image folder")
+        from hw2rt.task import check_task
+
+        task = check_task(model, task)
     if labels_csv is not None and (task is None or model == "digit_unet"):
         raise Hw2rtError("--labels belongs to --task FOLDER (dann, digit_classifier)")
     check_finite("--eta", eta)

@@ -14,7 +14,7 @@ Three computations break in fp16 and stay fp32 by default (DESIGN.md, "Precision
 An island is named: a submodule's qualified name ("time.0", "down2.resblocks.norm1": the whole
 module runs fp32), or "<module>.softmax" (the softmax calls made directly in that module's forward;
 "softmax" at the top level). `to_fp16(net, islands)` takes any such set (the island search,
-`export/island_search.py`, tries many); None is the default set above, and `islands_of(net)` says
+`hw2rt/islands.py`, tries many); None is the default set above, and `Fp16Network.islands()` says
 which islands a converted network used.
 
 Graph inputs and outputs keep the registry's dtypes: float inputs enter fp32 and are cast to
@@ -56,18 +56,17 @@ class Fp16Mode(TorchFunctionMode):
       face UNet's `t.float()` before its phase) is what an island grants, so without one that code
       runs fp16, as the rest of the interior does.
 
-    `used` collects the softmax islands hit; `seen` every softmax site, upcast or not."""
+    `used` collects the softmax islands hit."""
 
     def __init__(self, sites: set | None, module_islands: set, scope: list):
         super().__init__()
         self.sites, self.module_islands, self.scope = sites, module_islands, scope
-        self.used, self.seen = set(), set()
+        self.used = set()
 
     def __torch_function__(self, func, types, args=(), kwargs=None):
         kwargs = kwargs or {}
         if func in _SOFTMAX and args and isinstance(args[0], torch.Tensor):
             site = softmax_island(self.scope[-1])
-            self.seen.add(site)
             x = args[0]
             if (x.dtype == torch.float16 and kwargs.get("dtype") is None
                     and (self.sites is None or site in self.sites)):
@@ -119,7 +118,7 @@ class Fp16Network(nn.Module):
         super().__init__()
         self.net, self.module_islands, self.softmax_sites = net, module_islands, softmax_sites
         self._scope = [""]  # the names of the running modules, innermost last
-        self._last_softmax = None
+        self._last_mode = None
         for name, m in net.named_modules():
             if name:
                 m.register_forward_pre_hook(self._enter(name))
@@ -137,17 +136,14 @@ class Fp16Network(nn.Module):
         self._scope[:] = [""]
         with Fp16Mode(self.softmax_sites, set(self.module_islands), self._scope) as mode:
             out = self.net(*cast_floats(args, torch.float16))
-        self._last_softmax = mode
+        self._last_mode = mode
         return cast_floats(out, torch.float32)
 
     def islands(self) -> list:
         """The islands this network used in its last forward (module islands, then softmax sites hit)."""
-        if self._last_softmax is None:
+        if self._last_mode is None:
             raise RuntimeError("islands() is known after a forward")
-        return [*self.module_islands, *sorted(self._last_softmax.used)]
-
-    def softmax_sites_seen(self) -> list:
-        return sorted(self._last_softmax.seen) if self._last_softmax is not None else []
+        return [*self.module_islands, *sorted(self._last_mode.used)]
 
 
 def default_module_islands(net: nn.Module) -> list:
@@ -161,7 +157,7 @@ def to_fp16(net: nn.Module, islands=None) -> Fp16Network:
     islands: None for the default (every GroupNorm and TimeEmbedding module, every softmax), or a
     collection of island names (module names and "<module>.softmax" sites; see the module docstring).
     A name that is not a submodule of `net` is an error; a softmax site that never runs is not
-    (which sites exist is known only by running: `Fp16Network.softmax_sites_seen`).
+    (which sites exist is known only by running: `Fp16Network.islands()` after a forward).
     The original module is left untouched.
     """
     net = fold_batchnorm(copy.deepcopy(net).eval())

@@ -62,9 +62,6 @@ class _Feeds:
         feed = next(self._it, None)
         return None if feed is None else {k: _numpy(v) for k, v in feed.items()}
 
-    def rewind(self):  # not needed: one pass per calibration
-        raise NotImplementedError
-
 
 @contextlib.contextmanager
 def _quiet():

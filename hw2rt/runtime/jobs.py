@@ -294,24 +294,23 @@ def classify_job(engine, images_dir, out_csv, *, batch_size=512, features_path=N
     except Hw2rtError as exc:
         error = str(exc)
     distributed.agree(error)
-    labels, feats = [], []
-    for images, _ in tqdm(decoded, desc="classify", unit="batch", disable=not progress):
+    results = []  # (chunk, labels, features or None) per chunk of this rank
+    for chunk, (images, _) in tqdm(list(zip(mine, decoded)), desc="classify", unit="batch",
+                                   disable=not progress):
         # Channels-last, the pixels' order in the decoded files: torch eager runs the DANN faster on it than
         # on NCHW (benchmarks/RESULTS.md), so the batch keeps the layout classify always had.
         out = engine.run({"x": images.contiguous(memory_format=torch.channels_last).float() / 255.0})
-        labels.append(out[scores].argmax(1).cpu())
-        if features_path is not None:
-            feats.append(out["features"].float().cpu())
-    shares = distributed.gather((mine, labels, feats, sum(r for _, r in decoded)))
+        results.append((chunk, out[scores].argmax(1).cpu(),
+                        out["features"].float().cpu() if features_path is not None else None))
+    shares = distributed.gather((results, sum(r for _, r in decoded)))
     seconds = time.perf_counter() - start
     summary = {"images": len(paths), "out": str(out_csv), "seconds": seconds,
                "images_per_s": len(paths) / seconds if seconds > 0 else 0.0, "ranks": world.size}
     if shares is None:  # not rank 0: its share is with rank 0
         return summary
-    by_chunk = sorted((c, lab, f) for share in shares
-                      for c, lab, f in zip(share[0], share[1], share[2] or [None] * len(share[0])))
+    by_chunk = sorted((r for share, _ in shares for r in share), key=lambda r: r[0])
     labels = [y for _, lab, _ in by_chunk for y in lab.tolist()]
-    summary["resized"] = sum(share[3] for share in shares)
+    summary["resized"] = sum(resized for _, resized in shares)
     write_labels_csv(out_csv, [(p.name, y) for p, y in zip(paths, labels)])
     if features_path is not None:
         features = (torch.cat([f for *_, f in by_chunk]).numpy() if by_chunk
