@@ -21,19 +21,25 @@ def _train_options(f):
     return f
 
 
-def _train(fn, *args, **kwargs):
-    """`fn(*args, **kwargs)`, its run folder (the last positional argument) checked first."""
+def _train(fn, *args, device, **kwargs):
+    """`fn(*args, **kwargs)`, its run folder (the last positional argument) checked first. Under
+    torchrun: data parallel, each process on its own GPU (or the CPU), rank 0 reporting."""
+    from hw2rt import distributed
     from hw2rt.io import check_outputs
     from hw2rt.training.loop import format_summary
 
     check_outputs(("--out", args[-1], True))
     kwargs = {k: v for k, v in kwargs.items() if v is not None}
-    try:
-        summary = fn(*args, **kwargs)
-    except KeyboardInterrupt:
-        click.echo("interrupted: checkpoint saved; continue with --resume", err=True)
-        raise SystemExit(130) from None
-    click.echo(format_summary(summary))
+    device = distributed.device_for(device)
+    with distributed.session(device) as world:
+        try:
+            summary = fn(*args, device=device, **kwargs)
+        except KeyboardInterrupt:
+            if world.main:
+                click.echo("interrupted: checkpoint saved; continue with --resume", err=True)
+            raise SystemExit(130) from None
+    if world.main:
+        click.echo(format_summary(summary))
 
 
 @main.group()

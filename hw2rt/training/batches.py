@@ -60,15 +60,15 @@ class EpochShuffle:
         return self._batches[i % len(self._batches)]
 
 
-def random_shift(x: torch.Tensor, max_shift: int) -> torch.Tensor:
+def random_shift(x: torch.Tensor, max_shift: int, generator: torch.Generator | None = None) -> torch.Tensor:
     """Each image of `x` [B,C,H,W] translated by its own random (dy, dx) in [-max_shift, max_shift]
     (reflection padding, then a crop): the usual augmentation for small digit classifiers."""
     if max_shift <= 0:
         return x
     b, c, h, w = x.shape
     padded = torch.nn.functional.pad(x, (max_shift,) * 4, mode="reflect")
-    oy = torch.randint(0, 2 * max_shift + 1, (b,), device=x.device)
-    ox = torch.randint(0, 2 * max_shift + 1, (b,), device=x.device)
+    oy = torch.randint(0, 2 * max_shift + 1, (b,), device=x.device, generator=generator)
+    ox = torch.randint(0, 2 * max_shift + 1, (b,), device=x.device, generator=generator)
     rows = (oy[:, None] + torch.arange(h, device=x.device))[:, None, :, None]
     cols = (ox[:, None] + torch.arange(w, device=x.device))[:, None, None, :]
     batch = torch.arange(b, device=x.device)[:, None, None, None]

@@ -20,6 +20,11 @@ Checkpoint format (`"format": "hw2rt-train-1"`)::
 
 Ctrl-C does not tear a step in half: the first one asks the loop to stop after the current
 step, save the checkpoint and raise KeyboardInterrupt; a second one aborts at once.
+
+Under torchrun every process computes its part of each global step (hw2rt.training.data_parallel):
+rank 0 alone keeps the EMA, evaluates, logs and saves; a Ctrl-C (or torchrun's SIGTERM) on any rank
+stops every rank after the same step, with one checkpoint. The checkpoint's "rng" also holds "data",
+the generator of the steps' batch randomness (the same on every process).
 """
 from __future__ import annotations
 
@@ -27,6 +32,7 @@ import contextlib
 import copy
 import json
 import math
+import os
 import signal
 import threading
 import time
@@ -41,6 +47,7 @@ from tqdm import tqdm
 from hw2rt.device import usable_device
 from hw2rt.errors import Hw2rtError, first_line
 from hw2rt.io import atomic_path
+from hw2rt.training.data_parallel import Part, Replicas
 
 CHECKPOINT = "checkpoint.pt"
 METRICS = "metrics.jsonl"
@@ -126,26 +133,33 @@ class _StopFlag:
 
 
 @contextlib.contextmanager
-def graceful_interrupt():
-    """The first SIGINT sets `.requested` (the loop stops cleanly); a second one raises at once."""
+def graceful_interrupt(terminate: bool = False):
+    """The first SIGINT sets `.requested` (the loop stops cleanly); a second one raises at once.
+    With `terminate` (under torchrun, whose Ctrl-C reaches the workers as SIGTERM, SIGKILL 30 s later)
+    SIGTERM sets it too, and never aborts."""
     flag = _StopFlag()
     if threading.current_thread() is not threading.main_thread():
         yield flag  # signals are only delivered to the main thread
         return
-    previous = signal.getsignal(signal.SIGINT)
+    previous = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}
 
     def handler(signum, frame):
-        if flag.requested:
-            signal.signal(signal.SIGINT, previous)
+        if flag.requested and signum == signal.SIGINT:
+            signal.signal(signal.SIGINT, previous[signal.SIGINT])
             raise KeyboardInterrupt
+        if not flag.requested:
+            tqdm.write("interrupt: saving a checkpoint after this step "
+                       "(Ctrl-C again to abort without saving)")
         flag.requested = True
-        tqdm.write("interrupt: saving a checkpoint after this step (Ctrl-C again to abort without saving)")
 
     signal.signal(signal.SIGINT, handler)
+    if terminate:
+        signal.signal(signal.SIGTERM, handler)
     try:
         yield flag
     finally:
-        signal.signal(signal.SIGINT, previous)
+        for sig, old in previous.items():
+            signal.signal(sig, old)
 
 
 # ---------------------------------------------------------------------------------- checkpoints
@@ -179,8 +193,10 @@ def _cpu_state(module: nn.Module) -> dict:
 class Task:
     """One training run, as the loop sees it.
 
-    loss_fn(step) -> (loss, extras): the loss of global step `step` (0-based), computed under
-    autocast; extras are scalars (floats or 0-d tensors) logged with the loss.
+    loss_fn(step, part) -> (loss, extras): the loss of global step `step` (0-based) over this process's
+    part of its batch, computed under autocast: the step's randomness is drawn for the whole batch
+    from `part.generator`, then `part.of(...)` keeps this process's share (all of it in one process).
+    extras are scalars (floats or 0-d tensors) logged with the loss.
     evaluate(module) -> dict of floats, run at every epoch end on the module that would be
     exported (the EMA when enabled); `best_key` (maximised) selects what gets exported.
     export(module, summary) -> dict of written paths, run once at the end.
@@ -189,7 +205,7 @@ class Task:
     kind: str
     model: nn.Module
     optimizer: torch.optim.Optimizer
-    loss_fn: Callable[[int], tuple[torch.Tensor, dict]]
+    loss_fn: Callable[[int, Part], tuple[torch.Tensor, dict]]
     total_steps: int
     steps_per_epoch: int
     batch_size: int
@@ -202,6 +218,7 @@ class Task:
     best_key: str | None = None
     ema_decay: float | None = None
     grad_clip: float | None = None
+    all_parameters_used: bool = True  # False: some get no gradient in a step (DDP must look for them)
     summary_extra: dict = field(default_factory=dict)
 
 
@@ -243,10 +260,18 @@ def fit(
         raise Hw2rtError(f"{task.kind}: nothing to train (0 steps); give more steps/epochs or more data")
 
     # The trainer seeded torch before building the model (see `seed_everything`); seeding again
-    # here keeps the step randomness independent of how many draws the model's init made.
-    torch.manual_seed(seed)
+    # here keeps the step randomness independent of how many draws the model's init made. The global
+    # generator draws dropout (per process); the data generator a step's batch randomness (shared).
     model = task.model.to(device)
-    ema = EMA(model, task.ema_decay) if task.ema_decay else None
+    replicas = Replicas(model, task.loss_fn, device, all_parameters_used=task.all_parameters_used)
+    world, main = replicas.world, replicas.main
+    if task.batch_size % world.size:
+        raise Hw2rtError(f"--batch-size {task.batch_size}: the global batch must split evenly over the "
+                         f"{world.size} processes")
+    torch.manual_seed(_dropout_seed(seed, world.rank, 0))
+    data_rng = torch.Generator(device=device).manual_seed(DATA_SEED + seed)
+    part = Part(data_rng, world.rank, world.size)
+    ema = EMA(model, task.ema_decay) if task.ema_decay and main else None
     scaler = torch.amp.GradScaler(device.type, enabled=precision == "fp16")
     step, elapsed0, best, resumed_from, last_loss = 0, 0.0, None, None, math.nan
 
@@ -262,12 +287,16 @@ def fit(
         if ema is not None:
             ema.module.load_state_dict(state["ema"] if state.get("ema") else state["model"])
         best = state.get("best")
-        torch.set_rng_state(state["rng"]["torch"])
-        if device.type == "cuda" and len(state["rng"]["cuda"]) == torch.cuda.device_count():
-            torch.cuda.set_rng_state_all(state["rng"]["cuda"])
         step, elapsed0, resumed_from = int(state["step"]), float(state["elapsed_s"]), int(state["step"])
+        data_rng.set_state(state["rng"]["data"])
+        if world.size == 1 and state.get("world_size", 1) == 1:  # one process resumes exactly
+            torch.set_rng_state(state["rng"]["torch"])
+            if device.type == "cuda" and len(state["rng"]["cuda"]) == torch.cuda.device_count():
+                torch.cuda.set_rng_state_all(state["rng"]["cuda"])
+        else:  # dropout: each process's own stream, from here
+            torch.manual_seed(_dropout_seed(seed, world.rank, step))
         last_loss = float(state.get("last_loss", math.nan))
-    elif resume:
+    elif resume and main:
         tqdm.write(f"{ckpt}: no checkpoint to resume, starting a new run")
 
     def export_module() -> nn.Module:
@@ -282,18 +311,24 @@ def fit(
             "scaler": scaler.state_dict(),
             "scheduler": task.scheduler.state_dict() if task.scheduler is not None else None,
             "ema": ema.module.state_dict() if ema is not None else None, "best": best,
-            "rng": {"torch": torch.get_rng_state(),
+            "rng": {"torch": torch.get_rng_state(), "data": data_rng.get_state(),
                     "cuda": torch.cuda.get_rng_state_all() if device.type == "cuda" else []},
+            "world_size": world.size,
         }
+
+    def save():
+        if main:
+            save_state(ckpt, state_dict_now())
 
     t0 = time.perf_counter()
     start_step = step
     window_loss, window_n, window_t = None, 0, time.perf_counter()
     extras: dict = {}
     mode = "a" if resumed_from is not None else "w"
-    with open(metrics_path, mode) as log, graceful_interrupt() as stop, \
+    with open(metrics_path if main else os.devnull, mode) as log, \
+            graceful_interrupt(terminate=world.size > 1) as stop, \
             tqdm(total=task.total_steps, initial=step, desc=f"train {task.kind}", unit="step",
-                 disable=not progress, dynamic_ncols=True) as bar:
+                 disable=not (progress and main), dynamic_ncols=True) as bar:
 
         def write(record: dict):
             log.write(json.dumps(record) + "\n")
@@ -305,7 +340,7 @@ def fit(
                     g["lr"] = task.lr_at(step)
             model.train()
             with autocast(device, precision):
-                loss, extras = task.loss_fn(step)
+                loss, extras = replicas.loss(step, part)
             task.optimizer.zero_grad(set_to_none=True)
             scaler.scale(loss).backward()
             if task.grad_clip:
@@ -322,7 +357,12 @@ def fit(
             bar.update(1)
 
             if step % log_every == 0 or step == task.total_steps:
-                last_loss = _scalar(window_loss) / window_n
+                # the global batch's: every process's part averaged
+                logged = replicas.mean(torch.stack([window_loss / window_n,
+                                                    *(torch.as_tensor(v, dtype=torch.float32, device=device)
+                                                      for v in extras.values())]))
+                last_loss = _scalar(logged[0])
+                extras = dict(zip(extras, logged[1:]))
                 if not math.isfinite(last_loss):
                     raise Hw2rtError(f"{task.kind}: the loss became {last_loss} by step {step} "
                                      f"(last good checkpoint: {ckpt}); try a lower lr")
@@ -337,7 +377,7 @@ def fit(
 
             if step % task.steps_per_epoch == 0:
                 epoch = step // task.steps_per_epoch
-                if task.evaluate is not None:
+                if task.evaluate is not None and main:
                     result = task.evaluate(export_module())
                     write({"event": "eval", "step": step, "epoch": epoch, **result})
                     value = result[task.best_key]
@@ -349,18 +389,19 @@ def fit(
                     bar.set_postfix(**shown, **{task.best_key: f"{value:.4f}"})
                 if task.scheduler is not None:
                     task.scheduler.step()
-                save_state(ckpt, state_dict_now())
+                save()
             elif save_every and step % save_every == 0:
-                save_state(ckpt, state_dict_now())
+                save()
 
             if on_step is not None:
                 on_step(step, extras)
-            if stop.requested and step < task.total_steps:
-                save_state(ckpt, state_dict_now())
-                tqdm.write(f"interrupted at step {step}: resumable checkpoint {ckpt}")
+            if replicas.any(stop.requested, device) and step < task.total_steps:
+                save()
+                if main:
+                    tqdm.write(f"interrupted at step {step}: resumable checkpoint {ckpt}")
                 raise KeyboardInterrupt
 
-        save_state(ckpt, state_dict_now())
+        save()
 
     run_s = time.perf_counter() - t0
     final = export_module()
@@ -372,22 +413,34 @@ def fit(
         "steps": step, "epochs": step / task.steps_per_epoch, "steps_per_epoch": task.steps_per_epoch,
         "batch_size": task.batch_size, "resumed_from_step": resumed_from,
         "final_loss": last_loss if math.isfinite(last_loss) else None, "seed": seed, "device": str(device),
-        "precision": precision,
+        "precision": precision, "processes": world.size,
         "ema_decay": task.ema_decay, "elapsed_s": elapsed0 + run_s,
         "images_per_s": (step - start_step) * task.batch_size / run_s if step > start_step else None,
         "best": {k: v for k, v in best.items() if k != "model"} if best else None,
         **task.summary_extra,
     }
+    if not main:  # rank 0 exports and writes the summary
+        return summary
     summary["exported"] = {k: str(v) for k, v in task.export(final.eval(), summary).items()}
     with atomic_path(out / SUMMARY) as tmp:
         tmp.write_text(json.dumps(summary, indent=2) + "\n")
     return summary
 
 
+DATA_SEED = 2**40  # the data generator's seed is DATA_SEED + --seed: a stream apart from dropout's
+
+
+def _dropout_seed(seed: int, rank: int, step: int) -> int:
+    """The global generator's seed: --seed on rank 0 of a new run (one process draws as it always did);
+    other ranks, and several processes resuming at `step`, each a stream of their own."""
+    return seed if rank == 0 and step == 0 else seed + 2**41 * (rank + 1) + 1_000_003 * step
+
+
 def format_summary(summary: dict) -> str:
     """A few lines for the CLI to print after training."""
+    processes = f" x {summary['processes']} processes" if summary.get("processes", 1) > 1 else ""
     head = (f"{summary['kind']}: {summary['steps']} steps ({summary['epochs']:.2f} epochs) "
-            f"on {summary['device']} ({summary['precision']}), {summary['elapsed_s']:.0f} s")
+            f"on {summary['device']}{processes} ({summary['precision']}), {summary['elapsed_s']:.0f} s")
     lines = [head]
     if summary.get("final_loss") is not None:
         lines.append(f"  final loss {summary['final_loss']:.5f}")

@@ -72,10 +72,10 @@ def train_classifier(
     opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=weight_decay)
     batch_at = EpochShuffle(n, b, seed, spe, dev)
 
-    def loss_fn(step: int):
+    def loss_fn(step: int, part):
         idx = batch_at(step)
-        x = random_shift(to_unit(images[idx]), max_shift)
-        return F.cross_entropy(model(x).float(), labels[idx]), {}
+        x = part.of(random_shift(to_unit(images[idx]), max_shift, part.generator))
+        return F.cross_entropy(model(x).float(), part.of(labels[idx])), {}
 
     def evaluate(module):
         return {"val_acc": dataset_accuracy(module, val.images, val.labels)}

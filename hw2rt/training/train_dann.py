@@ -103,13 +103,13 @@ def train_dann(
     if mode == "dann":  # the target's own shuffle, cycled when it is the smaller domain
         target_batch_at = EpochShuffle(nt, bt, seed + 7919, spe, dev)
 
-    def loss_fn(step: int):
-        idx = batch_at(step)
+    def loss_fn(step: int, part):
+        idx = part.of(batch_at(step))
         x, y = to_unit(xl[idx]), yl[idx]
         if mode != "dann":
             label_loss = F.nll_loss(model.label_classifier(model.feature(x)), y)
             return label_loss, {"label_loss": label_loss.detach()}
-        tidx = target_batch_at(step)
+        tidx = part.of(target_batch_at(step))
         lam = grl_lambda(step / total)
         features = torch.cat([model.feature(x), model.feature(to_unit(xt[tidx]))])  # per-domain statistics
         label_loss = F.nll_loss(model.label_classifier(features[: len(y)]), y)
@@ -147,7 +147,7 @@ def train_dann(
         kind="dann", model=model, optimizer=opt, loss_fn=loss_fn, total_steps=total, steps_per_epoch=spe,
         batch_size=bl, config=config, export=export,
         resume_keys=("mode", "batch_size", "source", "target", "n_labelled", "t_0", "t_mult"),
-        scheduler=scheduler, evaluate=evaluate, best_key="target_val_acc",
+        scheduler=scheduler, evaluate=evaluate, best_key="target_val_acc", all_parameters_used=mode == "dann",
         summary_extra={"mode": mode, "source": str(src_dir), "target": str(tgt_dir), "data_note": note,
                        "n_train_labelled": nl, "n_target_val": len(target_val)},
     )

@@ -88,17 +88,16 @@ def train_ddpm(
     opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=weight_decay)
     batch_at = EpochShuffle(n, b, seed, spe, dev)
 
-    def loss_fn(step: int):
-        idx = batch_at(step)
-        x0 = to_signed(images[idx])
-        c = labels[idx]
-        t = torch.randint(1, T + 1, (b,), device=dev)
-        eps = torch.randn_like(x0)
-        x_t = schedule.add_noise(x0, eps, t)
+    def loss_fn(step: int, part):
+        g = part.generator
+        t = torch.randint(1, T + 1, (b,), device=dev, generator=g)
+        eps = torch.randn((b, *images.shape[1:]), device=dev, generator=g)
+        mask = torch.bernoulli(torch.full((b,), drop_prob, device=dev), generator=g)
+        idx, t, eps, mask = (part.of(v) for v in (batch_at(step), t, eps, mask))
+        x_t = schedule.add_noise(to_signed(images[idx]), eps, t)
         if channels_last:
             x_t = x_t.contiguous(memory_format=torch.channels_last)
-        mask = torch.bernoulli(torch.full((b,), drop_prob, device=dev))
-        pred = model(x_t, c, t.float() / T, mask)
+        pred = model(x_t, labels[idx], t.float() / T, mask)
         return F.mse_loss(pred.float(), eps), {}
 
     config = {

@@ -66,13 +66,15 @@ def train_face(
     opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=weight_decay)
     batch_at = EpochShuffle(n, b, seed, spe, dev)
 
-    def loss_fn(step: int):
-        x0 = to_signed(images[batch_at(step)])
+    def loss_fn(step: int, part):
+        g = part.generator
+        flips = torch.rand(b, device=dev, generator=g) < 0.5
+        t = torch.randint(0, FACE.T, (b,), device=dev, generator=g)
+        eps = torch.randn((b, *images.shape[1:]), device=dev, generator=g)
+        idx, flips, t, eps = (part.of(v) for v in (batch_at(step), flips, t, eps))
+        x0 = to_signed(images[idx])
         if flip:
-            flips = torch.rand(b, device=dev) < 0.5
             x0 = torch.where(flips[:, None, None, None], x0.flip(3), x0)
-        t = torch.randint(0, FACE.T, (b,), device=dev)
-        eps = torch.randn_like(x0)
         x_t = FACE.add_noise(x0, eps, t)
         return F.mse_loss(model(x_t, t).float(), eps), {}
 
