@@ -19,7 +19,7 @@ from hw2rt.bench.report import speed_chart
 from hw2rt.checkpoints import ASSETS, save_checkpoint
 from hw2rt.engines import open_engine, pick_backend
 from hw2rt.evaluate import digit_accuracy
-from hw2rt.io import read_labels_csv, read_noise_dir
+from hw2rt.io import open_noise_dir, read_labels_csv
 from hw2rt.models import get_spec
 from hw2rt.parity import SMALL, random_model, run_parity
 from hw2rt.runtime import jobs
@@ -97,7 +97,7 @@ def run_demo(out_dir="outputs/demo", *, quick=False, backend="auto", threads=Non
     parity.append(report)
     log(f"  digit_unet {DIGIT_PRECISION}: {'passed' if report['passed'] else 'FAILED'}")
 
-    noise = read_noise_dir(data / "face" / "noise")
+    noise = open_noise_dir(data / "face" / "noise")
     with open_engine("face_unet", models["face_unet"][0], backend=backend, threads=threads,
                      dims={"height": 32, "width": 32}) as face:
         stage(f"faces: DDIM {steps} steps")

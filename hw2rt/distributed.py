@@ -99,11 +99,25 @@ def gather(obj) -> list | None:
     return out
 
 
+def gather_dict(part: dict) -> dict | None:
+    """Rank 0 gets the union of every rank's `part` (each rank's own keys; others get None)."""
+    parts = gather(part)
+    return None if parts is None else {k: v for p in parts for k, v in p.items()}
+
+
 def _attempt(fn):
     try:
         return fn(), None
     except Hw2rtError as exc:
         return None, str(exc)
+
+
+def agreed(fn):
+    """`fn()` on every rank; its failure (an Hw2rtError) on any rank is every rank's one-line error
+    (`agree`), raised on every rank before any goes on (e.g. to write its share)."""
+    result, error = _attempt(fn)
+    agree(error)
+    return result
 
 
 def rank0_first(fn):

@@ -10,6 +10,7 @@ import csv
 import os
 import tempfile
 import warnings
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -96,18 +97,44 @@ def read_noise(path) -> torch.Tensor:
     return x.float()
 
 
-def read_noise_dir(folder) -> tuple[list[str], torch.Tensor]:
-    """All `*.pt` of a folder, sorted by name: (stems, float32 [N,3,H,W]). Shapes must agree."""
+@dataclass(frozen=True)
+class NoiseDir:
+    """A noise folder, read a share at a time: its `*.pt` sorted by name and the first one's shape
+    [1,3,H,W], the shape every other file must have (`open_noise_dir` reads that file alone)."""
+
+    files: tuple
+    shape: tuple
+
+    @property
+    def names(self) -> list[str]:
+        return [f.stem for f in self.files]
+
+    def read(self, indices) -> torch.Tensor:
+        """Files `indices` (of the sorted files) as float32 [len(indices),3,H,W], each of the first's
+        shape."""
+        tensors = []
+        for path in [self.files[i] for i in indices]:
+            x = read_noise(path)
+            if x.shape != self.shape:
+                raise Hw2rtError(f"{path}: shape {list(x.shape)} differs from {self.files[0].name}'s "
+                                 f"{list(self.shape)}")
+            tensors.append(x)
+        return torch.cat(tensors) if tensors else torch.empty(0, *self.shape[1:])
+
+
+def open_noise_dir(folder) -> NoiseDir:
+    """A noise folder, its first file read (for the shape); the rest is read by `NoiseDir.read`."""
     folder = _existing_dir(folder, "noise")
-    files = sorted(folder.glob("*.pt"))
+    files = tuple(sorted(folder.glob("*.pt")))
     if not files:
         raise Hw2rtError(f"{folder}: no .pt noise files in the folder")
-    tensors = [read_noise(f) for f in files]
-    for f, x in zip(files, tensors):
-        if x.shape != tensors[0].shape:
-            raise Hw2rtError(f"{f}: shape {list(x.shape)} differs from {files[0].name}'s "
-                             f"{list(tensors[0].shape)}")
-    return [f.stem for f in files], torch.cat(tensors)
+    return NoiseDir(files, tuple(read_noise(files[0]).shape))
+
+
+def read_noise_dir(folder) -> tuple[list[str], torch.Tensor]:
+    """All `*.pt` of a folder, sorted by name: (stems, float32 [N,3,H,W]). Shapes must agree."""
+    noise = open_noise_dir(folder)
+    return noise.names, noise.read(range(len(noise.files)))
 
 
 # --- images ------------------------------------------------------------------------------------------

@@ -73,6 +73,8 @@ class Suite:
     face_loop: Loop | None = None  # the face job's loop, at the face case's dims
     dann_images: int | None = None  # PNGs in the classified folder
     growth: dict | None = None  # {"images": [...], "base_steps", "steps": [...], "steps_images"}
+    # the digit job on 1 process vs one per GPU (CPU: 2 processes) under torchrun: {"per_digit", "steps"}
+    sharded_digits: dict | None = None
     goals: tuple = ()  # names in report.GOALS
     threads: int | None = 1
     budget_s: float | None = None
@@ -134,6 +136,7 @@ def _suite(name: str) -> Suite:
                      digit_loop=Loop(1000, 1000, sampler="ancestral", repeats=1, cap_s=30,
                                      max_steps={"torch": 200, "torch+graphs": 200}, parity_images=50),
                      face_loop=Loop(10, 50, repeats=3), dann_images=10000, goals=GPU_GOALS, threads=None,
+                     sharded_digits={"per_digit": 100, "steps": 50},
                      budget_s=420, point_s=1.0, max_repeats=50, max_point_s=20, slow_factor=1e9)
     if name == "cpu-smoke":  # the gpu suite's scenarios at tiny sizes, on the CPU
         return Suite("cpu-smoke", "cpu",
@@ -145,7 +148,7 @@ def _suite(name: str) -> Suite:
                                      parity_images=10),
                      face_loop=Loop(2, 4, repeats=1), dann_images=64, goals=GPU_GOALS, budget_s=110,
                      point_s=0.2, max_repeats=3, loop_repeats=1, max_point_s=10, slow_factor=1e9,
-                     peak_budget_s=0.05)
+                     peak_budget_s=0.05, sharded_digits={"per_digit": 1, "steps": 2, "batch_size": 4})
     raise Hw2rtError(f"unknown suite {name!r}; choose one of {', '.join(SUITES)}")
 
 
@@ -250,6 +253,8 @@ def run_bench(suite: Suite, *, threads: int | None = None, cache_dir=None, comma
     run.section("peaks at the start", lambda: peaks("start"), min_s=5)
     for case in suite.cases:
         _run_case(run, suite, case, backends, device, threads, cache_dir)
+    if suite.sharded_digits:
+        _sharded_section(run, suite, device)
     run.section("peaks at the end", lambda: peaks("end"), min_s=5)
     for row in result["per_call"]:
         if row["achieved_gflops"] is not None and row["compute_precision"] in result["peaks"]:
@@ -259,6 +264,27 @@ def run_bench(suite: Suite, *, threads: int | None = None, cache_dir=None, comma
     result["env"]["loadavg_end"] = list(os.getloadavg())
     run.save()
     return result
+
+
+def _sharded_section(run: _Run, suite: Suite, device):
+    """The multi-GPU case: the digit job on one process and on one per GPU (skipped with its reason on
+    one GPU); on a CPU, on 1 and 2 processes."""
+    name = "the sharded digit job (torchrun)"
+    gpus = torch.cuda.device_count() if is_cuda(device) else 0
+    if is_cuda(device) and gpus < 2:
+        run.result["sections"][name] = {"status": "skipped",
+                                        "reason": f"{gpus} GPU: the multi-GPU case needs 2 or more"}
+        run.log(f"== {name}: skipped ({run.result['sections'][name]['reason']})")
+        run.save()
+        return
+    from hw2rt.bench.sharded import sharded_digit_job
+
+    def sharded():
+        run.result["sharded"] = sharded_digit_job([1, gpus or 2], device="cuda" if gpus else "cpu",
+                                                  threads=None if gpus else 1, log=run.log,
+                                                  **suite.sharded_digits)
+
+    run.section(name, sharded, min_s=30)
 
 
 def _run_case(run: _Run, suite: Suite, case: Case, backends: list, device, threads, cache_dir):

@@ -43,21 +43,31 @@ def _outputs(*outputs):
 
 
 def _face_noise(noise_dir):
-    """The noise folder (names, [N,3,H,W]) and the face UNet's serving size; refused if it cannot serve it."""
-    from hw2rt.io import read_noise_dir
+    """The noise folder (an `io.NoiseDir`: only its first file read, the jobs read their shares) and the
+    face UNet's serving size, that file's; refused if the UNet cannot serve it."""
+    from hw2rt.io import open_noise_dir
     from hw2rt.models import get_spec
 
-    noise = read_noise_dir(noise_dir)
-    dims = {"height": noise[1].shape[2], "width": noise[1].shape[3]}
+    noise = open_noise_dir(noise_dir)
+    dims = {"height": noise.shape[2], "width": noise.shape[3]}
     get_spec("face_unet").check_dims(dims, str(noise_dir))
     return noise, dims
 
 
+def _open_on_ranks(model, checkpoint, backend, precision, threads, device, **kwargs):
+    """`_open_engine` under torchrun: rank 0 first (it fills the export cache), on this process's device."""
+    from hw2rt import distributed
+
+    return distributed.rank0_first(lambda: _open_engine(model, checkpoint, backend, precision, threads,
+                                                        distributed.device_for(device), **kwargs))
+
+
 def _report(summary, what):
     rate = f", {summary['images_per_s']:.2f} images/s" if "images_per_s" in summary else ""
+    ranks = f" on {summary['ranks']} ranks" if summary.get("ranks", 1) > 1 else ""
     click.echo(f"{what}: wrote {summary.get('images', '')} images to "
                f"{summary.get('out_dir', summary.get('out', ''))}"
-               f" in {summary.get('seconds', 0):.1f} s{rate}")
+               f" in {summary.get('seconds', 0):.1f} s{ranks}{rate}")
 
 
 @main.command()
@@ -83,6 +93,7 @@ def _report(summary, what):
 def ddim(noise_dir, out, checkpoint, eta, steps, batch_size, gt_dir, seed, eta_grid, grid, backend, precision,
          threads, device):
     """DDIM faces from a noise folder (HW2 Problem 2): NN.pt -> NN.png."""
+    from hw2rt import distributed
     from hw2rt.runtime import jobs
 
     etas = _parse_floats(eta_grid, "--eta-grid") if eta_grid is not None else None
@@ -91,19 +102,22 @@ def ddim(noise_dir, out, checkpoint, eta, steps, batch_size, gt_dir, seed, eta_g
     jobs.check_ddim_args(steps, [eta] + (etas or []))
     _outputs(("--out", out, True), ("--grid", grid, False))
     noise, dims = _face_noise(noise_dir)
-    jobs.check_seed(seed, len(noise[0]))
-    with _open_engine("face_unet", checkpoint, backend, precision, threads, device, **dims) as engine:
+    jobs.check_seed(seed, len(noise.names))
+    with (distributed.session(device) as world,
+          _open_on_ranks("face_unet", checkpoint, backend, precision, threads, device, **dims) as engine):
         summary = jobs.face_job(engine, noise, out, steps=steps, eta=eta, batch_size=batch_size, seed=seed,
                                 gt_dir=gt_dir)
-        _report(summary, f"ddim ({engine.name}, {steps} steps, eta {eta:g})")
-        if "mse" in summary:
-            for name, value in summary["mse"]["per_image"].items():
-                click.echo(f"  {name}: MSE {value:.4f}")
-            click.echo(f"  mean MSE {summary['mse']['mean']:.4f} (written to {Path(out) / 'mse.json'})")
-        if etas:
-            g = jobs.eta_grid(engine, noise, grid, etas, steps=steps, batch_size=batch_size, seed=seed)
-            click.echo(f"eta grid (rows {', '.join(g['rows'])}; "
-                       f"eta {', '.join(f'{e:g}' for e in etas)}): {grid}")
+        g = jobs.eta_grid(engine, noise, grid, etas, steps=steps, batch_size=batch_size, seed=seed) \
+            if etas else None
+    if not world.main:
+        return
+    _report(summary, f"ddim ({engine.name}, {steps} steps, eta {eta:g})")
+    if "mse" in summary:
+        for name, value in summary["mse"]["per_image"].items():
+            click.echo(f"  {name}: MSE {value:.4f}")
+        click.echo(f"  mean MSE {summary['mse']['mean']:.4f} (written to {Path(out) / 'mse.json'})")
+    if g is not None:
+        click.echo(f"eta grid (rows {', '.join(g['rows'])}; eta {', '.join(f'{e:g}' for e in etas)}): {grid}")
 
 
 def _parse_floats(text, option):
@@ -129,6 +143,7 @@ def _parse_floats(text, option):
 @_engine_options
 def interp(noise_dir, pair, mode, out, checkpoint, steps, backend, precision, threads, device):
     """Interpolate two noises (alpha = 0, 0.1, ..., 1) and sample each: one row of 11 per mode."""
+    from hw2rt import distributed
     from hw2rt.runtime import jobs
 
     names = [p.strip() for p in pair.split(",")]
@@ -138,10 +153,12 @@ def interp(noise_dir, pair, mode, out, checkpoint, steps, backend, precision, th
     modes = ("slerp", "lerp") if mode == "both" else (mode,)
     _outputs(("--out", out, False))
     noise, dims = _face_noise(noise_dir)
-    with _open_engine("face_unet", checkpoint, backend, precision, threads, device, **dims) as engine:
-        s = jobs.interp_job(engine, noise, out, pair=tuple(names), modes=modes, steps=steps)
-    click.echo(f"interp: {' / '.join(modes)} rows of 11 ({names[0]} -> {names[1]}): {out}")
-    return s
+    with (distributed.session(device) as world,
+          _open_on_ranks("face_unet", checkpoint, backend, precision, threads, device, **dims) as engine):
+        jobs.interp_job(engine, noise, out, pair=tuple(names), modes=modes, steps=steps)
+    if world.main:
+        ranks = f" on {world.size} ranks" if world.size > 1 else ""
+        click.echo(f"interp: {' / '.join(modes)} rows of 11 ({names[0]} -> {names[1]}){ranks}: {out}")
 
 
 @main.command()
@@ -168,17 +185,21 @@ def interp(noise_dir, pair, mode, out, checkpoint, steps, backend, precision, th
 def ddpm(out, checkpoint, per_digit, w, sampler, steps, eta, seed, batch_size, grid, frames, backend,
          precision, threads, device):
     """Guided DDPM digits (HW2 Problem 1): {d}_{i:03d}.png for d = 0..9, i = 1..per-digit."""
+    from hw2rt import distributed
     from hw2rt.runtime import jobs
 
     # refused before the engine is opened (an export takes seconds)
     jobs.digit_plan(sampler, steps, eta, w)
     jobs.check_seed(seed, 10 * per_digit, jobs.DIGIT_SEED_STRIDE)
     _outputs(("--out", out, True), ("--grid", grid, False), ("--frames", frames, False))
-    with _open_engine("digit_unet", checkpoint, backend, precision, threads, device) as engine:
+    with (distributed.session(device) as world,
+          _open_on_ranks("digit_unet", checkpoint, backend, precision, threads, device) as engine):
         s = jobs.digit_job(engine, out, per_digit=per_digit, w=w, sampler=sampler, steps=steps, eta=eta,
                            seed=seed, batch_size=batch_size, grid_path=grid, frames_path=frames)
-        eta_note = f", eta {eta:g}" if sampler == "ddim" else ""
-        _report(s, f"ddpm ({engine.name}, {sampler} {s['steps']} steps of T={s['T']}{eta_note}, w={w:g})")
+    if not world.main:
+        return
+    eta_note = f", eta {eta:g}" if sampler == "ddim" else ""
+    _report(s, f"ddpm ({engine.name}, {sampler} {s['steps']} steps of T={s['T']}{eta_note}, w={w:g})")
     for key in ("grid", "frames"):
         if key in s:
             click.echo(f"  {key}: {s[key]}")
@@ -206,12 +227,11 @@ def classify(images, out, checkpoint, batch_size, features, backend, precision, 
     from hw2rt.runtime import jobs
 
     _outputs(("--out", out, False), ("--features", features, False))
-    with distributed.session(device) as world:
-        engine = distributed.rank0_first(lambda: _open_engine(
-            "dann", checkpoint, backend, precision, threads, distributed.device_for(device),
-            default=default_dann(images), calibration_images=images if precision == "int8" else None))
-        with engine:
-            s = jobs.classify_job(engine, images, out, batch_size=batch_size, features_path=features)
+    with (distributed.session(device) as world,
+          _open_on_ranks("dann", checkpoint, backend, precision, threads, device,
+                         default=default_dann(images),
+                         calibration_images=images if precision == "int8" else None) as engine):
+        s = jobs.classify_job(engine, images, out, batch_size=batch_size, features_path=features)
     if not world.main:
         return
     ranks = f" on {world.size} ranks" if world.size > 1 else ""

@@ -1,7 +1,8 @@
 """The assignment's jobs around an engine: noise folder -> faces, digits per class, report figures.
 
 A job sees only engines (`engine.run(feeds) -> outputs`, DESIGN.md); the samplers see only
-the denoiser callables built here. Files are written atomically; a tqdm bar tracks the steps.
+the denoiser callables built here. Files are written atomically; a tqdm bar tracks the steps. Under
+torchrun a job runs this process's share of its batches and rank 0 writes what is global (hw2rt.distributed).
 """
 import json
 import math
@@ -13,7 +14,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from hw2rt import options
+from hw2rt import distributed, options
 from hw2rt.errors import Hw2rtError
 from hw2rt.io import (
     atomic_path,
@@ -90,70 +91,93 @@ def sample_faces(engine, x: torch.Tensor, *, steps=50, eta=0.0, seeds=None, batc
                     callback(first, step, t, x, x0)
             out = ddim_sample(engine, chunk, FACE, timesteps, eta=eta, noise=noise, callback=on_step)
             outs.append(out.cpu())
-    return torch.cat(outs)
+    return torch.cat(outs) if outs else x[:0].float()
+
+
+def _face_tiles(engine, x, **kwargs) -> list[np.ndarray]:
+    """`sample_faces` over `x`, each image min-max normalised to uint8 [H,W,3] (what the files hold)."""
+    return [to_uint8_minmax(img) for img in sample_faces(engine, x, **kwargs)]
 
 
 def face_job(engine, noise, out_dir, *, steps=50, eta=0.0, batch_size=10, seed=0, gt_dir=None, progress=True):
     """`NN.pt` -> `NN.png` (HW2 naming and min-max normalisation); with `gt_dir`, the graded MSE.
-    `noise`: (names, tensor) as `io.read_noise_dir` gives them."""
-    names, x = noise
+    `noise`: an `io.NoiseDir`. Under torchrun every rank reads, samples and writes its share of the
+    batches (hw2rt.distributed) and rank 0 writes mse.json, as one process would."""
+    world = distributed.world()
+    names = noise.names
     check_seed(seed, len(names))
-    if gt_dir is not None:  # fail before sampling, not after
-        gt = {n: read_image(Path(gt_dir) / f"{n}.png") for n in names}
+    # The share's batches are the single-process ones: full batches, and on one rank the last one after
+    # them, so `sample_faces` over the share in batches of `batch_size` runs exactly those batches.
+    mine = [i for a, b in world.chunks(len(names), batch_size) for i in range(a, b)]
+
+    def read_share():  # before sampling, not after
+        x = noise.read(mine)
+        gt = {} if gt_dir is None else {names[i]: read_image(Path(gt_dir) / f"{names[i]}.png") for i in mine}
         for name, image in gt.items():
             if image.shape[:2] != tuple(x.shape[2:]):
                 raise Hw2rtError(f"{Path(gt_dir) / (name + '.png')}: size {image.shape[0]}x{image.shape[1]} "
                                  f"differs from the noise's {x.shape[2]}x{x.shape[3]}")
+        return x, gt
+
+    x, gt = distributed.agreed(read_share)
     start = time.perf_counter()
-    images = sample_faces(engine, x, steps=steps, eta=eta, seeds=[seed + i for i in range(len(names))],
-                          batch_size=batch_size, progress=progress)
+    arrays = distributed.agreed(lambda: _face_tiles(engine, x, steps=steps, eta=eta,
+                                                    seeds=[seed + i for i in mine], batch_size=batch_size,
+                                                    progress=progress and world.main))
     seconds = time.perf_counter() - start
     out_dir = Path(out_dir)
-    arrays = [to_uint8_minmax(img) for img in images]
-    for name, arr in zip(names, arrays):
-        write_png(arr, out_dir / f"{name}.png")
+    for i, arr in zip(mine, arrays):
+        write_png(arr, out_dir / f"{names[i]}.png")
     summary = {"images": len(names), "out_dir": str(out_dir), "seconds": seconds,
-               "images_per_s": len(names) / seconds}
-    if gt_dir is not None:
-        per_image = {name: mse_255(arr, gt[name]) for name, arr in zip(names, arrays)}
-        summary["mse"] = {"per_image": per_image, "mean": float(np.mean(list(per_image.values())))}
-        with atomic_path(out_dir / "mse.json") as tmp:
-            tmp.write_text(json.dumps(summary["mse"], indent=2))
+               "images_per_s": len(names) / seconds, "ranks": world.size}
+    if gt_dir is None:
+        return summary
+    mse = distributed.gather_dict({names[i]: mse_255(arr, gt[names[i]]) for i, arr in zip(mine, arrays)})
+    if mse is None:  # not rank 0: its MSEs are with rank 0
+        return summary
+    per_image = {name: mse[name] for name in names}
+    summary["mse"] = {"per_image": per_image, "mean": float(np.mean(list(per_image.values())))}
+    with atomic_path(out_dir / "mse.json") as tmp:
+        tmp.write_text(json.dumps(summary["mse"], indent=2))
     return summary
 
 
 def eta_grid(engine, noise, grid_path, etas, *, rows=4, steps=50, batch_size=10, seed=0, progress=True):
-    """The report grid: the first `rows` noises (rows) x `etas` (columns)."""
+    """The report grid: the first `rows` noises (rows) x `etas` (columns). Under torchrun column j is rank
+    j % size's; rank 0 gathers the tiles and writes the grid."""
     check_ddim_args(steps, etas)
-    names, x = noise
-    x = x[:rows]
-    batch = x.repeat_interleave(len(etas), dim=0)  # row-major: noise, then eta
-    columns = []
-    for j, eta in enumerate(etas):
-        idx = list(range(j, len(batch), len(etas)))
-        columns.append(sample_faces(engine, batch[idx], steps=steps, eta=eta,
-                                    seeds=[seed + i for i in range(len(x))], batch_size=batch_size,
-                                    desc=f"eta={eta:g}", progress=progress))
-    tiles = [to_uint8_minmax(columns[j][i]) for i in range(len(x)) for j in range(len(etas))]
-    write_png(make_grid(tiles, ncol=len(etas)), grid_path)
-    return {"grid": str(grid_path), "rows": names[:rows], "etas": list(etas)}
+    world = distributed.world()
+    names = noise.names[:rows]
+    x = distributed.agreed(lambda: noise.read(range(len(names))))
+    mine = [j for j, _ in world.chunks(len(etas), 1)]
+    columns = distributed.gather_dict(distributed.agreed(lambda: {
+        j: _face_tiles(engine, x, steps=steps, eta=etas[j], seeds=[seed + i for i in range(len(x))],
+                       batch_size=batch_size, desc=f"eta={etas[j]:g}", progress=progress and world.main)
+        for j in mine}))
+    if columns is not None:
+        tiles = [columns[j][i] for i in range(len(names)) for j in range(len(etas))]
+        write_png(make_grid(tiles, ncol=len(etas)), grid_path)
+    return {"grid": str(grid_path), "rows": names, "etas": list(etas)}
 
 
 def interp_job(engine, noise, out_path, *, pair=("00", "01"), modes=("slerp", "lerp"), steps=50,
                batch_size=11, progress=True):
-    """One row of 11 images (alpha = 0, 0.1, ..., 1) per interpolation mode."""
-    names, x = noise
+    """One row of 11 images (alpha = 0, 0.1, ..., 1) per interpolation mode. Under torchrun mode m is rank
+    m % size's; rank 0 gathers the rows and writes the PNG."""
+    world = distributed.world()
+    names = noise.names
     missing = [p for p in pair if p not in names]
     if missing:
         raise Hw2rtError(f"{missing[0]}.pt: no such noise file for --pair (the noise folder holds "
                          f"{', '.join(n + '.pt' for n in names)})")
-    x0, x1 = x[names.index(pair[0])][None], x[names.index(pair[1])][None]
-    tiles = []
-    for mode in modes:
-        imgs = sample_faces(engine, interpolate(x0, x1, 11, mode), steps=steps, batch_size=batch_size,
-                            desc=mode, progress=progress)
-        tiles += [to_uint8_minmax(img) for img in imgs]
-    write_png(make_grid(tiles, ncol=11), out_path)
+    x = distributed.agreed(lambda: noise.read([names.index(p) for p in pair]))
+    mine = [m for m, _ in world.chunks(len(modes), 1)]
+    rows = distributed.gather_dict(distributed.agreed(lambda: {
+        m: _face_tiles(engine, interpolate(x[:1], x[1:], 11, modes[m]), steps=steps, batch_size=batch_size,
+                       desc=modes[m], progress=progress and world.main)
+        for m in mine}))
+    if rows is not None:
+        write_png(make_grid([tile for m in range(len(modes)) for tile in rows[m]], ncol=11), out_path)
     return {"out": str(out_path), "pair": list(pair), "modes": list(modes)}
 
 
@@ -204,43 +228,49 @@ def digit_noise(n: int, seed: int = 0) -> tuple[torch.Tensor, list[torch.Generat
     return torch.cat([torch.randn(1, 3, 28, 28, generator=g) for g in gens]), gens
 
 
-def sample_digits(engine, labels: torch.Tensor, plan: DigitPlan, *, seed=0, batch_size=250,
+def sample_digits(engine, labels: torch.Tensor, plan: DigitPlan, *, seed=0, batch_size=250, chunks=None,
                   callback=None, progress=True) -> torch.Tensor:
     """The digit job's loop: guided digits of classes `labels` [N] (images in [-1, 1]) by `plan`, the
-    engine as the model behind one doubled guidance batch per step. `callback(first_image, step, t, x, x0)`
-    runs after every step of every chunk."""
+    engine as the model behind one doubled guidance batch per step; `chunks` [(start, stop)]: the batches
+    to sample (default: all of them, in order), their images returned in that order. `callback(first_image,
+    step, t, x, x0)` runs after every step of every chunk."""
     schedule, timesteps, eta = plan.schedule, plan.timesteps, plan.eta
+    chunks = distributed.World().chunks(len(labels), batch_size) if chunks is None else chunks
     x_T, gens = digit_noise(len(labels), seed)
     outs = []
-    with tqdm(total=-(-len(labels) // batch_size) * len(timesteps), desc=plan.sampler, unit="step",
+    with tqdm(total=len(chunks) * len(timesteps), desc=plan.sampler, unit="step",
               disable=not progress) as bar:
-        for i in range(0, len(labels), batch_size):
+        for i, stop in chunks:
             def on_step(step, t, x, x0, first=i):
                 bar.update()
                 if callback is not None:
                     callback(first, step, t, x, x0)
-            x = x_T[i:i + batch_size].to(engine.device)
-            labels_chunk = labels[i:i + batch_size].to(engine.device)
+            x = x_T[i:stop].to(engine.device)
+            labels_chunk = labels[i:stop].to(engine.device)
             denoiser = guided_denoiser(engine, plan.w, labels_chunk, schedule.T)
-            noise = seeded_noise(gens[i:i + batch_size], x)
+            noise = seeded_noise(gens[i:stop], x)
             if plan.sampler == "ancestral":
                 out = ancestral_sample(denoiser, x, schedule, timesteps, noise=noise, callback=on_step)
             else:
                 out = ddim_sample(denoiser, x, schedule, timesteps, eta=eta, noise=noise if eta > 0 else None,
                                   callback=on_step)
             outs.append(out.cpu())
-    return torch.cat(outs)
+    return torch.cat(outs) if outs else x_T[:0]
 
 
 def digit_job(engine, out_dir, *, per_digit=100, w=2.0, sampler="ancestral", steps=1000, eta=0.0, seed=0,
               batch_size=250, grid_path=None, frames_path=None, progress=True):
-    """`{d}_{i:03d}.png` for d = 0..9, i = 1..per_digit; the 10x10 grid; six frames of the first "0"."""
+    """`{d}_{i:03d}.png` for d = 0..9, i = 1..per_digit; the 10x10 grid; six frames of the first "0".
+    Under torchrun every rank samples and writes its share of the batches (hw2rt.distributed); rank 0,
+    whose first batch holds the first "0", gathers the grid's tiles and writes the grid and the frames."""
     if per_digit < 1:
         raise Hw2rtError(f"--per-digit must be >= 1 (got {per_digit})")
     plan = digit_plan(sampler, steps, eta, w)
     check_seed(seed, 10 * per_digit, DIGIT_SEED_STRIDE)
+    world = distributed.world()
     labels = torch.arange(10).repeat_interleave(per_digit)
     names = [f"{d}_{i:03d}.png" for d in range(10) for i in range(1, per_digit + 1)]
+    mine = world.chunks(len(labels), batch_size)
     keep = set(frame_timesteps(plan.timesteps))
     frames = []
 
@@ -249,20 +279,24 @@ def digit_job(engine, out_dir, *, per_digit=100, w=2.0, sampler="ancestral", ste
             frames.append(to_uint8_signed(x[0]))
 
     start = time.perf_counter()
-    out = sample_digits(engine, labels, plan, seed=seed, batch_size=batch_size, callback=callback,
-                        progress=progress)
+    out = distributed.agreed(lambda: sample_digits(engine, labels, plan, seed=seed, batch_size=batch_size,
+                                                   chunks=mine, callback=callback,
+                                                   progress=progress and world.main))
     seconds = time.perf_counter() - start
-    images = [to_uint8_signed(img) for img in out]
+    images = {k: to_uint8_signed(img) for k, img in zip((k for a, b in mine for k in range(a, b)), out)}
     out_dir = Path(out_dir)
-    for name, arr in zip(names, images):
-        write_png(arr, out_dir / name)
+    for k, arr in images.items():
+        write_png(arr, out_dir / names[k])
     summary = {"images": len(names), "out_dir": str(out_dir), "seconds": seconds,
                "images_per_s": len(names) / seconds, "w": w, "sampler": sampler,
-               "steps": len(plan.timesteps), "T": plan.schedule.T, "eta": eta}
+               "steps": len(plan.timesteps), "T": plan.schedule.T, "eta": eta, "ranks": world.size}
+    cols = min(10, per_digit)
+    grid = [d * per_digit + j for d in range(10) for j in range(cols)] if grid_path is not None else []
+    tiles = distributed.gather_dict({k: images[k] for k in grid if k in images})
+    if tiles is None:  # not rank 0: its tiles are with rank 0
+        return summary
     if grid_path is not None:
-        cols = min(10, per_digit)
-        write_png(make_grid([images[d * per_digit + j] for d in range(10) for j in range(cols)], ncol=cols),
-                  grid_path)
+        write_png(make_grid([tiles[k] for k in grid], ncol=cols), grid_path)
         summary["grid"] = str(grid_path)
     if frames_path is not None:
         write_png(make_grid(frames, ncol=len(frames)), frames_path)
@@ -277,7 +311,6 @@ def classify_job(engine, images_dir, out_csv, *, batch_size=512, features_path=N
     The label is the argmax of the engine's first output (a DANN's log_probs, a digit classifier's logits);
     `features_path` (DANN only) saves the features output. Under torchrun every rank classifies its share
     of the batches (hw2rt.distributed) and rank 0 writes the CSV and the features, as one process would."""
-    from hw2rt import distributed
     from hw2rt.data.images import read_images
     from hw2rt.io import list_images, write_labels_csv
     from hw2rt.models import get_spec
@@ -288,12 +321,9 @@ def classify_job(engine, images_dir, out_csv, *, batch_size=512, features_path=N
     world = distributed.world()
     paths = list_images(images_dir)
     start = time.perf_counter()
-    mine, error = world.chunks(len(paths), batch_size), None
-    try:  # this rank's share decoded before any work; a bad file on any rank stops every rank
-        decoded = [read_images(paths[a:b], 28) for a, b in mine]
-    except Hw2rtError as exc:
-        error = str(exc)
-    distributed.agree(error)
+    mine = world.chunks(len(paths), batch_size)
+    # this rank's share decoded before any work; a bad file on any rank stops every rank
+    decoded = distributed.agreed(lambda: [read_images(paths[a:b], 28) for a, b in mine])
     results = []  # (chunk, labels, features or None) per chunk of this rank
     for chunk, (images, _) in tqdm(list(zip(mine, decoded)), desc="classify", unit="batch",
                                    disable=not progress):

@@ -1,15 +1,18 @@
-"""Under torchrun (gloo, 2-3 CPU processes): the sharded classify job writes the files one process writes,
-and a bad input seen by one rank fails every rank with one line, leaving no output."""
+"""Under torchrun (gloo, 2-3 CPU processes): the sharded jobs (classify, ddpm, ddim, interp) write the files
+one process writes, and a bad input seen by one rank fails every rank with one line, leaving no output."""
 import hashlib
 import os
 import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
+import torch
 
 from hw2rt.data.synth import synthesize
 from hw2rt.distributed import World
+from hw2rt.io import write_png
 
 BIN = Path(sys.executable).parent
 HW2RT, TORCHRUN = BIN / "hw2rt", BIN / "torchrun"
@@ -65,3 +68,87 @@ def test_a_bad_image_seen_by_one_rank_fails_every_rank_with_one_line(usps, tmp_p
     assert r.returncode != 0 and not out.exists()
     errors = [line for line in r.stderr.splitlines() if line.startswith("Error:")]
     assert len(errors) == 2 and all(line.startswith(f"Error: rank 1: {bad / names[100]}") for line in errors)
+
+
+def _files(root):
+    """sha256 of every file under `root`, by relative path."""
+    return {p.relative_to(root).as_posix(): _sha(p) for p in sorted(root.rglob("*")) if p.is_file()}
+
+
+@pytest.fixture(scope="module")
+def shared(tmp_path_factory):
+    """The export cache of the sampler runs: each graph exported once."""
+    return tmp_path_factory.mktemp("shared")
+
+
+DIGITS = ["ddpm", "--sampler", "ddim", "--steps", "3", "--per-digit", "3", "--batch-size", "4",
+          "--threads", "1"]
+
+
+def test_sharded_ddpm_writes_the_single_process_digits_grid_and_frames(shared, tmp_path):
+    files = {}
+    for nproc in (None, 2, 3):  # 8 batches of 4: 3 ranks do not divide them
+        out = tmp_path / f"p{nproc or 1}"
+        r = _run([*DIGITS, "--out", str(out / "digits"), "--grid", str(out / "grid.png"),
+                  "--frames", str(out / "frames.png")], shared, nproc)
+        assert r.returncode == 0, r.stderr[-2000:]
+        files[nproc] = _files(out)
+        assert r.stdout.count("ddpm (") == 1 and (nproc is None or f"on {nproc} ranks" in r.stdout)
+    assert len(files[None]) == 30 + 2 and files[2] == files[None] and files[3] == files[None]
+
+
+FACES = ["--steps", "2", "--threads", "1"]
+DDIM = ["ddim", *FACES, "--eta", "0.5", "--batch-size", "2", "--eta-grid", "0,1"]  # 5 noises: 3 batches of 2
+
+
+def _ddim(noise, gt, out, shared, nproc=None):
+    return _run([*DDIM, "--noise-dir", str(noise), "--gt-dir", str(gt), "--out", str(out / "faces"),
+                 "--grid", str(out / "grid.png")], shared, nproc)
+
+
+def _interp(noise, out, shared, nproc=None):
+    return _run(["interp", *FACES, "--noise-dir", str(noise), "--out", str(out / "interp.png")], shared,
+                nproc)
+
+
+@pytest.fixture(scope="module")
+def faces(shared, tmp_path_factory):
+    """5 noise files (32x32, the bundled face UNet's smallest size), references of their size, and the
+    files of one process's ddim and interp runs."""
+    root = tmp_path_factory.mktemp("faces")
+    (root / "noise").mkdir()
+    g = torch.Generator().manual_seed(0)
+    for i in range(5):
+        torch.save(torch.randn(1, 3, 32, 32, generator=g), root / "noise" / f"{i:02d}.pt")
+        write_png(np.full((32, 32, 3), 50 * i, np.uint8), root / "gt" / f"{i:02d}.png")
+    for r in (_ddim(root / "noise", root / "gt", root / "one", shared),
+              _interp(root / "noise", root / "one", shared)):
+        assert r.returncode == 0, r.stderr[-2000:]
+    return root
+
+
+def test_sharded_ddim_writes_the_single_process_faces_mse_and_eta_grid(faces, shared, tmp_path):
+    r = _ddim(faces / "noise", faces / "gt", tmp_path, shared, 2)
+    assert r.returncode == 0, r.stderr[-2000:]
+    one = {k: v for k, v in _files(faces / "one").items() if k != "interp.png"}
+    assert len(one) == 5 + 2 and _files(tmp_path) == one  # NN.png, mse.json, the grid
+    assert r.stdout.count("ddim (") == 1 and "on 2 ranks" in r.stdout and r.stdout.count("mean MSE") == 1
+
+
+def test_sharded_interp_writes_the_single_process_png(faces, shared, tmp_path):
+    r = _interp(faces / "noise", tmp_path, shared, 2)
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert _sha(tmp_path / "interp.png") == _sha(faces / "one" / "interp.png")
+    assert r.stdout.count("interp: ") == 1 and "on 2 ranks" in r.stdout
+
+
+def test_a_bad_noise_file_seen_by_one_rank_fails_every_rank_before_any_output(faces, shared, tmp_path):
+    bad = tmp_path / "noise"
+    bad.mkdir()
+    for p in (faces / "noise").iterdir():
+        (bad / p.name).write_bytes(p.read_bytes())
+    (bad / "02.pt").write_bytes(b"not a tensor")  # batch 1 of 2: rank 1's
+    r = _ddim(bad, faces / "gt", tmp_path / "out", shared, 2)
+    assert r.returncode != 0 and not (tmp_path / "out").exists()  # no face, no mse.json, no grid
+    errors = [line for line in r.stderr.splitlines() if line.startswith("Error:")]
+    assert len(errors) == 2 and all(line.startswith(f"Error: rank 1: {bad / '02.pt'}") for line in errors)
