@@ -55,12 +55,17 @@ def active() -> bool:
 
 @contextmanager
 def session(device: str = "cpu"):
-    """The process group for a torchrun launch (nothing outside one): gloo, or NCCL for CUDA devices."""
+    """The process group for a torchrun launch (nothing outside one): gloo, or NCCL when this process
+    runs on a GPU (`device_for`: `auto` and `cuda` are cuda:LOCAL_RANK where CUDA is present), with that
+    GPU made current, as NCCL's object collectives expect."""
     w = world()
     if w.size == 1 or active():
         yield w
         return
-    backend = "nccl" if str(device).startswith("cuda") else "gloo"
+    device = device_for(device)
+    backend = "nccl" if device.startswith("cuda") else "gloo"
+    if backend == "nccl":
+        torch.cuda.set_device(torch.device(device))
     torch.distributed.init_process_group(backend, timeout=timedelta(seconds=TIMEOUT_S))
     try:
         yield w

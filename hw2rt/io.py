@@ -131,12 +131,6 @@ def open_noise_dir(folder) -> NoiseDir:
     return NoiseDir(files, tuple(read_noise(files[0]).shape))
 
 
-def read_noise_dir(folder) -> tuple[list[str], torch.Tensor]:
-    """All `*.pt` of a folder, sorted by name: (stems, float32 [N,3,H,W]). Shapes must agree."""
-    noise = open_noise_dir(folder)
-    return noise.names, noise.read(range(len(noise.files)))
-
-
 # --- images ------------------------------------------------------------------------------------------
 
 def to_uint8_minmax(x: torch.Tensor) -> np.ndarray:

@@ -6,6 +6,7 @@ and by the gpu suite (one process per GPU; skipped with a reason on one GPU).
 """
 import hashlib
 import os
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -25,9 +26,10 @@ def _digest(folder: Path) -> str:
 
 def sharded_digit_job(processes: list[int], *, device: str = "cpu", per_digit: int = 100, steps: int = 50,
                       batch_size: int = 250, backend: str = "auto", threads: int | None = 1, cache_dir=None,
-                      log=print) -> list[dict]:
-    """One row per world size in `processes`: {processes, wall_s, speedup (vs the first), identical
-    (same PNG bytes as the first)}. The digit job: guided DDIM `steps`, eta 1, `per_digit` x 10 digits."""
+                      repeats: int = 1, log=print) -> list[dict]:
+    """One row per world size in `processes`: {processes, wall_s (the median of `repeats` runs),
+    walls_s, speedup (vs the first), identical (same PNG bytes as the first, every run)}.
+    The digit job: guided DDIM `steps`, eta 1, `per_digit` x 10 digits."""
     rows = []
     with tempfile.TemporaryDirectory(prefix="hw2rt-sharded-") as tmp:
         env = {**os.environ, "HW2RT_CACHE": str(cache_dir or Path(tmp) / "cache")}
@@ -50,14 +52,22 @@ def sharded_digit_job(processes: list[int], *, device: str = "cpu", per_digit: i
             return time.perf_counter() - t0
 
         job(1, Path(tmp) / "warm-up", 1, 1)  # the export cache filled before any run is timed
+        walls = {n: [] for n in processes}
+        digests = {}
+        for r in range(repeats):  # world sizes alternate, so a busy spell slows each about alike
+            for n in processes:
+                out = Path(tmp) / f"r{r}-p{n}"
+                walls[n].append(job(n, out, per_digit, steps))
+                digests.setdefault(n, set()).add(_digest(out))
+                log(f"  {n} process(es), run {r + 1}/{repeats}: {walls[n][-1]:.1f} s")
+        first = processes[0]
         for n in processes:
-            out = Path(tmp) / f"p{n}"
-            wall = job(n, out, per_digit, steps)
-            digest = _digest(out)
-            row = {"processes": n, "wall_s": round(wall, 2), "digest": digest,
-                   "speedup": round(rows[0]["wall_s"] / wall, 3) if rows else 1.0,
-                   "identical": digest == rows[0]["digest"] if rows else True}
+            wall = statistics.median(walls[n])
+            row = {"processes": n, "wall_s": round(wall, 2), "walls_s": [round(w, 2) for w in walls[n]],
+                   "speedup": round(statistics.median(walls[first]) / wall, 3),
+                   "identical": digests[n] == digests[first] and len(digests[n]) == 1,
+                   "digest": min(digests[n])}
             rows.append(row)
-            log(f"  {n} process(es): {wall:.1f} s, x{row['speedup']:.2f}, "
+            log(f"  {n} process(es): median {wall:.1f} s, x{row['speedup']:.2f}, "
                 f"{'identical files' if row['identical'] else 'FILES DIFFER'}")
     return rows

@@ -11,13 +11,19 @@ from hw2rt.data.layout import read_split
 from hw2rt.errors import Hw2rtError
 from hw2rt.io import (
     atomic_path,
+    open_noise_dir,
     read_image,
     read_labels_csv,
-    read_noise_dir,
     to_uint8_minmax,
     write_labels_csv,
     write_png,
 )
+
+
+def read_noise_dir(folder):
+    """Every file of a noise folder, as a job's single process reads them."""
+    noise = open_noise_dir(folder)
+    return noise.names, noise.read(range(len(noise.files)))
 
 
 def _save_noise(folder, name, x):
