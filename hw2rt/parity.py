@@ -39,6 +39,7 @@ from hw2rt.engines import Engine, open_engine, resolve_source
 from hw2rt.errors import Hw2rtError
 from hw2rt.io import atomic_path, mse_255, to_uint8_minmax, to_uint8_signed
 from hw2rt.models import build_model, get_spec
+from hw2rt.options import QUANTIZED
 from hw2rt.trajectory import format_trajectory, plot_trajectory, run_loop, trajectory_report
 
 BUDGETS = {
@@ -53,6 +54,9 @@ BUDGETS = {
     # whole scale. Images are graded like fp16 and miss that (faces: an image MSE of ~20): the int8
     # verdict is the task's (`--task`, on by default for digit_unet), the image MSE is reported.
     "int8": {"per_call_rel_max_abs": 0.25, "e2e_image_mse_255": 0.3},
+    # fp8 (E4M3: 3 mantissa bits, a relative step of 1/16 at every magnitude) on the same calibration;
+    # graded like int8: the task decides.
+    "fp8": {"per_call_rel_max_abs": 0.25, "e2e_image_mse_255": 0.3},
 }
 # Small configurations for parity of random models (CPU-friendly): (config, dims).
 SMALL = {
@@ -247,7 +251,7 @@ def open_pair(model: str, checkpoint=None, *, backend: str = "auto", precision: 
     configuration in SMALL, damped (see above), and SMALL's dims unless `dims` is given.
     With `onnx` (an hw2rt export of `checkpoint`, default the bundled one), the candidate is that graph
     on ONNX Runtime (its own precision); a graph of other weights is refused. `calibration_images`:
-    int8 dann / digit_classifier (see `open_engine`).
+    int8/fp8 dann / digit_classifier (see `open_engine`).
     """
     from hw2rt.checkpoints import resolve_checkpoint
 
@@ -295,8 +299,8 @@ def run_parity(model: str, checkpoint=None, *, backend: str = "auto", precision:
     """`hw2rt parity`: the torch fp32 CPU reference against `backend`/`precision` on `device`, or against
     the graph `onnx` (see `open_pair`). Writes the report as JSON to `json_path` and the trajectory's plot
     to `plot_path` when given. Returns the report dict."""
-    # int8 classifiers calibrate on the task's folder: the target domain's images (no labels)
-    calibration = task if precision == "int8" and model in ("dann", "digit_classifier") else None
+    # int8/fp8 classifiers calibrate on the task's folder: the target domain's images (no labels)
+    calibration = task if precision in QUANTIZED and model in ("dann", "digit_classifier") else None
     reference, candidate, source, dims = open_pair(model, checkpoint, backend=backend, precision=precision,
                                                    device=device, threads=threads, cache_dir=cache_dir,
                                                    seed=seed, dims=dims, onnx=onnx,

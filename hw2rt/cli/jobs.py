@@ -8,7 +8,8 @@ from hw2rt.cli.group import main
 
 PRECISION_HELP = ("fp16: the fp16 graph with fp32 islands (ort, trt; torch on CUDA). bf16: torch only; "
                   "fast only on CPUs/GPUs with native bf16. int8: the QDQ graph calibrated on the model's "
-                  "own loop (ort, trt; checked by `parity --precision int8`).")
+                  "own loop (ort, trt; checked by `parity --precision int8`). fp8: the E4M3 QDQ graph of "
+                  "the same calibration, for trt on Hopper/Ada GPUs (ort: its numerics, no faster).")
 
 
 def _engine_options(f):
@@ -219,7 +220,7 @@ def classify(images, out, checkpoint, batch_size, features, backend, precision, 
     """DANN inference (HW2 Problem 3): image_name,label for every image of a folder.
 
     Grayscale images are repeated to 3 channels; images that are not 28x28 are resized to 28x28
-    (bilinear), as the assignment's transforms do, and the count is reported. An int8 engine is
+    (bilinear), as the assignment's transforms do, and the count is reported. An int8 or fp8 engine is
     calibrated on (up to 512 of) the folder's own images: the target domain, no labels.
     """
     from hw2rt import distributed
@@ -230,7 +231,7 @@ def classify(images, out, checkpoint, batch_size, features, backend, precision, 
     with (distributed.session(device) as world,
           _open_on_ranks("dann", checkpoint, backend, precision, threads, device,
                          default=default_dann(images),
-                         calibration_images=images if precision == "int8" else None) as engine):
+                         calibration_images=images if precision in options.QUANTIZED else None) as engine):
         s = jobs.classify_job(engine, images, out, batch_size=batch_size, features_path=features)
     if not world.main:
         return
@@ -266,13 +267,13 @@ def demo(out, quick, backend, threads):
 @click.option("--precision", type=click.Choice(options.GRAPH_PRECISIONS), default="fp32", show_default=True,
               help="fp16: fp16 graph with fp32 islands (timestep embedding, GroupNorm statistics, softmax). "
                    "int8: QDQ graph calibrated on the model's own loop (dann/digit_classifier: on "
-                   "--calibration-images).")
+                   "--calibration-images). fp8: its E4M3 QDQ form, for TensorRT on Hopper/Ada.")
 @click.option("--calibration-method", type=click.Choice(("minmax", "entropy", "percentile")), default=None,
-              help="int8: how activation ranges are chosen (default percentile, 99.99).")
+              help="int8/fp8: how activation ranges are chosen (default percentile, 99.99).")
 @click.option("--calibration-images", type=click.Path(file_okay=False, path_type=Path), default=None,
-              help="int8 dann/digit_classifier: a folder of target-domain images to calibrate on.")
+              help="int8/fp8 dann/digit_classifier: a folder of target-domain images to calibrate on.")
 @click.option("--keep-fp32", default=None,
-              help="int8: comma list of node-name scopes (/out/out.3/) and op types (Softmax) kept fp32, "
+              help="int8/fp8: comma list of node-name scopes (/out/out.3/) and op types (Softmax) kept fp32, "
                    "or 'none' for everything int8 (default: the model's, hw2rt/export/int8.py).")
 @click.option("--opset", type=int, default=None,
               help="ONNX opset (default: hw2rt's, >= 18).")
@@ -371,12 +372,12 @@ def parity(model, checkpoint, steps, size, no_e2e, trajectory, sampler, eta, onn
         loop = "face-ddim" if model == "face_unet" else f"digit-{sampler}"
         if plot_path is None and json_path is not None:
             plot_path = json_path.with_suffix(".png")
-    if precision == "int8" and task is None and onnx_path is None:
+    if precision in options.QUANTIZED and task is None and onnx_path is None:
         if model == "digit_unet":
-            task = "1000"  # the int8 gate: 1,000 graded digits against 1,000 fp32 ones
+            task = "1000"  # the quantized gate: 1,000 graded digits against 1,000 fp32 ones
         elif model != "face_unet":
-            raise Hw2rtError(f"--precision int8 {model}: give --task FOLDER, target-domain images (they "
-                             "calibrate the graph, without labels, and are classified by both engines)")
+            raise Hw2rtError(f"--precision {precision} {model}: give --task FOLDER, target-domain images "
+                             "(they calibrate the graph, without labels, and are classified by both engines)")
     if task is not None:
         from hw2rt.task import check_task
 

@@ -57,7 +57,8 @@ def open_engine(model: str, source=None, *, backend: str = "auto", precision: st
     source: a checkpoint path (.pt/.pth/.safetensors) or bundled name, an nn.Module of that model,
         an hw2rt ONNX file (.onnx: ort and trt; its precision is the file's), or None for the bundled one.
     precision: "fp32", "fp16" (fp16 graph with fp32 islands; torch: CUDA only), "bf16" (torch
-        only) or "int8" (ort, trt: the QDQ graph calibrated on the model's own loop, export/int8.py).
+        only), "int8" (ort, trt: the QDQ graph calibrated on the model's own loop, export/int8.py) or
+        "fp8" (trt on Hopper/Ada; ort runs its numerics on the CPU, no faster than fp32: export/fp8.py).
         None (the default): fp32, but fp16 on trt, and an ONNX file's own precision.
     device: "cpu", "cuda", "cuda:N" or "auto".
     graphs: "auto" (CUDA graphs on a CUDA device, nothing on the CPU), True (always behind the
@@ -70,7 +71,7 @@ def open_engine(model: str, source=None, *, backend: str = "auto", precision: st
     dims: sizes of the non-batch axes the engine will mostly serve (face_unet height/width): the
         TensorRT profile. ORT and torch are dynamic in them.
     compile: torch only: True or torch.compile options.
-    calibration_images: int8 dann / digit_classifier: a folder of target-domain images to calibrate on.
+    calibration_images: int8/fp8 dann / digit_classifier: a folder of target-domain images to calibrate on.
     """
     spec = get_spec(model)
     if backend not in options.BACKENDS:
@@ -85,8 +86,9 @@ def open_engine(model: str, source=None, *, backend: str = "auto", precision: st
     if precision is not None and precision not in options.GRAPH_PRECISIONS and backend != "torch":
         raise Hw2rtError(f"precision {precision} runs on the torch backend only (there is no {precision} "
                          f"ONNX graph for {backend}); use --backend torch, or fp32/fp16 on {backend}")
-    if precision == "int8" and backend == "torch":
-        raise Hw2rtError("int8 is a quantized ONNX graph: it runs on the ort (or trt) backend, not torch")
+    if precision in options.QUANTIZED and backend == "torch":
+        raise Hw2rtError(f"{precision} is a quantized ONNX graph: it runs on the ort (or trt) backend, "
+                         "not torch")
     if compile and backend != "torch":
         raise Hw2rtError(f"torch.compile applies to the torch backend, not {backend}")
     graphed = device.type == "cuda" if graphs == "auto" else graphs

@@ -7,7 +7,8 @@ that is missing, truncated, corrupt, foreign or of another model is a Hw2rtError
 
 fp16 graphs run on the CPU too: ONNX Runtime inserts fp32 Casts around fp16 nodes that have no
 CPU kernel, so the arithmetic is fp16-rounded tensors computed in fp32. That makes fp16
-accuracy testable here; it is not a CPU speed-up (use fp32 on the CPU).
+accuracy testable here; it is not a CPU speed-up (use fp32 on the CPU). fp8 graphs likewise: fp8-rounded
+tensors, fp32 arithmetic (what TensorRT computes in fp8 on a Hopper GPU), to check their numerics.
 """
 from pathlib import Path
 
@@ -63,13 +64,20 @@ def gpu_providers(device: torch.device, *, tensorrt: bool = True, trt_cache_dir:
     return providers
 
 
+def _session(path: Path, threads, providers, **kwargs):
+    import onnxruntime as ort
+    try:
+        return ort.InferenceSession(str(path), session_options(threads), providers=providers, **kwargs)
+    except Exception as exc:  # noqa: BLE001 -- onnxruntime raises its own Fail/InvalidProtobuf/... types
+        raise Hw2rtError(f"{path}: not a loadable ONNX model (truncated or corrupt?): "
+                         f"{first_line(exc)}") from None
+
+
 class OrtEngine(Engine):
     backend = "ort"
 
     def __init__(self, path, *, model: str | None = None, device: str = "cpu", threads: int | None = None,
                  max_batch: int | None = None, tensorrt_ep: bool = True, trt_cache_dir=None):
-        import onnxruntime as ort
-
         path = Path(path)
         device = torch.device(device)
         if not path.is_file():
@@ -81,13 +89,11 @@ class OrtEngine(Engine):
             providers = ["CPUExecutionProvider"]
         else:
             raise Hw2rtError(f"the ort backend runs on cpu or cuda, not {device.type}")
-        try:
-            session = ort.InferenceSession(str(path), session_options(threads), providers=providers)
-        except Exception as exc:  # noqa: BLE001 -- onnxruntime raises its own Fail/InvalidProtobuf/... types
-            raise Hw2rtError(f"{path}: not a loadable ONNX model (truncated or corrupt?): "
-                             f"{first_line(exc)}") from None
+        session = _session(path, threads, providers)
         meta = {k.removeprefix(META_PREFIX): v for k, v in session.get_modelmeta().custom_metadata_map.items()
                 if k.startswith(META_PREFIX)}
+        if meta.get("precision") == "fp8":  # the one rewrite that is wrong for fp8 (export/fp8.py)
+            session = _session(path, threads, providers, disabled_optimizers=["ReluQuantRewrite"])
         if "model" not in meta:
             raise Hw2rtError(f"{path}: not an hw2rt export (no hw2rt metadata); export it with hw2rt first")
         if model is not None and meta["model"] != model:

@@ -1,5 +1,5 @@
 """The native TensorRT backend: build a plan from the exported ONNX graph (fp32, fp16 with fp32
-islands, or int8 QDQ with symmetric activations: explicit quantization), cache it, run it.
+islands, int8 QDQ with symmetric activations or fp8 E4M3 QDQ: explicit quantization), cache it, run it.
 
 TensorRT 10 and 11 only, strongly typed networks only. TensorRT 11 removed the fp16 builder
 flag (and every other weak-typing flag): the precision of each layer is the one the ONNX graph
@@ -106,11 +106,24 @@ def _require_cuda(device) -> torch.device:
     return device
 
 
+def compute_capability(device="cuda") -> tuple[int, int]:
+    return torch.cuda.get_device_capability(_require_cuda(device))
+
+
 def gpu_identity(device="cuda") -> str:
     """What a plan is specific to besides TensorRT: GPU name and compute capability."""
-    device = _require_cuda(device)
-    major, minor = torch.cuda.get_device_capability(device)
-    return f"{torch.cuda.get_device_name(device)} sm_{major}{minor}"
+    major, minor = compute_capability(device)
+    return f"{torch.cuda.get_device_name(_require_cuda(device))} sm_{major}{minor}"
+
+
+FP8_MIN_CAPABILITY = (8, 9)  # Ada (sm_89) and Hopper (sm_90): the GPUs with FP8 tensor cores
+
+
+def _check_fp8(device) -> None:
+    major, minor = compute_capability(device)
+    if (major, minor) < FP8_MIN_CAPABILITY:
+        raise Hw2rtError(f"fp8 needs a GPU with FP8 tensor cores (compute capability >= 8.9: Ada, Hopper); "
+                         f"this one is sm_{major}{minor}: use --precision int8 or fp16")
 
 
 def _torch_dtype(trt, dt) -> torch.dtype:
@@ -347,9 +360,9 @@ def open_trt_engine(model: str, source=None, *, precision: str | None = None, de
 
     source: as `open_engine` (checkpoint path, nn.Module, None for the bundled weights), or an
         hw2rt ONNX export (.onnx; its precision is the file's).
-    precision: "fp16" (default: the fp16 graph with fp32 islands; what TensorRT is for), "fp32" or
+    precision: "fp16" (default: the fp16 graph with fp32 islands; what TensorRT is for), "fp32",
         "int8" (the QDQ graph: an explicitly quantized, strongly typed plan; `calibration_images` as
-        `open_engine`).
+        `open_engine`) or "fp8" (the E4M3 QDQ graph of the same calibration; compute capability >= 8.9).
     dims: the face UNet's height/width for the profile (default: the registry's 64x64).
     max_batch / opt_batch: the profile's batch range 1..max_batch (default `ModelSpec.max_batch`),
         tuned for opt_batch (default max). `open_engine` puts the result behind CUDA graphs.
@@ -373,10 +386,15 @@ def open_trt_engine(model: str, source=None, *, precision: str | None = None, de
             raise Hw2rtError(f"{onnx_path}: is an {meta.get('precision')} graph, "
                              f"but {precision} was asked for")
         precision = meta.get("precision", "fp32")
+        if precision == "fp8":
+            _check_fp8(device)
     else:
         precision = precision or "fp16"
         if precision not in GRAPH_PRECISIONS:
-            raise Hw2rtError(f"the trt backend builds fp16, fp32 or int8 graphs, not {precision!r}")
+            raise Hw2rtError(f"the trt backend builds {', '.join(GRAPH_PRECISIONS)} graphs, "
+                             f"not {precision!r}")
+        if precision == "fp8":
+            _check_fp8(device)
         # The graph is dynamic in every named axis: trace at the default (cheap) size,
         # fix `dims` in the profile.
         onnx_path = cached_onnx(spec.name, resolve_source(spec.name, source), precision=precision,

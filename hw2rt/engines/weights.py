@@ -49,12 +49,15 @@ def cached_onnx(model: str, weights: Weights, *, precision: str = "fp32", opset:
     `dims`: the trace size (default `trace_dims`; the graph is dynamic in every named axis).
     int8: the fp32 graph quantized (export/int8.py) on feeds recorded from the model's own loop
     (runtime/calibration.py; dann and digit_classifier: `calibration_images`, a folder), for
-    `int8_target` "ort" or "trt" (export/int8.py: the activations' type)."""
+    `int8_target` "ort" or "trt" (export/int8.py: the activations' type). fp8: the trt int8 graph
+    rewritten (export/fp8.py), the same calibration."""
     spec = get_spec(model)
     dims = trace_dims(spec, dims)
     net = weights.net
     if precision == "int8":
         return _cached_int8(model, weights, opset, dims, cache_dir, calibration_images, int8_target)
+    if precision == "fp8":
+        return _cached_fp8(model, weights, opset, dims, cache_dir, calibration_images)
     parts = onnx_key_parts(model, getattr(net, "config", {}), weights.sha256, precision, opset, dims)
 
     def build(tmp: Path):
@@ -63,18 +66,39 @@ def cached_onnx(model: str, weights: Weights, *, precision: str = "fp32", opset:
     return get_or_build("onnx", f"{model}-{precision}", parts, "model.onnx", build, cache_dir=cache_dir)
 
 
-def _cached_int8(model, weights, opset, dims, cache_dir, calibration_images, target) -> CacheEntry:
-    from hw2rt.export.int8 import DEFAULT_METHOD, KEEP_FP32, export_int8
+def _int8_key_parts(model, weights, opset, dims, calibration_images, target) -> dict:
+    from hw2rt.export.int8 import DEFAULT_METHOD, KEEP_FP32
     from hw2rt.runtime.calibration import calibration_recipe
 
     recipe = calibration_recipe(model, calibration_images)
+    return {**onnx_key_parts(model, getattr(weights.net, "config", {}), weights.sha256, "int8", opset, dims),
+            "int8": {"method": DEFAULT_METHOD, "keep_fp32": list(KEEP_FP32[model]), "calibration": recipe,
+                     "target": target}}
+
+
+def _cached_int8(model, weights, opset, dims, cache_dir, calibration_images, target) -> CacheEntry:
+    from hw2rt.export.int8 import export_int8
+
+    parts = _int8_key_parts(model, weights, opset, dims, calibration_images, target)
     fp32 = cached_onnx(model, weights, precision="fp32", opset=opset, dims=dims, cache_dir=cache_dir)
-    parts = {**onnx_key_parts(model, getattr(weights.net, "config", {}), weights.sha256, "int8", opset, dims),
-             "int8": {"method": DEFAULT_METHOD, "keep_fp32": list(KEEP_FP32[model]), "calibration": recipe,
-                      "target": target}}
 
     def build(tmp: Path):
         export_int8(weights.net, model, tmp, calibration_images=calibration_images, fp32_path=fp32.path,
                     target=target)
 
     return get_or_build("onnx", f"{model}-int8-{target}", parts, "model.onnx", build, cache_dir=cache_dir)
+
+
+def _cached_fp8(model, weights, opset, dims, cache_dir, calibration_images) -> CacheEntry:
+    from hw2rt.export.fp8 import FP8_OPSET, export_fp8
+
+    parts = {**_int8_key_parts(model, weights, opset, dims, calibration_images, "trt"),
+             "precision": "fp8", "fp8": {"format": "float8e4m3fn", "opset": FP8_OPSET}}
+    fp32 = cached_onnx(model, weights, precision="fp32", opset=opset, dims=dims, cache_dir=cache_dir)
+    int8 = cached_onnx(model, weights, precision="int8", opset=opset, dims=dims, cache_dir=cache_dir,
+                       calibration_images=calibration_images, int8_target="trt")
+
+    def build(tmp: Path):
+        export_fp8(weights.net, model, tmp, fp32_path=fp32.path, int8_path=int8.path)
+
+    return get_or_build("onnx", f"{model}-fp8", parts, "model.onnx", build, cache_dir=cache_dir)

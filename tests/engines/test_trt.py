@@ -87,6 +87,7 @@ def fake_trt(request, monkeypatch):
     monkeypatch.setitem(sys.modules, "tensorrt", fake)
     monkeypatch.setattr(trt_mod, "_require_cuda", lambda device: torch.device("cpu"))
     monkeypatch.setattr(trt_mod, "gpu_identity", lambda device="cuda": "Fake GPU sm_90")
+    monkeypatch.setattr(trt_mod, "compute_capability", lambda device="cuda": (9, 0))
     monkeypatch.setattr(torch.cuda, "device", lambda device: __import__("contextlib").nullcontext())
     monkeypatch.setattr(torch.cuda, "Stream", lambda device=None: _Stream(7))
     monkeypatch.setattr(torch.cuda, "current_stream", lambda device=None: _Stream(0))
@@ -178,6 +179,35 @@ def test_int8_builds_the_symmetric_qdq_graph_as_a_strongly_typed_plan(fake_trt, 
     quants = [n for n in model.graph.node if n.op_type == "QuantizeLinear"]
     zero_points = [inits[n.input[2]] for n in quants]
     assert quants and all(z.dtype.name == "int8" and not z.any() for z in zero_points)
+    assert not trt_mod.unsupported_ops(graph)
+
+
+def test_fp8_builds_the_e4m3_qdq_graph_on_fp8_gpus_only(fake_trt, tmp_path, monkeypatch):
+    """fp8: the same calibration as int8 (the trt target's graph rewritten), a strongly typed plan on
+    compute capability >= 8.9; an older GPU is refused before any export."""
+    import onnx
+
+    from hw2rt.engines import trt as trt_mod
+    from hw2rt.runtime import calibration
+
+    monkeypatch.setitem(calibration.RECIPES, "digit_unet", {**calibration.RECIPES["digit_unet"], "steps": 2,
+                                                            "per_digit": 1, "seeds": [1], "every": 1})
+    fake, sim = fake_trt
+    net = random_model("digit_unet", {"n_feat": 8})
+    sim.references["digit_unet"] = net
+    monkeypatch.setattr(trt_mod, "compute_capability", lambda device="cuda": (8, 0))
+    with pytest.raises(Hw2rtError, match=r"fp8 needs .*compute capability >= 8\.9.*sm_80"):
+        trt_mod.open_trt_engine("digit_unet", net, precision="fp8", max_batch=4, cache_dir=tmp_path)
+    assert not sim.builds and not (tmp_path / "onnx").exists()
+    monkeypatch.setattr(trt_mod, "compute_capability", lambda device="cuda": (9, 0))
+    engine = trt_mod.open_trt_engine("digit_unet", net, precision="fp8", max_batch=4, cache_dir=tmp_path)
+    assert engine.precision == "fp8" and len(sim.builds) == 1
+    assert sim.builds[0]["flags"] == 1 << int(fake.NetworkDefinitionCreationFlag.STRONGLY_TYPED)
+    (graph,) = (tmp_path / "onnx").glob("digit_unet-fp8-*/model.onnx")
+    model = onnx.load(str(graph))
+    points = {i.name: i.data_type for i in model.graph.initializer}
+    assert {points[n.input[2]] for n in model.graph.node if n.op_type == "QuantizeLinear"} == {
+        onnx.TensorProto.FLOAT8E4M3FN}
     assert not trt_mod.unsupported_ops(graph)
 
 
