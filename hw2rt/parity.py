@@ -54,8 +54,9 @@ BUDGETS = {
     # whole scale. Images are graded like fp16 and miss that (faces: an image MSE of ~20): the int8
     # verdict is the task's (`--task`, on by default for digit_unet), the image MSE is reported.
     "int8": {"per_call_rel_max_abs": 0.25, "e2e_image_mse_255": 0.3},
-    # fp8 (E4M3: 3 mantissa bits, a relative step of 1/16 at every magnitude) on the same calibration;
-    # graded like int8: the task decides.
+    # fp8 (E4M3: 3 mantissa bits, a rounding error up to 1/16 at every magnitude) on int8's calibration
+    # needed 0.086-0.175 on the bundled networks (digit UNet 0.086, face UNet 0.104, DANNs 0.092 and
+    # 0.175: 1.1-1.4x int8's), so int8's budget holds; graded like int8: the task decides.
     "fp8": {"per_call_rel_max_abs": 0.25, "e2e_image_mse_255": 0.3},
 }
 # Small configurations for parity of random models (CPU-friendly): (config, dims).
