@@ -24,6 +24,27 @@ def test_each_rank_takes_the_single_process_chunks_round_robin():
     assert World().chunks(10, 4) == [(0, 4), (4, 8), (8, 10)] and World(5, 6).chunks(10, 4) == []
 
 
+@pytest.mark.parametrize("device, cuda, backend, current", [
+    ("auto", True, "nccl", "cuda:1"), ("cuda", True, "nccl", "cuda:1"), ("auto", False, "gloo", None),
+    ("cpu", True, "gloo", None)])
+def test_a_rank_on_a_gpu_joins_by_nccl_on_its_own_gpu(monkeypatch, device, cuda, backend, current):
+    """--device auto (every command's default) on a GPU machine is cuda:LOCAL_RANK, so NCCL, that GPU
+    made current before the group starts (NCCL's object collectives use the current device)."""
+    from hw2rt import distributed
+
+    calls = []
+    monkeypatch.setenv("RANK", "1")
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setenv("LOCAL_RANK", "1")
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: cuda)
+    monkeypatch.setattr(torch.cuda, "set_device", lambda d: calls.append(("set_device", str(d))))
+    monkeypatch.setattr(torch.distributed, "init_process_group", lambda b, **kw: calls.append(("init", b)))
+    monkeypatch.setattr(torch.distributed, "destroy_process_group", lambda: calls.append(("destroy",)))
+    with distributed.session(device) as world:
+        assert world == World(1, 2, 1)
+    assert calls == ([("set_device", current)] if current else []) + [("init", backend), ("destroy",)]
+
+
 def _run(args, tmp_path, nproc=None):
     env = {**os.environ, "HW2RT_CACHE": str(tmp_path / "cache"), "OMP_NUM_THREADS": "1"}
     cmd = [str(HW2RT), *args] if nproc is None else [
