@@ -8,17 +8,19 @@ single-process run writes, whatever the world size. Rank 0 writes what is global
 summary) after gathering the rest; every file is still written atomically.
 
 Failure: each rank checks its share's inputs before any work, and `agree` makes every rank learn of a
-failure on any rank, so all exit with one line naming the rank and the cause. Collective calls time out
-(TIMEOUT_S) rather than leave a rank waiting forever.
+failure on any rank, so all exit with one line naming the rank and the cause (bad input, or any other
+error inside `agreed`/`rank0_first`, e.g. one GPU out of memory: that rank also prints its traceback).
+Collective calls time out (TIMEOUT_S) rather than leave a rank waiting forever.
 """
 import os
+import traceback
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import timedelta
 
 import torch
 
-from hw2rt.errors import Hw2rtError
+from hw2rt.errors import Hw2rtError, first_line
 
 TIMEOUT_S = 300
 
@@ -115,6 +117,11 @@ def _attempt(fn):
         return fn(), None
     except Hw2rtError as exc:
         return None, str(exc)
+    except Exception as exc:  # e.g. CUDA out of memory on one rank: every rank must learn of it
+        if not active():
+            raise
+        traceback.print_exc()  # this rank keeps the whole story; every rank gets its one line
+        return None, f"{type(exc).__name__}: {first_line(exc)}"
 
 
 def agreed(fn):

@@ -45,6 +45,38 @@ def test_a_rank_on_a_gpu_joins_by_nccl_on_its_own_gpu(monkeypatch, device, cuda,
     assert calls == ([("set_device", current)] if current else []) + [("init", backend), ("destroy",)]
 
 
+def _crash_on_rank_1(rank, folder):
+    """One rank of a 2-process gloo group whose rank 1 fails with a non-hw2rt error inside `agreed`."""
+    from hw2rt import distributed
+    from hw2rt.errors import Hw2rtError
+
+    os.environ.update(RANK=str(rank), WORLD_SIZE="2", LOCAL_RANK=str(rank))
+    torch.distributed.init_process_group("gloo", init_method=f"file://{folder}/store", rank=rank,
+                                         world_size=2)
+
+    def work():
+        if rank == 1:
+            raise RuntimeError("CUDA out of memory. Tried to allocate 2.00 GiB\n(the allocator's advice)")
+        return "done"
+
+    try:
+        outcome = distributed.agreed(work)
+    except Hw2rtError as exc:
+        outcome = f"Hw2rtError: {exc}"
+    finally:
+        torch.distributed.destroy_process_group()
+    Path(folder, f"rank{rank}.txt").write_text(outcome)
+
+
+def test_any_error_on_one_rank_is_every_rank_s_one_line(tmp_path, capfd):
+    """Not only bad input: e.g. one GPU out of memory fails every rank with the same one line (that rank
+    prints its traceback too), and no rank waits in a collective for a dead one."""
+    torch.multiprocessing.spawn(_crash_on_rank_1, args=(str(tmp_path),), nprocs=2)
+    want = "Hw2rtError: rank 1: RuntimeError: CUDA out of memory. Tried to allocate 2.00 GiB"
+    assert [(tmp_path / f"rank{r}.txt").read_text() for r in (0, 1)] == [want, want]
+    assert "Traceback" in capfd.readouterr().err
+
+
 def _run(args, tmp_path, nproc=None):
     env = {**os.environ, "HW2RT_CACHE": str(tmp_path / "cache"), "OMP_NUM_THREADS": "1"}
     cmd = [str(HW2RT), *args] if nproc is None else [
