@@ -21,6 +21,7 @@ from hw2rt.errors import Hw2rtError, first_line
 from hw2rt.export.fp16 import fold_batchnorm, to_fp16
 from hw2rt.io import atomic_path
 from hw2rt.models import ModelSpec, get_spec
+from hw2rt.options import QUANTIZED
 
 DEFAULT_OPSET = 18
 MIN_OPSET = 18
@@ -183,7 +184,7 @@ def export_checkpoint(checkpoint, out_path, *, model: str | None = None, precisi
     from hw2rt.checkpoints import file_sha256, load_model
 
     net, name, _ = load_model(checkpoint, model)
-    if precision in ("int8", "fp8"):
+    if precision in QUANTIZED:
         from hw2rt.export.fp8 import export_fp8
         from hw2rt.export.int8 import DEFAULT_METHOD, export_int8
 
