@@ -28,7 +28,7 @@ import onnx
 from onnx import TensorProto, numpy_helper
 
 from hw2rt.errors import Hw2rtError
-from hw2rt.export.onnx_export import META_PREFIX, check_graph, read_metadata
+from hw2rt.export.onnx_export import check_graph, read_metadata, write_metadata
 from hw2rt.io import atomic_path
 from hw2rt.models import get_spec
 
@@ -133,9 +133,7 @@ def export_fp8(net, model: str, out_path, *, fp32_path=None, int8_path=None, sou
             "format": "float8e4m3fn", "opset": FP8_OPSET,
             "activations": "per tensor, scale = int8 calibration amax / 448",
             "weights": "per output channel, scale = fp32 amax / 448", "biases": "fp32"}, sort_keys=True)})
-        del fp8.metadata_props[:]
-        for k, v in meta.items():
-            fp8.metadata_props.add(key=META_PREFIX + k, value=v)
+        write_metadata(fp8, meta)
         check_graph(fp8, spec, where=str(out_path))
         with atomic_path(out_path) as final:
             onnx.save(fp8, str(final))

@@ -28,7 +28,7 @@ import numpy as np
 import onnx
 
 from hw2rt.errors import Hw2rtError
-from hw2rt.export.onnx_export import META_PREFIX, check_graph, read_metadata
+from hw2rt.export.onnx_export import check_graph, read_metadata, write_metadata
 from hw2rt.io import atomic_path
 from hw2rt.models import get_spec
 
@@ -122,9 +122,7 @@ def quantize_int8(fp32_path, out_path, feeds: list, *, method: str = DEFAULT_MET
                 "keep_fp32": list(keep), "fp32_nodes": len(excluded), "calibration": calibration or {},
                 "calibration_batches": len(feeds)}
         meta.update({"precision": "int8", "int8": json.dumps(int8, sort_keys=True)})
-        del model.metadata_props[:]
-        for k, v in meta.items():
-            model.metadata_props.add(key=META_PREFIX + k, value=v)
+        write_metadata(model, meta)
         check_graph(model, spec, where=str(out_path))
         onnx.save(model, str(final))
     return Path(out_path)

@@ -139,9 +139,7 @@ def export_onnx(net: nn.Module, spec: ModelSpec | str, out_path, *, precision: s
         if precision == "fp16":
             meta["islands"] = json.dumps(module.islands())
         model = onnx.load(str(tmp))
-        del model.metadata_props[:]
-        for k, v in meta.items():
-            model.metadata_props.add(key=META_PREFIX + k, value=v)
+        write_metadata(model, meta)
         model.producer_name, model.producer_version = "hw2rt", hw2rt_version()
         check_graph(model, spec, where=str(out_path))
         onnx.save(model, str(tmp))
@@ -163,6 +161,13 @@ def check_graph(model: onnx.ModelProto, spec: ModelSpec, where: str = "model"):
             raise Hw2rtError(f"{where}: graph {kind}s {got_sig} differ from the {spec.name} spec {want_sig}")
     if max((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), default=0) < MIN_OPSET:
         raise Hw2rtError(f"{where}: opset below {MIN_OPSET}")
+
+
+def write_metadata(model: onnx.ModelProto, meta: dict) -> None:
+    """Replace `model`'s metadata by hw2rt's `meta` (keys without the prefix, string values)."""
+    del model.metadata_props[:]
+    for k, v in meta.items():
+        model.metadata_props.add(key=META_PREFIX + k, value=v)
 
 
 def read_metadata(model_or_path) -> dict:
