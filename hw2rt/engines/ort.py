@@ -10,6 +10,8 @@ CPU kernel, so the arithmetic is fp16-rounded tensors computed in fp32. That mak
 accuracy testable here; it is not a CPU speed-up (use fp32 on the CPU). fp8 graphs likewise: fp8-rounded
 tensors, fp32 arithmetic (what TensorRT computes in fp8 on a Hopper GPU), to check their numerics.
 """
+import json
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -73,6 +75,19 @@ def _session(path: Path, threads, providers, **kwargs):
                          f"{first_line(exc)}") from None
 
 
+def _warn_if_it_saturates(path: Path, meta: dict):
+    """A full-range int8 graph on a CPU whose int8 kernels saturate int16 pair sums (x86 without VNNI,
+    export/int8.py) computes a few sums differently from where it was exported: say so."""
+    from hw2rt.export.int8 import FULL_RANGE, REDUCED_RANGE, cpu_saturates_int8
+
+    top = json.loads(meta.get("int8", "{}")).get("weight_range", FULL_RANGE)
+    if top > REDUCED_RANGE and cpu_saturates_int8():
+        low = REDUCED_RANGE
+        warnings.warn(f"{path}: int8 weights span [-{top}, {top}] and this CPU has no VNNI, where ONNX "
+                      f"Runtime clips a few int8 sums; export it here for [-{low}, {low}]",
+                      stacklevel=3)
+
+
 class OrtEngine(Engine):
     backend = "ort"
 
@@ -98,6 +113,8 @@ class OrtEngine(Engine):
             raise Hw2rtError(f"{path}: not an hw2rt export (no hw2rt metadata); export it with hw2rt first")
         if model is not None and meta["model"] != model:
             raise Hw2rtError(f"{path}: holds a {meta['model']} graph, but this needs a {model}")
+        if meta.get("precision") == "int8" and device.type == "cpu":
+            _warn_if_it_saturates(path, meta)
         try:
             spec = get_spec(meta["model"])
         except Hw2rtError as exc:

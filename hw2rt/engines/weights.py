@@ -67,13 +67,13 @@ def cached_onnx(model: str, weights: Weights, *, precision: str = "fp32", opset:
 
 
 def _int8_key_parts(model, weights, opset, dims, calibration_images, target) -> dict:
-    from hw2rt.export.int8 import DEFAULT_METHOD, KEEP_FP32
+    from hw2rt.export.int8 import DEFAULT_METHOD, KEEP_FP32, weight_range
     from hw2rt.runtime.calibration import calibration_recipe
 
     recipe = calibration_recipe(model, calibration_images)
     return {**onnx_key_parts(model, getattr(weights.net, "config", {}), weights.sha256, "int8", opset, dims),
             "int8": {"method": DEFAULT_METHOD, "keep_fp32": list(KEEP_FP32[model]), "calibration": recipe,
-                     "target": target}}
+                     "target": target, "weight_range": weight_range(target)}}
 
 
 def _cached_int8(model, weights, opset, dims, cache_dir, calibration_images, target) -> CacheEntry:

@@ -6,6 +6,15 @@ model's own use (runtime/calibration.py records the feeds through the engine int
   "ort" uint8 with a zero point (ONNX Runtime's CPU provider fuses the pairs into u8 x s8 integer
   kernels, VNNI where the CPU has it), "trt" int8 symmetric (zero point 0: the only quantization
   TensorRT's explicitly quantized, strongly typed plans accept). One calibration serves both.
+- The weights' range (`weight_range`) depends on the target, and for "ort" on the CPU. Without VNNI
+  (x86 CPUs with AVX2 but no VNNI, such as Zen 3, and AVX-512 before VNNI) ONNX Runtime's u8 x s8
+  kernels add each two adjacent products with vpmaddubsw into a saturating int16: a pair a0*w0 + a1*w1
+  over 32767 is clipped there, and not on a VNNI CPU (vpdpbusd sums in int32). So "ort" weights use
+  [-64, 64] on such a CPU (ORT's reduce_range; PyTorch's x86 quantization makes the same choice):
+  255 * (64 + 64) = 32640 cannot saturate, and the integer sums are exactly a VNNI CPU's. Elsewhere
+  (VNNI; ARM's dot products) and for "trt" (int32 accumulation) the weights keep [-127, 127]. The
+  range is in the metadata and the cache key; `benchmarks/int8_avx2_saturation.py` emulates the AVX2
+  arithmetic of both ranges (RESULTS.md, "int8 on CPUs without VNNI").
 - Calibration (the activation ranges): "minmax" (the observed extremes), "entropy" (KL divergence of
   the histogram, TensorRT's classic choice) or "percentile" (the default: the 99.99th percentile of
   |x|; outliers of a diffusion model's early, noisy steps otherwise stretch every range).
@@ -81,14 +90,34 @@ def _numpy(v) -> np.ndarray:
 
 
 TARGETS = ("ort", "trt")
+FULL_RANGE, REDUCED_RANGE = 127, 64  # the int8 weights' largest magnitude (see above)
+
+
+def cpu_saturates_int8() -> bool:
+    """Whether ONNX Runtime's u8 x s8 kernels saturate int16 pair sums on this CPU: x86 without VNNI."""
+    import platform
+
+    import torch
+
+    if platform.machine().lower() not in ("x86_64", "amd64", "i386", "i686", "x86"):
+        return False
+    caps = torch.cpu.get_capabilities()
+    return not (caps.get("avx512_vnni") or caps.get("avx_vnni"))
+
+
+def weight_range(target: str) -> int:
+    """The int8 weights' range for `target` on this machine (see above)."""
+    return REDUCED_RANGE if target == "ort" and cpu_saturates_int8() else FULL_RANGE
 
 
 def quantize_int8(fp32_path, out_path, feeds: list, *, method: str = DEFAULT_METHOD, keep_fp32=None,
-                  calibration: dict | None = None, target: str = "ort") -> Path:
+                  calibration: dict | None = None, target: str = "ort",
+                  weights: int | None = None) -> Path:
     """The QDQ int8 graph of the hw2rt fp32 export `fp32_path`, calibrated on `feeds` (a list of
     {input name: tensor} as the engine is called), written atomically to `out_path`.
     keep_fp32: scopes/op types kept fp32 (default KEEP_FP32 of the graph's model). `calibration`:
-    what the feeds were (recorded in the metadata). `target`: "ort" or "trt" (the activations' type)."""
+    what the feeds were (recorded in the metadata). `target`: "ort" or "trt" (the activations' type).
+    `weights`: 64 or 127, the weights' largest magnitude (default `weight_range(target)`)."""
     from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
 
     if method not in METHODS:
@@ -97,6 +126,9 @@ def quantize_int8(fp32_path, out_path, feeds: list, *, method: str = DEFAULT_MET
         raise Hw2rtError(f"int8 target {target!r}: choose one of {', '.join(TARGETS)}")
     if not feeds:
         raise Hw2rtError("int8 calibration needs at least one recorded batch")
+    top = weight_range(target) if weights is None else weights
+    if top not in (REDUCED_RANGE, FULL_RANGE):
+        raise Hw2rtError(f"int8 weight range {top}: {REDUCED_RANGE} (ORT's reduce_range) or {FULL_RANGE}")
     fp32 = onnx.load(str(fp32_path))
     meta = read_metadata(fp32)
     if meta.get("precision") != "fp32":
@@ -115,10 +147,13 @@ def quantize_int8(fp32_path, out_path, feeds: list, *, method: str = DEFAULT_MET
         with _quiet():
             quantize_static(str(fp32_path), str(staged), _Feeds(feeds), quant_format=QuantFormat.QDQ,
                             per_channel=True, activation_type=activations, weight_type=QuantType.QInt8,
-                            calibrate_method=calib, nodes_to_exclude=excluded, extra_options=extra)
+                            reduce_range=top == REDUCED_RANGE, calibrate_method=calib,
+                            nodes_to_exclude=excluded, extra_options=extra)
         model = onnx.load(str(staged))
+        _check_weight_range(model, top, str(out_path))
         int8 = {"method": method, "percentile": PERCENTILE if method == "percentile" else None,
                 "target": target, "activations": "uint8" if target == "ort" else "int8 symmetric",
+                "weight_range": top,
                 "keep_fp32": list(keep), "fp32_nodes": len(excluded), "calibration": calibration or {},
                 "calibration_batches": len(feeds)}
         meta.update({"precision": "int8", "int8": json.dumps(int8, sort_keys=True)})
@@ -126,6 +161,17 @@ def quantize_int8(fp32_path, out_path, feeds: list, *, method: str = DEFAULT_MET
         check_graph(model, spec, where=str(out_path))
         onnx.save(model, str(final))
     return Path(out_path)
+
+
+def _check_weight_range(model: onnx.ModelProto, limit: int, where: str):
+    """Every int8 weight tensor (rank >= 2) of `model` lies in [-limit, limit]."""
+    from onnx import numpy_helper
+
+    for init in model.graph.initializer:
+        if init.data_type == onnx.TensorProto.INT8 and len(init.dims) >= 2:
+            top = int(np.abs(numpy_helper.to_array(init).astype(np.int16)).max())
+            if top > limit:
+                raise Hw2rtError(f"{where}: int8 weight {init.name} reaches {top}, over the range {limit}")
 
 
 def export_int8(net, model: str, out_path, *, method: str = DEFAULT_METHOD, keep_fp32=None,

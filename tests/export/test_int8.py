@@ -1,6 +1,8 @@
 """int8 graphs: calibration recorded from the model's own loop, QDQ quantization, the engine and its cache."""
 import json
+import warnings
 
+import numpy as np
 import onnx
 import pytest
 import torch
@@ -10,7 +12,15 @@ from hw2rt.cli import main
 from hw2rt.engines import OrtEngine, TorchEngine, open_engine
 from hw2rt.errors import Hw2rtError
 from hw2rt.export import export_onnx, read_metadata
-from hw2rt.export.int8 import KEEP_FP32, export_int8, kept_nodes, quantize_int8
+from hw2rt.export import int8 as int8_module
+from hw2rt.export.int8 import (
+    KEEP_FP32,
+    _check_weight_range,
+    export_int8,
+    kept_nodes,
+    quantize_int8,
+    weight_range,
+)
 from hw2rt.models import get_spec
 from hw2rt.parity import BUDGETS, SMALL, compare_outputs, random_model
 from hw2rt.runtime import calibration
@@ -105,6 +115,78 @@ def test_every_calibration_method_and_refusals(fast_recipes, digit_net, tmp_path
         calibration_recipe("dann")
 
 
+def _conv_weights(model) -> list:
+    """The int8 weight tensors of `model`'s quantized convolutions, as [output channel, input channel,
+    taps] (Conv weights are OIHW, ConvTranspose IOHW)."""
+    from onnx import numpy_helper
+
+    inits = {i.name: i for i in model.graph.initializer}
+    deq = {n.output[0]: n for n in model.graph.node if n.op_type == "DequantizeLinear"}
+    weights = []
+    for n in model.graph.node:
+        if n.op_type in ("Conv", "ConvTranspose") and n.input[1] in deq:
+            w = numpy_helper.to_array(inits[deq[n.input[1]].input[0]]).astype(np.int32)
+            w = w if n.op_type == "Conv" else w.transpose(1, 0, 2, 3)
+            weights.append(w.reshape(w.shape[0], w.shape[1], -1))
+    return weights
+
+
+@pytest.mark.parametrize("machine, caps, saturates", [
+    ("x86_64", {"avx2": True, "avx512_vnni": False, "avx_vnni": False}, True),  # Zen 3
+    ("x86_64", {"avx2": True, "avx512_vnni": False, "avx_vnni": True}, False),  # Alder Lake, Zen 5
+    ("AMD64", {"avx2": True, "avx512_vnni": True, "avx_vnni": False}, False),  # Cascade Lake and later
+    ("aarch64", {}, False),  # dot-product instructions sum in int32
+])
+def test_which_cpus_saturate_int8_pair_sums(monkeypatch, machine, caps, saturates):
+    import platform
+
+    monkeypatch.setattr(platform, "machine", lambda: machine)
+    monkeypatch.setattr(torch.cpu, "get_capabilities", lambda: caps)
+    assert int8_module.cpu_saturates_int8() is saturates
+    assert weight_range("ort") == (64 if saturates else 127) and weight_range("trt") == 127
+
+
+def test_ort_weights_cannot_saturate_a_cpu_without_vnni(fast_recipes, digit_net, tmp_path, monkeypatch):
+    fp32 = export_onnx(digit_net, "digit_unet", tmp_path / "fp32.onnx")
+    feeds = record_calibration(TorchEngine(digit_net, "digit_unet"), calibration_recipe("digit_unet"))
+    monkeypatch.setattr(int8_module, "cpu_saturates_int8", lambda: True)
+    reduced = quantize_int8(fp32, tmp_path / "ort.onnx", feeds)
+    trt = quantize_int8(fp32, tmp_path / "trt.onnx", feeds, target="trt")
+    monkeypatch.setattr(int8_module, "cpu_saturates_int8", lambda: False)
+    full = quantize_int8(fp32, tmp_path / "full.onnx", feeds)
+    for path, top in ((reduced, 64), (trt, 127), (full, 127)):
+        assert json.loads(read_metadata(path)["int8"])["weight_range"] == top
+        weights = _conv_weights(onnx.load(str(path)))
+        assert len(weights) > 5
+        # per output channel symmetric: every channel's largest weight sits at the end of the range
+        assert all((np.abs(w).max(axis=(1, 2)) == top).all() for w in weights)
+
+    # vpmaddubsw (AVX2) adds the u8 x s8 products of two adjacent input channels into a saturating int16:
+    # the reduced graph's worst pair cannot pass 32767, the full-range graph's can
+    def worst_pair(path):
+        return max(int((np.abs(w[:, 0:-1:2]) + np.abs(w[:, 1::2])).max()) * 255
+                   for w in _conv_weights(onnx.load(str(path))))
+
+    assert worst_pair(reduced) <= 32767 < worst_pair(full)
+    # a full-range graph opened on such a CPU says so; the reduced one does not
+    monkeypatch.setattr(int8_module, "cpu_saturates_int8", lambda: True)
+    with pytest.warns(UserWarning, match=r"full.onnx: int8 weights span \[-127, 127\] and this CPU has no"):
+        OrtEngine(full, threads=1)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        OrtEngine(reduced, threads=1)
+    with pytest.raises(Hw2rtError, match="weight range 100"):
+        quantize_int8(fp32, tmp_path / "x.onnx", feeds, weights=100)
+    graph = onnx.load(str(reduced))
+    doctored = next(i for i in graph.graph.initializer
+                    if i.data_type == onnx.TensorProto.INT8 and len(i.dims) == 4)
+    values = onnx.numpy_helper.to_array(doctored).copy()
+    values.flat[0] = 100
+    doctored.CopyFrom(onnx.numpy_helper.from_array(values, doctored.name))
+    with pytest.raises(Hw2rtError, match=f"x.onnx: int8 weight {doctored.name} reaches 100, over the range"):
+        _check_weight_range(graph, 64, "x.onnx")
+
+
 def test_classifier_calibration_is_keyed_by_the_folder(tmp_path):
     from hw2rt.data.synth import synthesize
 
@@ -128,6 +210,13 @@ def test_the_engine_cache_keys_int8_by_its_calibration(fast_recipes, digit_net, 
     monkeypatch.setitem(calibration.RECIPES, "digit_unet", {**FAST_DIGITS, "seeds": [7]})
     other = int8()
     assert other.cache_entry.built and other.cache_entry.key != first.cache_entry.key
+    # a CPU without VNNI gets its own entry: the graph with [-64, 64] weights (export/int8.py)
+    saturates = int8_module.cpu_saturates_int8()
+    monkeypatch.setattr(int8_module, "cpu_saturates_int8", lambda: not saturates)
+    elsewhere = int8()
+    assert elsewhere.cache_entry.built and elsewhere.cache_entry.key != other.cache_entry.key
+    meta = json.loads(read_metadata(elsewhere.cache_entry.path)["int8"])
+    assert meta["weight_range"] == (127 if saturates else 64)
     with pytest.raises(Hw2rtError, match="ort .or trt"):
         open_engine("digit_unet", digit_net, backend="torch", precision="int8")
 
