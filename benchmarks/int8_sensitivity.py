@@ -2,12 +2,14 @@
 the digits, to choose `export/int8.py`'s default exclusions; also everything int8, and the default.
 
     PYTHONPATH=. .venv/bin/python benchmarks/int8_sensitivity.py [--digits 100] [--trials everything,default]
-        [--json out.json]
+        [--weights 64|127] [--json out.json]
 
 The bundled digit model (or --checkpoint), calibrated once on its own guided DDIM loop
 (runtime/calibration.py), graded by the bundled grader on the gate's loop (DDIM 50, eta 1, w 2) against
 the torch fp32 digits of the same seeds (task.py); per-call time: ORT, `--threads` (1), batch 40 (one
-guided call of 20 digits), median of 7. Prints a markdown table.
+guided call of 20 digits), median of 7. Prints a markdown table. `--weights 64` grades the graphs an x86
+CPU without VNNI gets (export/int8.py: their integer sums are exact on every CPU, so this CPU grades them
+as that one would run them); the default is this CPU's range.
 """
 import argparse
 import json
@@ -38,6 +40,8 @@ def main():
     ap.add_argument("--threads", type=int, default=1, help="torch and ORT threads (timings: 1)")
     ap.add_argument("--trials", default=None, help="comma list: everything, default, and block names "
                                                     "(default: all of them)")
+    ap.add_argument("--weights", type=int, choices=[64, 127], default=None,
+                    help="the int8 weights' range (default: this CPU's, export/int8.py)")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     path = resolve_checkpoint(args.checkpoint, "digit_unet")
@@ -61,7 +65,8 @@ def main():
         ort32 = OrtEngine(fp32, threads=args.threads)
         base = side_by_side({"fp32": lambda: ort32.run(timing)}, 7, "cpu")["fp32"]["median_ms"]
         for label, keep in trials:
-            out = quantize_int8(fp32, Path(tmp) / "int8.onnx", feeds, keep_fp32=keep, calibration=recipe)
+            out = quantize_int8(fp32, Path(tmp) / "int8.onnx", feeds, keep_fp32=keep, calibration=recipe,
+                                weights=args.weights)
             engine = OrtEngine(out, threads=args.threads)
             task = digit_agreement(reference, engine, args.digits, reference_digits=ref_digits)
             ms = side_by_side({"int8": lambda e=engine: e.run(timing)}, 7, "cpu")["int8"]["median_ms"]
@@ -81,7 +86,7 @@ def main():
         print(f"| {r['trial']} | {r['accuracy']:.3f} | {r['drop_points']:+.1f} | {r['agreement']:.3f} | "
               f"{r['image_mse_255']:.1f} | {r['ms_per_call']:.1f} | {base / r['ms_per_call']:.2f} |")
     if args.json:
-        report = {"checkpoint": str(path), "digits": args.digits, "rows": rows}
+        report = {"checkpoint": str(path), "digits": args.digits, "weights": args.weights, "rows": rows}
         args.json.write_text(json.dumps(report, indent=1))
 
 
