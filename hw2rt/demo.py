@@ -30,7 +30,8 @@ BUNDLED = {"face_unet": "face_unet", "digit_unet": "digit_unet", "dann_usps": "d
 PARITY = ("face_unet", "digit_unet", "dann_usps", "digit_classifier")  # one of each network
 # The digits run on the int8 engine: the bundled digit model passed the int8 gate (`hw2rt parity --model
 # digit_unet --checkpoint hw2rt/assets/digit_unet.safetensors --precision int8`: 1,000 digits, grader
-# accuracy 0.984 fp32 -> 0.985 int8, agreement 0.985; benchmarks/RESULTS.md, 2026-12-02).
+# accuracy 0.984 fp32 -> 0.985 int8, agreement 0.985; benchmarks/RESULTS.md, 2026-12-02), and its graph for
+# CPUs without VNNI too (weights [-64, 64]: 0.984 -> 0.987, agreement 0.989; 2026-12-03).
 DIGIT_PRECISION = "int8"
 
 
