@@ -134,7 +134,8 @@ def main():
     reference = TorchEngine(net, args.model)
     recipe = calibration_recipe(args.model)
     feeds = record_calibration(reference, recipe)
-    half = len(feeds[0]["x"]) // 2  # both halves of a guidance batch (digits): the first rows of each
+    # the first rows of each half of a batch (the digits: its conditional and its unconditional half)
+    half = len(feeds[0]["x"]) // 2
     rows = sorted({*range(min(args.samples // 2 or 1, half)), *range(half, half + args.samples // 2)})
     audited = [{k: v[rows] if v.dim() else v for k, v in f.items()} for f in feeds]
     results, calls = {}, {}
