@@ -55,9 +55,11 @@ def environment(device, threads: int | None) -> dict:
     """The machine, the libraries and (on a GPU) the device, driver and TensorRT: what a figure depends on."""
     from hw2rt.engines.ort import available_providers
     from hw2rt.engines.trt import tensorrt_version
+    from hw2rt.export.int8 import weight_range
 
     env = {"cpu": cpu_name(), "cpu_flags": cpu_flags(), "logical_cpus": os.cpu_count(),
            "torch_cpu_capability": torch.backends.cpu.get_cpu_capability(),
+           "ort_int8_weight_range": weight_range("ort"),
            "threads": threads or torch.get_num_threads(),
            "device": str(device), "platform": platform.platform(), "loadavg_start": list(os.getloadavg()),
            "versions": _versions(), "ort_providers": available_providers(), "tensorrt": tensorrt_version()}

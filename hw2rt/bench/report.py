@@ -149,6 +149,14 @@ def _f(v, fmt="{:.1f}", none="-"):
     return none if v is None else fmt.format(v)
 
 
+def _int8_weights(env: dict) -> str:
+    """ORT int8's weight range on the machine (export/int8.py): [-64, 64] where int16 pair sums saturate."""
+    r = env.get("ort_int8_weight_range")
+    if r is None:
+        return ""
+    return f"ORT int8 weights [-{r}, {r}]{' (no VNNI)' if r < 127 else ''}; "
+
+
 def markdown(result: dict) -> str:
     env = result["env"]
     flags = ", ".join(f for f, on in env["cpu_flags"].items() if on) or "none of the listed"
@@ -157,7 +165,8 @@ def markdown(result: dict) -> str:
             f"({result['suite']} suite, {result['wall_s']:.0f} s).")
     gpu = f" + {env['gpu']}" if env.get("gpu") else ""
     machine = (f"Machine: {env['cpu']}{gpu}, {env['logical_cpus']} logical CPUs, flags: {flags}; "
-               f"torch CPU capability {env['torch_cpu_capability']}; {env['threads']} thread(s) for every "
+               f"torch CPU capability {env['torch_cpu_capability']}; {_int8_weights(env)}"
+               f"{env['threads']} thread(s) for every "
                f"runner; load average {env['loadavg_start'][0]:.2f} at start, "
                f"{env.get('loadavg_end', [0])[0]:.2f} at end. torch {v.get('torch')}, onnxruntime "
                f"{v.get('onnxruntime') or v.get('onnxruntime-gpu')}, diffusers {v.get('diffusers', '-')}, "

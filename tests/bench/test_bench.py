@@ -8,11 +8,12 @@ import torch
 from click.testing import CliRunner
 from PIL import Image
 
-from hw2rt.bench import measure, suites
+from hw2rt.bench import measure, report, suites
 from hw2rt.bench.runners import DIFFUSERS
 from hw2rt.cli import main
 from hw2rt.engines import open_engine
 from hw2rt.errors import Hw2rtError
+from hw2rt.export.int8 import weight_range
 from hw2rt.io import to_uint8_signed
 from hw2rt.models import get_spec
 from hw2rt.parity import BUDGETS, compare_outputs, random_model
@@ -50,6 +51,7 @@ def test_quick_bench_writes_a_well_formed_json(quick_run):
     env = data["env"]
     assert env["threads"] == 1 and env["cpu"] and {"torch", "onnxruntime", "python"} <= set(env["versions"])
     assert isinstance(env["cpu_flags"]["avx2"], bool) and env["torch_cpu_capability"]
+    assert env["ort_int8_weight_range"] == weight_range("ort")
     assert data["peaks"]["fp32"]["gflops"] > 0 and data["peaks"]["bf16"]["gflops"] > 0
     assert set(data["runners"]) >= {"torch", "bf16", "ort"}
 
@@ -91,6 +93,10 @@ def test_quick_bench_writes_the_report_and_the_plot(quick_run):
     assert md.startswith("# Results\n\nprose kept") and md.rstrip().endswith("tail kept")
     assert "old figures" not in md and "### Per call" in md and "### End to end" in md
     assert data["command"] in md
+    top = data["env"]["ort_int8_weight_range"]
+    assert f"ORT int8 weights [-{top}, {top}]" in md
+    # a CPU without VNNI (export/int8.py) says so
+    assert report._int8_weights({"ort_int8_weight_range": 64}) == "ORT int8 weights [-64, 64] (no VNNI); "
     assert "### Per call" in output
     assert (out / "latency.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
