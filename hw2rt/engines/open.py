@@ -51,7 +51,8 @@ def _is_onnx(source) -> bool:
 def open_engine(model: str, source=None, *, backend: str = "auto", precision: str | None = None,
                 device="cpu", graphs: bool | str = "auto", max_batch: int | None = None,
                 threads: int | None = None, cache_dir=None, dims: dict | None = None,
-                opset: int = DEFAULT_OPSET, compile: bool | dict = False, calibration_images=None) -> Engine:
+                opset: int = DEFAULT_OPSET, compile: bool | dict = False, calibration_images=None,
+                memory_format: str | None = None) -> Engine:
     """An Engine for `model` ("face_unet", "digit_unet", "dann", "digit_classifier").
 
     source: a checkpoint path (.pt/.pth/.safetensors) or bundled name, an nn.Module of that model,
@@ -71,6 +72,8 @@ def open_engine(model: str, source=None, *, backend: str = "auto", precision: st
     dims: sizes of the non-batch axes the engine will mostly serve (face_unet height/width): the
         TensorRT profile. ORT and torch are dynamic in them.
     compile: torch only: True or torch.compile options.
+    memory_format: torch fp16/bf16 only: "channels_last" or "contiguous" (default: the device's,
+        engines/torch.py DEFAULT_MEMORY_FORMAT).
     calibration_images: int8/fp8 dann / digit_classifier: a folder of target-domain images to calibrate on.
     """
     spec = get_spec(model)
@@ -91,16 +94,18 @@ def open_engine(model: str, source=None, *, backend: str = "auto", precision: st
                          "not torch")
     if compile and backend != "torch":
         raise Hw2rtError(f"torch.compile applies to the torch backend, not {backend}")
+    if memory_format is not None and backend != "torch":
+        raise Hw2rtError(f"memory_format applies to the torch backend, not {backend}")
     graphed = device.type == "cuda" if graphs == "auto" else graphs
     call_batch = max_batch or (spec.max_batch if graphed or backend == "trt" else None)
 
     engine = _open_backend(spec.name, source, backend, precision, device, call_batch, threads, cache_dir,
-                           dims, opset, compile, calibration_images)
+                           dims, opset, compile, calibration_images, memory_format)
     return GraphedEngine(engine, bucket_sizes(call_batch)) if graphed else engine
 
 
 def _open_backend(model, source, backend, precision, device, max_batch, threads, cache_dir, dims, opset,
-                  compile, calibration_images) -> Engine:
+                  compile, calibration_images, memory_format) -> Engine:
     if backend == "trt":  # a plan of the fp16 (default), fp32 or int8 graph, via the engine cache
         from hw2rt.engines.trt import open_trt_engine
         return open_trt_engine(model, source, precision=precision, device=device, dims=dims,
@@ -119,7 +124,8 @@ def _open_backend(model, source, backend, precision, device, max_batch, threads,
     weights = resolve_source(model, source)
     if backend == "torch":
         return TorchEngine(weights.net, model, precision=precision, device=device, compile=compile,
-                           threads=threads, max_batch=max_batch, source=weights.label)
+                           threads=threads, max_batch=max_batch, source=weights.label,
+                           memory_format=memory_format)
     entry = cached_onnx(model, weights, precision=precision, opset=opset, cache_dir=cache_dir,
                         calibration_images=calibration_images)
     engine = OrtEngine(entry.path, model=model, device=device, threads=threads, max_batch=max_batch,

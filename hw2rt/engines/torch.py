@@ -41,10 +41,25 @@ DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 # activation dtype inside its forward, so an island on its time MLP would not restore t.
 FP32_ISLANDS = {"face_unet": ("time",), "digit_unet": (), "dann": (), "digit_classifier": ()}
 
+MEMORY_FORMATS = {"channels_last": torch.channels_last, "contiguous": torch.contiguous_format}
+# The reduced-precision module's activation layout, per device type. The CPU's oneDNN convolutions
+# run channels-last faster (RESULTS.md); torch's CUDA GroupNorm works in NCHW only, so channels-last
+# there converts layouts twice per norm (about 90 in the face UNet). The gpu suite times both.
+DEFAULT_MEMORY_FORMAT = {"cpu": "channels_last", "cuda": "contiguous"}
 
-def reduced_precision_module(net: nn.Module, model: str, precision: str, device=None) -> nn.Module:
+
+def memory_format_for(device: torch.device, memory_format: str | None = None) -> str:
+    """`memory_format` checked, or the device's default (DEFAULT_MEMORY_FORMAT)."""
+    name = memory_format or DEFAULT_MEMORY_FORMAT.get(torch.device(device).type, "contiguous")
+    if name not in MEMORY_FORMATS:
+        raise Hw2rtError(f"unknown memory format {name!r}; choose one of {', '.join(MEMORY_FORMATS)}")
+    return name
+
+
+def reduced_precision_module(net: nn.Module, model: str, precision: str, device=None,
+                             memory_format: str = "channels_last") -> nn.Module:
     """The torch backend's fp16/bf16 module for `model`: a copy, eval mode, BatchNorm folded (in
-    fp32), parameters in `precision`, FP32_ISLANDS kept fp32, channels-last. The original is untouched."""
+    fp32), parameters in `precision`, FP32_ISLANDS kept fp32, in `memory_format`; the original untouched."""
     dtype = DTYPES[precision]
     net = fold_batchnorm(copy.deepcopy(net).eval())
     net.requires_grad_(False)
@@ -55,7 +70,7 @@ def reduced_precision_module(net: nn.Module, model: str, precision: str, device=
         parent, _, leaf = name.rpartition(".")
         setattr(net.get_submodule(parent) if parent else net, leaf, sub)
         make_island(sub, dtype)
-    return net.to(device=device, memory_format=torch.channels_last)
+    return net.to(device=device, memory_format=MEMORY_FORMATS[memory_format])
 
 
 class TorchEngine(Engine):
@@ -63,9 +78,11 @@ class TorchEngine(Engine):
 
     def __init__(self, net: nn.Module, model: str, *, precision: str = "fp32", device: str = "cpu",
                  compile: bool | dict = False, threads: int | None = None, max_batch: int | None = None,
-                 source: str = ""):
+                 source: str = "", memory_format: str | None = None):
         """compile: True for `torch.compile(module)`, or a dict of torch.compile options
-        (e.g. {"dynamic": False}: one compiled graph per input shape, for fixed CUDA-graph buckets)."""
+        (e.g. {"dynamic": False}: one compiled graph per input shape, for fixed CUDA-graph buckets).
+        memory_format: fp16/bf16 activations' layout, "channels_last" or "contiguous"; default: the
+        device's (DEFAULT_MEMORY_FORMAT)."""
         spec = get_spec(model)
         device = usable_device(device)
         if precision not in DTYPES:
@@ -79,8 +96,9 @@ class TorchEngine(Engine):
             torch.set_num_threads(threads)  # process-wide: torch has no per-module thread count
         self.dtype = DTYPES[precision]
         self.islands = FP32_ISLANDS[model] if precision != "fp32" else ()
+        self.memory_format = memory_format_for(self.device, memory_format)
         if precision != "fp32":
-            module = reduced_precision_module(net, model, precision, self.device)
+            module = reduced_precision_module(net, model, precision, self.device, self.memory_format)
         elif any(p.device != self.device for p in net.parameters()):
             # never move the caller's module (it may be a CPU reference)
             module = copy.deepcopy(net).to(self.device)
@@ -92,13 +110,15 @@ class TorchEngine(Engine):
         self._forward = torch.compile(self.module, **options) if compile else self.module
 
     def describe(self) -> dict:
-        return {**super().describe(), "islands": list(self.islands), "compiled": self.compiled}
+        return {**super().describe(), "islands": list(self.islands), "compiled": self.compiled,
+                "memory_format": self.memory_format}
 
     def _run(self, feeds: dict) -> dict:
         args = [feeds[s.name] for s in self.inputs]
         if self.precision != "fp32":
             args = [a.to(self.dtype) if a.is_floating_point() else a for a in args]
-            args = [a.contiguous(memory_format=torch.channels_last) if a.dim() == 4 else a for a in args]
+            layout = MEMORY_FORMATS[self.memory_format]
+            args = [a.contiguous(memory_format=layout) if a.dim() == 4 else a for a in args]
         with torch.inference_mode():
             out = self._forward(*args)
         out = out if isinstance(out, tuple) else (out,)

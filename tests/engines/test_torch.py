@@ -47,3 +47,28 @@ def test_torch_reduced_precision_matches_the_reference(model, config):
         assert (bf16[s.name] - ref[s.name]).abs().max() <= BUDGETS["bf16"]["per_call_rel_max_abs"] * scale
 
 
+
+
+def test_memory_format_is_a_per_device_choice_and_both_layouts_agree():
+    """channels-last by default on the CPU, NCHW by default on CUDA (torch's CUDA GroupNorm is NCHW
+    only); either can be asked for, the same numbers come out, and a third name is refused."""
+    from hw2rt.engines.torch import memory_format_for
+    from hw2rt.errors import Hw2rtError
+
+    assert memory_format_for(torch.device("cpu")) == "channels_last"
+    assert memory_format_for(torch.device("cuda", 0)) == "contiguous"
+    assert memory_format_for(torch.device("cuda"), "channels_last") == "channels_last"
+    net = random_model("face_unet", {"base": 32, "norm_groups": 8})
+    feeds = get_spec("face_unet").example_inputs(2, height=32, width=32)
+    outs = {}
+    for layout in ("channels_last", "contiguous"):
+        engine = open_engine("face_unet", net, backend="torch", precision="bf16", memory_format=layout)
+        assert engine.describe()["memory_format"] == layout
+        weight = engine.module.down2.resblocks.conv1.weight
+        assert weight.is_contiguous(memory_format=torch.channels_last) == (layout == "channels_last")
+        outs[layout] = engine.run(feeds)["eps"]
+    assert torch.allclose(outs["channels_last"], outs["contiguous"], atol=2e-2, rtol=0)
+    with pytest.raises(Hw2rtError, match="unknown memory format"):
+        open_engine("face_unet", net, backend="torch", precision="bf16", memory_format="nhwc")
+    with pytest.raises(Hw2rtError, match="applies to the torch backend"):
+        open_engine("face_unet", net, backend="ort", memory_format="contiguous")
