@@ -7,7 +7,7 @@ PRECISIONS = ("fp32", "fp16", "bf16", "int8", "fp8")  # what some engine serves
 # what an exported ONNX graph holds (bf16 lives on the torch backend only; int8 and fp8 are QDQ graphs)
 GRAPH_PRECISIONS = ("fp32", "fp16", "int8", "fp8")
 QUANTIZED = ("int8", "fp8")  # calibrated on the model's own use; no torch engine
-SAMPLERS = ("ancestral", "ddim")  # the digit job's
+SAMPLERS = ("ancestral", "ddim", "dpmpp-2m", "unipc")  # the digit job's
 DEVICES = ("auto", "cpu", "cuda")  # also "cuda:N"
 
 AUTO_BACKEND = ("auto: the fastest backend available: trt on a CUDA GPU with TensorRT installed, else ort "

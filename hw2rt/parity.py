@@ -139,20 +139,22 @@ def sample_images(engine: Engine, loop: str, x_T: torch.Tensor, *, steps: int, s
 
 def end_to_end(reference: Engine, candidate: Engine, *, images: int = 2, seed: int = 0,
                dims: dict | None = None, steps: int | None = None, guidance: float = 2.0,
-               budget: float) -> dict | None:
-    """The full sampler on both engines from the same noise; image MSE (0..255) per image.
-    None for the classifiers, which have no sampler."""
+               budget: float, loop: str | None = None, eta: float = 0.0) -> dict | None:
+    """The full sampler (`loop`, default the job's, JOB_LOOPS) on both engines from the same noise; image
+    MSE (0..255) per image. None for the classifiers, which have no sampler."""
     model = reference.model
     if model not in E2E_STEPS:
         return None
     steps = steps or E2E_STEPS[model]
+    loop = loop or JOB_LOOPS[model]
     x = start_noise(model, images, seed, dims)
-    result = {"sampler": "ddim eta=0" if model == "face_unet" else f"ddpm cfg w={guidance}",
+    result = {"sampler": "ddim eta=0" if model == "face_unet"
+              else f"{loop.removeprefix('digit-').replace('ancestral', 'ddpm')} cfg w={guidance}",
               "steps": steps, "images": images, "seed": seed}
     pics, secs = [], []
     for engine in (reference, candidate):
         t0 = time.perf_counter()
-        pics.append(sample_images(engine, JOB_LOOPS[model], x, steps=steps, seed=seed, w=guidance))
+        pics.append(sample_images(engine, loop, x, steps=steps, seed=seed, w=guidance, eta=eta))
         secs.append(time.perf_counter() - t0)
     mses = [mse_255(a, b) for a, b in zip(*pics)]
     mean = sum(mses) / len(mses)
@@ -174,13 +176,16 @@ def parity_report(reference: Engine, candidate: Engine, *, batch: int = 4, seed:
                   dims: dict | None = None, e2e: bool = True, e2e_images: int = 2, steps: int | None = None,
                   source: dict | None = None, trajectory: str | None = None, eta: float = 0.0,
                   task=None, task_labels=None, localize: bool = False, cache_dir=None,
-                  threads: int | None = None) -> dict:
-    """Compare `candidate` with `reference` (the torch fp32 engine of the same weights); with
+                  threads: int | None = None, sampler: str | None = None) -> dict:
+    """Compare `candidate` with `reference` (the torch fp32 engine of the same weights); `sampler`
+    (digit_unet: one of `options.SAMPLERS`, with `eta` for ddim) is the digit loop of the end-to-end run
+    and the task (default: the job's loop, and the task gate's DDIM); with
     `trajectory` (one of `trajectory.LOOPS`), also step by step along that loop; with `task` (digit_unet:
     a number of digits; dann, digit_classifier: an image folder, `task_labels` its CSV), the task's grade
     (task.py), which then stands in for the image MSE in the verdict; with `localize` (or when the per-call
     check fails), the first diverging node of the candidate's ONNX graph (localize.py)."""
     budgets = BUDGETS[candidate.precision]
+    digit_loop = f"digit-{sampler}" if sampler and reference.model == "digit_unet" else None
     report = {
         "model": reference.model,
         "source": source or {},
@@ -191,7 +196,8 @@ def parity_report(reference: Engine, candidate: Engine, *, batch: int = 4, seed:
         "per_call": per_call(reference, candidate, batch=batch, seed=seed, dims=dims,
                              rel_budget=budgets["per_call_rel_max_abs"]),
         "end_to_end": end_to_end(reference, candidate, images=e2e_images, seed=seed, dims=dims, steps=steps,
-                                 budget=budgets["e2e_image_mse_255"]) if e2e else None,
+                                 budget=budgets["e2e_image_mse_255"], loop=digit_loop,
+                                 eta=eta if digit_loop else 0.0) if e2e else None,
     }
     if trajectory is not None:
         report["trajectory"] = trajectory_report(
@@ -200,7 +206,7 @@ def parity_report(reference: Engine, candidate: Engine, *, batch: int = 4, seed:
             rel_budget=budgets["per_call_rel_max_abs"])
     if task is not None:
         report["task"] = task_report(reference, candidate, task, labels_csv=task_labels, seed=seed,
-                                     steps=steps)
+                                     steps=steps, sampler=sampler, eta=eta)
     if localize or not report["per_call"]["passed"]:
         report["localize"] = localize_report(reference, candidate, batch=batch, seed=seed, dims=dims,
                                              rel_budget=budgets["per_call_rel_max_abs"], cache_dir=cache_dir,
@@ -213,14 +219,16 @@ def parity_report(reference: Engine, candidate: Engine, *, batch: int = 4, seed:
 
 
 def task_report(reference: Engine, candidate: Engine, task, *, labels_csv=None, seed: int = 0,
-                steps: int | None = None) -> dict:
-    """The task-level grade (task.py): digit_unet: `task` digits of the demo's loop (guided DDIM, eta 1,
-    w 2, `steps` or 50 steps); dann / digit_classifier: the labels of the image folder `task`."""
+                steps: int | None = None, sampler: str | None = None, eta: float = 0.0) -> dict:
+    """The task-level grade (task.py): digit_unet: `task` digits of `sampler` (default the gate's loop:
+    guided DDIM, eta 1, w 2), `steps` or 50 steps; dann / digit_classifier: the labels of the image folder
+    `task`."""
     from hw2rt.task import check_task, digit_agreement, label_agreement
 
     task = check_task(reference.model, task)
     if reference.model == "digit_unet":
-        return digit_agreement(reference, candidate, task, seed=seed, steps=steps or 50)
+        loop = {"sampler": sampler, "eta": eta} if sampler else {"sampler": "ddim", "eta": 1.0}
+        return digit_agreement(reference, candidate, task, seed=seed, steps=steps or 50, **loop)
     return label_agreement(reference, candidate, task, labels_csv=labels_csv)
 
 
@@ -296,7 +304,7 @@ def run_parity(model: str, checkpoint=None, *, backend: str = "auto", precision:
                threads: int | None = None, cache_dir=None, batch: int = 4, seed: int = 0,
                dims: dict | None = None, e2e: bool = True, e2e_images: int = 2, steps: int | None = None,
                trajectory: str | None = None, eta: float = 0.0, onnx=None, localize: bool = False, task=None,
-               task_labels=None, json_path=None, plot_path=None) -> dict:
+               task_labels=None, json_path=None, plot_path=None, sampler: str | None = None) -> dict:
     """`hw2rt parity`: the torch fp32 CPU reference against `backend`/`precision` on `device`, or against
     the graph `onnx` (see `open_pair`). Writes the report as JSON to `json_path` and the trajectory's plot
     to `plot_path` when given. Returns the report dict."""
@@ -310,7 +318,7 @@ def run_parity(model: str, checkpoint=None, *, backend: str = "auto", precision:
         report = parity_report(reference, candidate, batch=batch, seed=seed, dims=dims, e2e=e2e,
                                e2e_images=e2e_images, steps=steps, source=source, trajectory=trajectory,
                                eta=eta, task=task, task_labels=task_labels, localize=localize,
-                               cache_dir=cache_dir, threads=threads)
+                               cache_dir=cache_dir, threads=threads, sampler=sampler)
     finally:
         candidate.close()
         reference.close()

@@ -56,32 +56,33 @@ def _drop(correct_ref: int, correct_cand: int, n: int) -> float:
     return 100.0 * (correct_ref - correct_cand) / n
 
 
-def graded_digits(engine, n: int, *, seed=0, sampler="ddim", steps=50, eta=1.0, w=2.0, grader=None,
+def graded_digits(engine, n: int, *, seed=0, sampler="ddim", steps=50, eta=1.0, w=2.0, clip=None, grader=None,
                   batch_size=250, progress=False) -> dict:
     """`n` digits (a multiple of 10: n/10 of each class, as `hw2rt ddpm --per-digit n/10` writes them)
     from `engine`, as uint8 images, graded by `grader` (a checkpoint path, bundled name or module;
     default: the bundled grader, as `eval-digits`): {"images", "predictions", "correct", "classifier",
     "settings"}."""
     check_task("digit_unet", n)
-    plan = jobs.digit_plan(sampler, steps, eta=eta, w=w)
+    plan = jobs.digit_plan(sampler, steps, eta=eta, w=w, clip=clip)
     labels = torch.arange(10).repeat_interleave(n // 10)  # the digit job's order: 0_001 .. 9_{n/10}
     grader = grader if isinstance(grader, torch.nn.Module) else resolve_checkpoint(grader, "digit_classifier")
     out = jobs.sample_digits(engine, labels, plan, seed=seed, batch_size=batch_size, progress=progress)
     images = [to_uint8_signed(img) for img in out]  # exactly what the digit job saves
     u8 = torch.from_numpy(np.stack(images)).permute(0, 3, 1, 2).contiguous()
-    settings = {"n": n, "seed": seed, "sampler": sampler, "steps": len(plan.timesteps), "eta": eta, "w": w}
+    settings = {"n": n, "seed": seed, "sampler": sampler, "steps": len(plan.timesteps), "eta": eta, "w": w,
+                "x0_clip": plan.clip}
     return {"images": images, **grade_digits(u8, labels, grader), "settings": settings}
 
 
 def digit_agreement(reference, candidate, n: int, *, seed=0, sampler="ddim", steps=50, eta=1.0, w=2.0,
-                    grader=None, batch_size=250, progress=False,
+                    clip=None, grader=None, batch_size=250, progress=False,
                     reference_digits: dict | None = None) -> dict:
     """`graded_digits` of both digit_unet engines (`reference_digits`: the reference's, already made
     with the same settings, e.g. once for many candidates). agreement: share of images the grader
     labels the same on both; passed: accuracy drop <= BUDGETS["digit_unet"]."""
     _check_pair(reference, candidate, ("digit_unet",))
-    kw = {"seed": seed, "sampler": sampler, "steps": steps, "eta": eta, "w": w, "grader": grader,
-          "batch_size": batch_size, "progress": progress}
+    kw = {"seed": seed, "sampler": sampler, "steps": steps, "eta": eta, "w": w, "clip": clip,
+          "grader": grader, "batch_size": batch_size, "progress": progress}
     cand = graded_digits(candidate, n, **kw)
     ref = reference_digits or graded_digits(reference, n, **kw)
     if ref["settings"] != cand["settings"]:

@@ -7,7 +7,9 @@ difference is the engines'. Two runs of the candidate:
 - free: the candidate follows its own trajectory; its error at step i is drift (all earlier per-call
   errors, amplified by the sampler);
 - forced: after every step the latent is put back to the reference's (the step callback copies it in
-  place), so its error at step i is that one step's alone.
+  place), so its error at step i is that one step's alone. The multistep solvers keep a memory that is not
+  put back (DPM-Solver++(2M) its last x0, one step on; UniPC also its last corrected latent), so there an
+  error also reaches the steps after its own.
 
 Per step: the latent's max abs error, RMS error and relative error (||x - x_ref|| / ||x_ref||), and
 the predicted x0's max abs and RMS error. The budget is on the latent's relative error: a trajectory
@@ -18,9 +20,10 @@ import math
 
 import torch
 
+from hw2rt import options
 from hw2rt.runtime import jobs
 
-LOOPS = ("face-ddim", "digit-ancestral", "digit-ddim")
+LOOPS = ("face-ddim", *(f"digit-{sampler}" for sampler in options.SAMPLERS))
 
 
 def run_loop(loop: str, engine, x_T: torch.Tensor, *, steps: int, seed: int = 0, w: float = 2.0,

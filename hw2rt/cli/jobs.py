@@ -169,12 +169,15 @@ def interp(noise_dir, pair, mode, out, checkpoint, steps, backend, precision, th
 @click.option("--per-digit", type=click.IntRange(min=1), default=100, show_default=True)
 @click.option("--w", type=float, default=2.0, show_default=True, help="Classifier-free guidance weight.")
 @click.option("--sampler", type=click.Choice(options.SAMPLERS), default="ancestral", show_default=True,
-              help="ancestral: the assignment's DDPM; ddim: DDIM over the T = 1000 schedule.")
+              help="ancestral: the assignment's DDPM; ddim: DDIM over the T = 1000 schedule; dpmpp-2m, "
+                   "unipc: the few-step solvers (DPM-Solver++(2M), UniPC-bh2) over that schedule.")
 @click.option("--steps", type=int, default=1000, show_default=True,
-              help="ancestral: T (the model's training T); ddim: the number of DDIM steps (<= 1000).")
+              help="ancestral: T (the model's training T); the others: the number of steps (<= 1000).")
 @click.option("--eta", type=float, default=0.0, show_default=True,
               help="ddim only: 0 is deterministic; 1 adds fresh noise every step, "
                    "like the ancestral sampler.")
+@click.option("--x0-clip/--no-x0-clip", "clip", default=None,
+              help="ddim, dpmpp-2m, unipc: clamp every predicted x0 to [-1, 1] (default: on).")
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--batch-size", type=click.IntRange(min=1), default=250, show_default=True,
               help="Images per sampler call (the engine sees twice this, for guidance).")
@@ -183,23 +186,24 @@ def interp(noise_dir, pair, mode, out, checkpoint, steps, backend, precision, th
 @click.option("--frames", type=click.Path(dir_okay=False, path_type=Path), default=None,
               help="Six reverse-process frames of the first 0.")
 @_engine_options
-def ddpm(out, checkpoint, per_digit, w, sampler, steps, eta, seed, batch_size, grid, frames, backend,
+def ddpm(out, checkpoint, per_digit, w, sampler, steps, eta, clip, seed, batch_size, grid, frames, backend,
          precision, threads, device):
     """Guided DDPM digits (HW2 Problem 1): {d}_{i:03d}.png for d = 0..9, i = 1..per-digit."""
     from hw2rt import distributed
     from hw2rt.runtime import jobs
 
     # refused before the engine is opened (an export takes seconds)
-    jobs.digit_plan(sampler, steps, eta, w)
+    plan = jobs.digit_plan(sampler, steps, eta, w, clip)
     jobs.check_seed(seed, 10 * per_digit, jobs.DIGIT_SEED_STRIDE)
     _outputs(("--out", out, True), ("--grid", grid, False), ("--frames", frames, False))
     with (distributed.session(device) as world,
           _open_on_ranks("digit_unet", checkpoint, backend, precision, threads, device) as engine):
         s = jobs.digit_job(engine, out, per_digit=per_digit, w=w, sampler=sampler, steps=steps, eta=eta,
-                           seed=seed, batch_size=batch_size, grid_path=grid, frames_path=frames)
+                           seed=seed, batch_size=batch_size, grid_path=grid, frames_path=frames, clip=clip)
     if not world.main:
         return
     eta_note = f", eta {eta:g}" if sampler == "ddim" else ""
+    eta_note += "" if sampler == "ancestral" else f", x0 clip {'on' if plan.clip else 'off'}"
     _report(s, f"ddpm ({engine.name}, {sampler} {s['steps']} steps of T={s['T']}{eta_note}, w={w:g})")
     for key in ("grid", "frames"):
         if key in s:
@@ -339,9 +343,10 @@ def export(model, checkpoint, out, precision, calibration_method, calibration_im
 @click.option("--no-e2e", is_flag=True, help="Per-call comparison only.")
 @click.option("--trajectory", is_flag=True,
               help="Also compare step by step along the sampler (free and forced runs); diffusion models.")
-@click.option("--sampler", type=click.Choice(options.SAMPLERS), default="ancestral", show_default=True,
-              help="digit_unet, with --trajectory: the digit loop to follow (faces: the face DDIM).")
-@click.option("--eta", type=float, default=0.0, show_default=True, help="DDIM eta of the trajectory.")
+@click.option("--sampler", type=click.Choice(options.SAMPLERS), default=None,
+              help="digit_unet: the digit loop of the end-to-end run, --trajectory and --task (default: "
+                   "ancestral, and the task gate's DDIM eta 1). Faces: the face DDIM.")
+@click.option("--eta", type=float, default=0.0, show_default=True, help="DDIM eta of --sampler ddim.")
 @click.option("--onnx", "onnx_path", type=click.Path(dir_okay=False, path_type=Path), default=None,
               help="The candidate: this hw2rt export of --checkpoint (default: the bundled model), on ort.")
 @click.option("--localize", is_flag=True,
@@ -369,7 +374,7 @@ def parity(model, checkpoint, steps, size, no_e2e, trajectory, sampler, eta, onn
     if trajectory:
         if model not in ("face_unet", "digit_unet"):
             raise Hw2rtError(f"--trajectory: {model} has no sampler (face_unet or digit_unet)")
-        loop = "face-ddim" if model == "face_unet" else f"digit-{sampler}"
+        loop = "face-ddim" if model == "face_unet" else f"digit-{sampler or 'ancestral'}"
         if plot_path is None and json_path is not None:
             plot_path = json_path.with_suffix(".png")
     if precision in options.QUANTIZED and task is None and onnx_path is None:
@@ -385,12 +390,17 @@ def parity(model, checkpoint, steps, size, no_e2e, trajectory, sampler, eta, onn
     if labels_csv is not None and (task is None or model == "digit_unet"):
         raise Hw2rtError("--labels belongs to --task FOLDER (dann, digit_classifier)")
     check_finite("--eta", eta)
+    if sampler is not None and model == "digit_unet":
+        from hw2rt.runtime.jobs import digit_plan
+
+        digit_plan(sampler, steps or 50, eta)  # refused before any work
     _outputs(("--json", json_path, False), ("--plot", plot_path, False))
     dims = {"height": size, "width": size} if size and model == "face_unet" else None
     report = run_parity(model, checkpoint, backend=backend, precision=precision, device=device,
                         threads=threads, dims=dims, steps=steps, e2e=not no_e2e, trajectory=loop, eta=eta,
                         onnx=onnx_path, localize=localize, task=task, task_labels=labels_csv,
-                        json_path=json_path, plot_path=plot_path)
+                        json_path=json_path, plot_path=plot_path,
+                        sampler=sampler if model == "digit_unet" else None)
     click.echo(format_report(report))
     if not report["passed"]:
         raise SystemExit(1)

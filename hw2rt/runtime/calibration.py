@@ -72,7 +72,8 @@ def record_calibration(engine, recipe: dict) -> list:
     model = engine.model
     if model == "digit_unet":
         rec = Recorder(engine, recipe["every"])
-        plan = jobs.digit_plan("ddim", recipe["steps"], eta=recipe["eta"], w=recipe["w"])
+        plan = jobs.digit_plan(recipe["loop"].removeprefix("digit-"), recipe["steps"], eta=recipe["eta"],
+                               w=recipe["w"])
         labels = torch.arange(10).repeat_interleave(recipe["per_digit"])
         for seed in recipe["seeds"]:
             jobs.sample_digits(rec, labels, plan, seed=seed, batch_size=len(labels), progress=False)

@@ -28,22 +28,24 @@ def check_eta(eta: float) -> float:
     return eta
 
 
-def predicted_x0(x: torch.Tensor, eps: torch.Tensor, abar_t: float) -> torch.Tensor:
-    """The clean image the network predicts at x_t, clamped to the training range [-1, 1]."""
+def predicted_x0(x: torch.Tensor, eps: torch.Tensor, abar_t: float, clip: bool = True) -> torch.Tensor:
+    """The clean image the network predicts at x_t; with `clip`, clamped to the training range [-1, 1]."""
     # The networks were trained on images in [-1, 1]; clamping x0 keeps early, noisy predictions
-    # from throwing the trajectory out of range (the GT faces rely on it).
-    return ((x - math.sqrt(1.0 - abar_t) * eps) / math.sqrt(abar_t)).clamp(-1.0, 1.0)
+    # from throwing the trajectory out of range (the GT faces rely on it). It is diffusers' dynamic
+    # thresholding with sample_max_value = 1, where the per-image threshold is always 1.
+    x0 = (x - math.sqrt(1.0 - abar_t) * eps) / math.sqrt(abar_t)
+    return x0.clamp(-1.0, 1.0) if clip else x0
 
 
 def ddim_step(x: torch.Tensor, eps: torch.Tensor, abar_t: float, abar_prev: float, *, eta: float = 0.0,
-              noise: torch.Tensor | None = None) -> torch.Tensor:
-    """One DDIM update x_t -> x_prev (DDIM paper eq. 12 with x0 clamped to [-1, 1]).
+              noise: torch.Tensor | None = None, clip: bool = True) -> torch.Tensor:
+    """One DDIM update x_t -> x_prev (DDIM paper eq. 12; with `clip`, x0 clamped to [-1, 1]).
 
     ``abar_t`` and ``abar_prev`` are Python floats; every coefficient is derived in float64 and
     becomes fp32 only when it multiplies the fp32 tensors.
     """
     sigma = eta * math.sqrt((1.0 - abar_prev) / (1.0 - abar_t)) * math.sqrt(1.0 - abar_t / abar_prev)
-    x0 = predicted_x0(x, eps, abar_t)
+    x0 = predicted_x0(x, eps, abar_t, clip)
     x_prev = math.sqrt(abar_prev) * x0 + math.sqrt(1.0 - abar_prev - sigma**2) * eps
     if sigma > 0.0:
         if noise is None:
@@ -55,7 +57,7 @@ def ddim_step(x: torch.Tensor, eps: torch.Tensor, abar_t: float, abar_prev: floa
 
 
 def ddim_sample(denoiser: Denoiser, x: torch.Tensor, schedule: Schedule, timesteps: Sequence[int], *,
-                eta: float = 0.0, noise: NoiseFn | None = None,
+                eta: float = 0.0, noise: NoiseFn | None = None, clip: bool = True,
                 callback: Callback | None = None) -> torch.Tensor:
     """DDIM from noise ``x`` over ``timesteps`` (descending, e.g. ``schedule.timesteps(50)``).
 
@@ -63,6 +65,7 @@ def ddim_sample(denoiser: Denoiser, x: torch.Tensor, schedule: Schedule, timeste
     GT recipe). For ``eta > 0`` the step's z is ``noise(step_index)`` (`noise.seeded_noise`: one
     source per image), else torch's global generator (results then depend on the batch layout).
     ``callback(step_index, t, x, x0)`` runs after every step with the new x and the step's x0.
+    ``clip`` clamps every predicted x0 to [-1, 1] (the face recipe's rule).
     """
     check_eta(eta)
     timesteps = list(timesteps)
@@ -77,7 +80,7 @@ def ddim_sample(denoiser: Denoiser, x: torch.Tensor, schedule: Schedule, timeste
         eps = denoiser(x, t_batch).to(torch.float32)  # an fp16 engine may hand back fp16 eps
         z = draw(noise, i, x) if eta > 0.0 else None
         x_t = x
-        x = ddim_step(x, eps, abar[t], abar[t_prev], eta=eta, noise=z)
+        x = ddim_step(x, eps, abar[t], abar[t_prev], eta=eta, noise=z, clip=clip)
         if callback is not None:
-            callback(i, t, x, predicted_x0(x_t, eps, abar[t]))
+            callback(i, t, x, predicted_x0(x_t, eps, abar[t], clip))
     return x

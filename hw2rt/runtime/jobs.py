@@ -26,10 +26,12 @@ from hw2rt.io import (
 )
 from hw2rt.runtime.ddim import check_eta, ddim_sample
 from hw2rt.runtime.ddpm import ancestral_sample, guided_denoiser
+from hw2rt.runtime.dpm_solver import dpmpp_2m_sample
 from hw2rt.runtime.images import make_grid
 from hw2rt.runtime.interpolate import interpolate
 from hw2rt.runtime.noise import seeded_noise
 from hw2rt.runtime.schedules import DIGIT, FACE, Schedule, digit_schedule
+from hw2rt.runtime.unipc import unipc_sample
 
 
 def _checked_steps(steps, timesteps_of):
@@ -183,21 +185,31 @@ def interp_job(engine, noise, out_path, *, pair=("00", "01"), modes=("slerp", "l
 
 @dataclass(frozen=True)
 class DigitPlan:
-    """What the digit job samples with: its loop, schedule, timesteps, eta and guidance weight."""
+    """What the digit job samples with: loop, schedule, timesteps, eta, guidance weight, x0 clipping."""
 
     sampler: str
     schedule: Schedule
     timesteps: list
     eta: float = 0.0
     w: float = 2.0
+    clip: bool = True  # clamp every predicted x0 to [-1, 1] (not used by the ancestral loop)
 
 
-def digit_plan(sampler: str, steps: int, eta: float = 0.0, w: float = 2.0) -> DigitPlan:
+# The few-step solvers (deterministic, one model call per step; the last step returns the final x0).
+SOLVERS = {"dpmpp-2m": dpmpp_2m_sample, "unipc": unipc_sample}
+# x0 clipping per sampler when --x0-clip is not given (benchmarks/RESULTS.md, "Few-step solvers").
+DEFAULT_CLIP = {"ddim": True, "dpmpp-2m": True, "unipc": True}
+
+
+def digit_plan(sampler: str, steps: int, eta: float = 0.0, w: float = 2.0,
+               clip: bool | None = None) -> DigitPlan:
     """The digit job's plan, refused before any work when it does not fit.
 
     "ancestral": the assignment's DDPM with T = `steps` (the T the model was trained with), every t;
     "ddim": `steps` DDIM steps over the T = 1000 schedule (the fast path on a CPU); eta = 0 is
-    deterministic, eta = 1 draws fresh noise every step as the ancestral sampler does, over fewer steps.
+    deterministic, eta = 1 draws fresh noise every step as the ancestral sampler does, over fewer steps;
+    "dpmpp-2m", "unipc": the few-step ODE solvers over the same schedule and timesteps (no noise).
+    `clip`: clamp every predicted x0 to [-1, 1] (default DEFAULT_CLIP; not for the ancestral loop).
     """
     _check_etas([eta])
     check_finite("--w", w)
@@ -205,11 +217,17 @@ def digit_plan(sampler: str, steps: int, eta: float = 0.0, w: float = 2.0) -> Di
         if eta != 0:
             raise Hw2rtError("--eta applies to --sampler ddim "
                              "(the ancestral sampler always draws fresh noise)")
+        if clip is not None:
+            raise Hw2rtError("--x0-clip applies to ddim, dpmpp-2m and unipc (the ancestral update does not "
+                             "use the predicted x0)")
         schedule = _checked_steps(steps, digit_schedule)
-        return DigitPlan(sampler, schedule, schedule.timesteps(schedule.T), w=w)
-    if sampler == "ddim":
-        return DigitPlan(sampler, DIGIT, _checked_steps(steps, DIGIT.timesteps), eta, w)
-    raise Hw2rtError(f"unknown sampler {sampler!r}: {' or '.join(options.SAMPLERS)}")
+        return DigitPlan(sampler, schedule, schedule.timesteps(schedule.T), w=w, clip=False)
+    if sampler not in DEFAULT_CLIP:
+        raise Hw2rtError(f"unknown sampler {sampler!r}: {', '.join(options.SAMPLERS)}")
+    if sampler in SOLVERS and eta != 0:
+        raise Hw2rtError(f"--eta applies to --sampler ddim ({sampler} solves the deterministic ODE)")
+    clip = DEFAULT_CLIP[sampler] if clip is None else clip
+    return DigitPlan(sampler, DIGIT, _checked_steps(steps, DIGIT.timesteps), eta, w, clip)
 
 
 def frame_timesteps(timesteps: list[int], n: int = 6) -> list[int]:
@@ -251,28 +269,32 @@ def sample_digits(engine, labels: torch.Tensor, plan: DigitPlan, *, seed=0, batc
             noise = seeded_noise(gens[i:stop], x)
             if plan.sampler == "ancestral":
                 out = ancestral_sample(denoiser, x, schedule, timesteps, noise=noise, callback=on_step)
-            else:
+            elif plan.sampler == "ddim":
                 out = ddim_sample(denoiser, x, schedule, timesteps, eta=eta, noise=noise if eta > 0 else None,
-                                  callback=on_step)
+                                  clip=plan.clip, callback=on_step)
+            else:
+                out = SOLVERS[plan.sampler](denoiser, x, schedule, timesteps, clip=plan.clip,
+                                            callback=on_step)
             outs.append(out.cpu())
     return torch.cat(outs) if outs else x_T[:0]
 
 
 def digit_job(engine, out_dir, *, per_digit=100, w=2.0, sampler="ancestral", steps=1000, eta=0.0, seed=0,
-              batch_size=250, grid_path=None, frames_path=None, progress=True):
+              batch_size=250, grid_path=None, frames_path=None, clip=None, progress=True):
     """`{d}_{i:03d}.png` for d = 0..9, i = 1..per_digit; the 10x10 grid; six frames of the first "0".
     Under torchrun every rank samples and writes its share of the batches (hw2rt.distributed); rank 0,
     whose first batch holds the first "0", gathers the grid's tiles and writes the grid and the frames."""
     if per_digit < 1:
         raise Hw2rtError(f"--per-digit must be >= 1 (got {per_digit})")
-    plan = digit_plan(sampler, steps, eta, w)
+    plan = digit_plan(sampler, steps, eta, w, clip)
     check_seed(seed, 10 * per_digit, DIGIT_SEED_STRIDE)
     world = distributed.world()
     labels = torch.arange(10).repeat_interleave(per_digit)
     names = [f"{d}_{i:03d}.png" for d in range(10) for i in range(1, per_digit + 1)]
     mine = world.chunks(len(labels), batch_size)
     keep = set(frame_timesteps(plan.timesteps))
-    frames = []
+    # Under six steps there are not six states after a step: the starting noise is the first frame.
+    frames = [to_uint8_signed(digit_noise(1, seed)[0][0])] if len(plan.timesteps) < 6 else []
 
     def callback(first, step, t, x, _x0):
         if first == 0 and t in keep:  # image 0 is the first "0"
@@ -289,7 +311,8 @@ def digit_job(engine, out_dir, *, per_digit=100, w=2.0, sampler="ancestral", ste
         write_png(arr, out_dir / names[k])
     summary = {"images": len(names), "out_dir": str(out_dir), "seconds": seconds,
                "images_per_s": len(names) / seconds, "w": w, "sampler": sampler,
-               "steps": len(plan.timesteps), "T": plan.schedule.T, "eta": eta, "ranks": world.size}
+               "steps": len(plan.timesteps), "T": plan.schedule.T, "eta": eta, "x0_clip": plan.clip,
+               "ranks": world.size}
     cols = min(10, per_digit)
     grid = [d * per_digit + j for d in range(10) for j in range(cols)] if grid_path is not None else []
     tiles = distributed.gather_dict({k: images[k] for k in grid if k in images})

@@ -185,3 +185,31 @@ def test_bf16_is_torch_only(face_files, tmp_path):
             "--steps", "2", "--out", tmp_path / "out", "--backend", "ort", "--precision", "bf16")
     assert r.exit_code == 1 and r.output.strip().count("\n") == 0
     assert "bf16 runs on the torch backend only" in r.output and not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("sampler", ["dpmpp-2m", "unipc"])
+def test_ddpm_few_step_solvers(tmp_path, sampler):
+    """The solvers run the digit job: deterministic (no --eta), independent of the batch layout, frames from
+    the starting noise on under six steps, x0 clipping switchable; the clipped digits stay in range."""
+    from hw2rt.io import read_image
+
+    torch.manual_seed(0)
+    torch.save(build_model("digit_unet", {"n_feat": 16}).state_dict(), tmp_path / "digits.pt")
+    common = ["--checkpoint", tmp_path / "digits.pt", "--per-digit", "2", "--sampler", sampler,
+              "--steps", "5"]
+    outs = {}
+    for name, extra in (("a", ["--batch-size", "20", "--frames", tmp_path / "frames.png"]),
+                        ("b", ["--batch-size", "3"]), ("noclip", ["--no-x0-clip"])):
+        r = run("ddpm", "--out", tmp_path / name, *common, *extra)
+        assert r.exit_code == 0, r.output
+        outs[name] = np.stack([read_image(p) for p in sorted((tmp_path / name).glob("*.png"))])
+    assert f"{sampler} 5 steps of T=1000, x0 clip off" in r.output and len(outs["a"]) == 20
+    assert np.array_equal(outs["a"], outs["b"]) and not np.array_equal(outs["a"], outs["noclip"])
+    assert Image.open(tmp_path / "frames.png").size == (6 * 30 + 2, 30 + 2)  # the noise and five steps
+    r = run("ddpm", "--out", tmp_path / "three", *common[:-1], "3", "--frames", tmp_path / "f3.png")
+    assert r.exit_code == 0 and Image.open(tmp_path / "f3.png").size == (4 * 30 + 2, 30 + 2)
+    bad = run("ddpm", "--out", tmp_path / "o2", *common, "--eta", "1")
+    assert bad.exit_code == 1 and "--eta applies to --sampler ddim" in bad.output
+    assert not (tmp_path / "o2").exists()
+    bad = run("ddpm", "--out", tmp_path / "o3", "--checkpoint", tmp_path / "digits.pt", "--x0-clip")
+    assert bad.exit_code == 1 and "--x0-clip applies to" in bad.output and not (tmp_path / "o3").exists()

@@ -53,6 +53,17 @@ def test_calibration_records_every_kth_call_of_the_guided_loop(fast_recipes, dig
     assert len(face) == 3 and face[0]["x"].shape == (2, 3, 32, 32) and face[0]["t"].dtype == torch.int64
 
 
+def test_calibration_runs_the_loop_its_recipe_names(monkeypatch, digit_net):
+    """A recipe may name any digit loop: a few-step solver's calls, at its timesteps, are what is recorded."""
+    from hw2rt.runtime.schedules import DIGIT
+
+    monkeypatch.setitem(calibration.RECIPES, "digit_unet",
+                        {**FAST_DIGITS, "loop": "digit-unipc", "eta": 0.0, "steps": 3, "every": 1})
+    feeds = record_calibration(TorchEngine(digit_net, "digit_unet"), calibration_recipe("digit_unet"))
+    assert len(feeds) == 3 * len(FAST_DIGITS["seeds"])  # one call per step and seed: no corrector call
+    assert [round(float(f["t"][0]) * DIGIT.T) for f in feeds[:3]] == DIGIT.timesteps(3)
+
+
 def test_recorder_is_an_engine_that_forwards(digit_net):
     ref = TorchEngine(digit_net, "digit_unet")
     rec = Recorder(ref, every=3)

@@ -191,6 +191,17 @@ def test_cli_task_grades_digits_and_folders(tmp_path, usps):
     task = json.loads(out.read_text())["task"]
     assert task["task"] == "digits" and task["n"] == 10 and task["steps"] == 3 and task["agreement"] == 1.0
     assert "task digits: 10 digits" in result.output
+    # --sampler makes the gate (and the end-to-end run) follow that loop: a few-step solver here
+    result = run(main, ["parity", "--model", "digit_unet", "--checkpoint", bundled, "--backend", "ort",
+                        "--threads", "1", "--task", "10", "--sampler", "dpmpp-2m", "--steps", "4",
+                        "--json", str(out)])
+    assert result.exit_code == 0, result.output
+    report = json.loads(out.read_text())
+    assert report["task"]["sampler"] == "dpmpp-2m" and report["task"]["steps"] == 4
+    assert report["task"]["eta"] == 0.0 and report["task"]["agreement"] == 1.0
+    assert report["end_to_end"]["sampler"] == "dpmpp-2m cfg w=2.0" and report["end_to_end"]["steps"] == 4
+    result = run(main, ["parity", "--model", "digit_unet", "--sampler", "unipc", "--eta", "1"])
+    assert result.exit_code == 1 and "--eta applies to --sampler ddim" in result.output
     result = run(main, ["parity", "--model", "dann", "--checkpoint", "dann_usps", "--backend", "ort",
                         "--threads", "1", "--task", str(usps / "data"), "--labels", str(usps / "test.csv")])
     assert result.exit_code == 0, result.output

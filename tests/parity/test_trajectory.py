@@ -12,7 +12,11 @@ from hw2rt.trajectory import trajectory_report
 
 STEPS = 8
 LOOPS = [("face_unet", "face-ddim", 0.0), ("digit_unet", "digit-ancestral", 0.0),
-         ("digit_unet", "digit-ddim", 1.0)]
+         ("digit_unet", "digit-ddim", 1.0), ("digit_unet", "digit-dpmpp-2m", 0.0),
+         ("digit_unet", "digit-unipc", 0.0)]
+# Steps after a forced step that still see its error through the solver's memory: DPM-Solver++(2M) keeps
+# the last x0; UniPC also corrects from its last corrected latent, which forcing does not put back.
+MEMORY = {"digit-dpmpp-2m": 1, "digit-unipc": None}
 
 
 class PerturbedAt(TorchEngine):
@@ -48,7 +52,11 @@ def test_a_perturbation_at_one_step_is_found_at_that_step(model, loop, eta):
     assert all(s["max_abs"] == 0 for s in free[:3])
     assert report["free"]["first_over_budget"] == 3 == report["forced"]["first_over_budget"]
     # forced: the error is that step's alone; the steps after it are put back on the reference's latent
-    assert forced[3]["rel"] > 1e-3 and all(s["max_abs"] == 0 for s in forced[4:])
+    assert forced[3]["rel"] > 1e-3
+    memory = MEMORY.get(loop, 0)
+    if memory is not None:
+        assert all(s["max_abs"] == 0 for s in forced[4 + memory:])
+        assert all(s["max_abs"] > 0 for s in forced[3:4 + memory])
     assert all(s["max_abs"] > 0 for s in free[3:])  # free: it drifts on
     assert forced[3]["x0_max_abs"] > 0 and forced[3]["t"] == free[3]["t"]
 
