@@ -150,6 +150,18 @@ def test_sharded_ddpm_writes_the_single_process_digits_grid_and_frames(shared, t
     assert len(files[None]) == 30 + 2 and files[2] == files[None] and files[3] == files[None]
 
 
+def test_sharded_few_step_solver_writes_the_single_process_digits(shared, tmp_path):
+    """A multistep solver under torchrun: each rank solves its share of the batches, the same files."""
+    solver = ["ddpm", "--sampler", "unipc", "--steps", "3", "--per-digit", "2", "--batch-size", "4",
+              "--threads", "1"]
+    files = {}
+    for nproc in (None, 2):
+        r = _run([*solver, "--out", str(tmp_path / f"p{nproc or 1}")], shared, nproc)
+        assert r.returncode == 0, r.stderr[-2000:]
+        files[nproc] = _files(tmp_path / f"p{nproc or 1}")
+    assert len(files[None]) == 20 and files[2] == files[None]
+
+
 FACES = ["--steps", "2", "--threads", "1"]
 DDIM = ["ddim", *FACES, "--eta", "0.5", "--batch-size", "2", "--eta-grid", "0,1"]  # 5 noises: 3 batches of 2
 
