@@ -365,7 +365,8 @@ def open_trt_engine(model: str, source=None, *, precision: str | None = None, de
         `open_engine`) or "fp8" (the E4M3 QDQ graph of the same calibration; compute capability >= 8.9).
     dims: the face UNet's height/width for the profile (default: the registry's 64x64).
     max_batch / opt_batch: the profile's batch range 1..max_batch (default `ModelSpec.max_batch`),
-        tuned for opt_batch (default max). `open_engine` puts the result behind CUDA graphs.
+        tuned for opt_batch (default: the largest of `ModelSpec.call_batches` that fits, else max_batch).
+        `open_engine` puts the result behind CUDA graphs.
     """
     import_tensorrt()  # fail fast, before any export
     device = _require_cuda(device)
@@ -401,6 +402,8 @@ def open_trt_engine(model: str, source=None, *, precision: str | None = None, de
                                 opset=opset or DEFAULT_OPSET, cache_dir=cache_dir,
                                 calibration_images=calibration_images, int8_target="trt").path
     max_batch = int(max_batch or spec.max_batch)
+    # tuned for the largest batch a job calls with (the face job's 10 and the interpolation's 11, not 16)
+    opt_batch = opt_batch or max((b for b in spec.call_batches if b <= max_batch), default=None)
     shapes = profile_shapes(spec, max_batch, opt_batch, dims)
     parts = trt_key_parts(file_sha256(onnx_path), spec.name, precision=precision, shapes=shapes,
                           opt_level=opt_level, device=device)
