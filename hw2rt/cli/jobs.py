@@ -176,8 +176,9 @@ def interp(noise_dir, pair, mode, out, checkpoint, steps, backend, precision, th
               help="ddim only: 0 is deterministic; 1 adds fresh noise every step, "
                    "like the ancestral sampler.")
 @click.option("--seed", type=int, default=0, show_default=True)
-@click.option("--batch-size", type=click.IntRange(min=1), default=250, show_default=True,
-              help="Images per sampler call (the engine sees twice this, for guidance).")
+@click.option("--batch-size", type=click.IntRange(min=1), default=None,
+              help="Images per sampler call (the engine sees twice this, for guidance); default: the job's "
+                   "per-device one (CPU 250, CUDA all 1,000). The files are the same whatever it is.")
 @click.option("--grid", type=click.Path(dir_okay=False, path_type=Path), default=None,
               help="10x10 report grid.")
 @click.option("--frames", type=click.Path(dir_okay=False, path_type=Path), default=None,
