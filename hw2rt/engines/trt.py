@@ -344,6 +344,8 @@ class TrtEngine(Engine):
         return {n: (o if o.dtype == spec_dtypes[n] else o.to(spec_dtypes[n])) for n, o in outs.items()}
 
     def close(self):
+        if self._scratch is not None and self._scratch.is_cuda:
+            torch.cuda.synchronize(self.device)  # the scratch goes back to torch: no enqueue may still use it
         self._contexts = {}  # contexts before their engine, the engine before its runtime
         self._engine = self._runtime = self._scratch = None
         super().close()
