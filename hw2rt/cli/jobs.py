@@ -19,8 +19,9 @@ def _engine_options(f):
     f = click.option("--device", default="auto", show_default=True,
                      help="cpu, cuda, cuda:N or auto (cuda when torch sees a GPU). On cuda, engines run "
                           "behind CUDA graphs.")(f)
-    f = click.option("--precision", type=click.Choice(options.PRECISIONS), default="fp32", show_default=True,
-                     help=PRECISION_HELP)(f)
+    f = click.option("--precision", type=click.Choice(options.PRECISIONS), default=None,
+                     help=PRECISION_HELP + " Default: fp16 on a CUDA device with --backend auto or trt, "
+                     "else fp32.")(f)
     f = click.option("--backend", type=click.Choice(options.BACKENDS), default="auto", show_default=True,
                      help=options.AUTO_BACKEND)(f)
     return f
@@ -179,8 +180,9 @@ def interp(noise_dir, pair, mode, out, checkpoint, steps, backend, precision, th
 @click.option("--x0-clip/--no-x0-clip", "clip", default=None,
               help="ddim, dpmpp-2m, unipc: clamp every predicted x0 to [-1, 1] (default: on).")
 @click.option("--seed", type=int, default=0, show_default=True)
-@click.option("--batch-size", type=click.IntRange(min=1), default=250, show_default=True,
-              help="Images per sampler call (the engine sees twice this, for guidance).")
+@click.option("--batch-size", type=click.IntRange(min=1), default=None,
+              help="Images per sampler call (the engine sees twice this, for guidance); default: the job's "
+                   "per-device one (CPU 250, CUDA all 1,000). The files are the same whatever it is.")
 @click.option("--grid", type=click.Path(dir_okay=False, path_type=Path), default=None,
               help="10x10 report grid.")
 @click.option("--frames", type=click.Path(dir_okay=False, path_type=Path), default=None,

@@ -139,6 +139,7 @@ class BucketedRunner:
     """
 
     _graph_devices = ("cuda",)  # where graphs are captured (tests swap in a recorder for the CPU)
+    _stream_devices = ("cuda",)  # where warm-up and capture run on a side stream (tests: fakes on the CPU)
 
     def __init__(self, fn: Callable, buckets: Sequence[int] | None = None, *, max_batch: int | None = None,
                  graphs: bool = True, warmup: int = 1):
@@ -153,6 +154,7 @@ class BucketedRunner:
         self.warmup = int(warmup)
         self._graphs: dict = {}
         self._pool = None
+        self._stream = None  # the capture stream (_capture_stream)
         self.graph_error = None  # why capture failed (graphs are then off for this runner)
         self.calls = 0  # fn launches (eager calls or graph replays), for tests and benchmarks
 
@@ -163,7 +165,7 @@ class BucketedRunner:
     def close(self):
         """Drop the captured graphs and their memory."""
         self._graphs.clear()
-        self._pool = None
+        self._pool = self._stream = None
 
     def __call__(self, *args, **kwargs):
         leaves: list = []
@@ -219,15 +221,9 @@ class BucketedRunner:
         key = self._key(chunk, spec, tensor_idx, bucket)
         entry = self._graphs.get(key)
         if entry is None:
-            try:
-                entry = self._capture(chunk, spec, tensor_idx, bucket)
-            except Exception as exc:  # noqa: BLE001 -- a backend that cannot be captured still runs, eagerly
-                self.graphs = False
-                self.graph_error = f"{type(exc).__name__}: {first_line(exc, 300)}"
-                warnings.warn(f"CUDA graph capture failed, running eagerly: {self.graph_error}", stacklevel=3)
-                if chunk[tensor_idx[0]].is_cuda:
-                    torch.cuda.synchronize(chunk[tensor_idx[0]].device)
-                return self._eager(chunk, spec, tensor_idx, n, bucket)
+            entry = self._capture_or_fall_back(chunk, spec, tensor_idx, n, bucket)
+            if not isinstance(entry, _Graph):
+                return entry  # this chunk's eager result: graphs are off from now on
             self._graphs[key] = entry
         for buf, i in zip(entry.inputs, tensor_idx):
             src = chunk[i]
@@ -239,33 +235,74 @@ class BucketedRunner:
         # Clone: the static outputs are overwritten by the next replay (and graphs share a pool).
         return [o[:n].clone() if isinstance(o, torch.Tensor) else o for o in entry.outputs], entry.out_spec
 
-    def _capture(self, chunk, spec, tensor_idx, bucket) -> _Graph:
-        device = chunk[tensor_idx[0]].device
-        static = list(chunk)
-        inputs = []
-        for i in tensor_idx:
-            buf = torch.empty((bucket, *chunk[i].shape[1:]), dtype=chunk[i].dtype, device=device)
-            buf.copy_(pad_rows(chunk[i], bucket))
-            static[i] = buf
-            inputs.append(buf)
+    def _capture_or_fall_back(self, chunk, spec, tensor_idx, n, bucket):
+        """A new bucket's graph; or, when only the capture fails, this chunk run eagerly (graphs off).
+
+        A function that fails eagerly (the warm-up run) is not a capture problem: its error is raised
+        once, naming the bucket, rather than retried eagerly to fail the same way again."""
+        static = self._static_inputs(chunk, tensor_idx, bucket)
         args, kwargs = _unflatten(spec, iter(static))
-        graph, out = self._record(args, kwargs, device)
+        device = chunk[tensor_idx[0]].device
+        try:
+            self._warm_up(args, kwargs, device)
+        except Exception as exc:
+            raise Hw2rtError(f"batch bucket {bucket} ({n} rows): {type(exc).__name__}: "
+                             f"{first_line(exc, 300)}") from exc
+        try:
+            graph, out = self._record(args, kwargs, device)
+        except Exception as exc:  # noqa: BLE001 -- a backend that cannot be captured still runs, eagerly
+            self.graphs = False
+            self.graph_error = f"bucket {bucket}: {type(exc).__name__}: {first_line(exc, 300)}"
+            warnings.warn(f"CUDA graph capture failed, running eagerly: {self.graph_error}", stacklevel=4)
+            if device.type == "cuda":
+                torch.cuda.synchronize(device)
+            try:
+                return self._eager(chunk, spec, tensor_idx, n, bucket)
+            except Exception as again:
+                raise Hw2rtError(f"CUDA graph capture of {self.graph_error}; then the eager run failed: "
+                                 f"{type(again).__name__}: {first_line(again, 300)}") from again
         out_leaves: list = []
         out_spec = _flatten(out, out_leaves)
-        return _Graph(graph, inputs, out_leaves, out_spec)
+        return _Graph(graph, [static[i] for i in tensor_idx], out_leaves, out_spec)
 
-    def _record(self, args, kwargs, device):
-        """Warm up on a side stream, then capture one call: (graph, its static outputs)."""
-        if self._pool is None:
-            self._pool = torch.cuda.graph_pool_handle()  # one pool: graphs replay one at a time
-        side = torch.cuda.Stream(device=device)
+    def _static_inputs(self, chunk, tensor_idx, bucket) -> list:
+        """`chunk` with its tensors copied into new `bucket`-row buffers (padded): the graph's inputs."""
+        static = list(chunk)
+        for i in tensor_idx:
+            buf = torch.empty((bucket, *chunk[i].shape[1:]), dtype=chunk[i].dtype, device=chunk[i].device)
+            buf.copy_(pad_rows(chunk[i], bucket))
+            static[i] = buf
+        return static
+
+    def _capture_stream(self, device):
+        """The runner's one side stream (None off CUDA): every warm-up and capture runs on it, so the
+        graphs' shared pool can reuse one bucket's freed memory in the next (the caching allocator
+        reuses a block only on the stream that freed it)."""
+        if device.type not in self._stream_devices:
+            return None
+        if self._stream is None:
+            self._stream = torch.cuda.Stream(device=device)
+        return self._stream
+
+    def _warm_up(self, args, kwargs, device):
+        """Eager runs before a capture (cuDNN autotuning, lazy init), on the capture stream."""
+        side = self._capture_stream(device)
+        if side is None:
+            for _ in range(max(1, self.warmup)):
+                self.fn(*args, **kwargs)
+            return
         side.wait_stream(torch.cuda.current_stream(device))
         with torch.cuda.stream(side):
             for _ in range(max(1, self.warmup)):
                 self.fn(*args, **kwargs)
         torch.cuda.current_stream(device).wait_stream(side)
+
+    def _record(self, args, kwargs, device):
+        """Capture one call on the capture stream: (graph, its static outputs)."""
+        if self._pool is None:
+            self._pool = torch.cuda.graph_pool_handle()  # one pool: graphs replay one at a time
         graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(graph, pool=self._pool, stream=side):
+        with torch.cuda.graph(graph, pool=self._pool, stream=self._capture_stream(device)):
             out = self.fn(*args, **kwargs)
         return graph, out
 

@@ -11,7 +11,7 @@ Backends:
     ort    ONNX Runtime: CPU EP; CUDA (+ TensorRT) EPs with I/O binding under onnxruntime-gpu
     trt    native TensorRT (engines/trt.py): plans built from the exported graph, cached
     auto   the fastest available: trt on CUDA when present, then ort (CPU, or CUDA EP), then torch;
-           torch for bf16, which has no ONNX graph
+           torch for bf16, which has no ONNX graph. On CUDA its default precision is fp16.
 """
 import importlib.util
 from pathlib import Path
@@ -60,13 +60,15 @@ def open_engine(model: str, source=None, *, backend: str = "auto", precision: st
     precision: "fp32", "fp16" (fp16 graph with fp32 islands; torch: CUDA only), "bf16" (torch
         only), "int8" (ort, trt: the QDQ graph calibrated on the model's own loop, export/int8.py) or
         "fp8" (trt on Hopper/Ada; ort runs its numerics on the CPU, no faster than fp32: export/fp8.py).
-        None (the default): fp32, but fp16 on trt, and an ONNX file's own precision.
+        None (the default): fp16 on trt and, with backend "auto", on a CUDA device; an ONNX file's own
+        precision; else fp32 (`default_precision`).
     device: "cpu", "cuda", "cuda:N" or "auto".
     graphs: "auto" (CUDA graphs on a CUDA device, nothing on the CPU), True (always behind the
         bucketing wrapper: CUDA graphs on CUDA, the same padded buckets run eagerly on the CPU) or False.
+        ort on CUDA is never captured (its CUDA EP owns its stream): "auto" leaves it unwrapped.
     max_batch: the largest batch of one engine call (default: the model's `ModelSpec.max_batch`
         where graphs or a TensorRT profile need one, else unlimited). Behind graphs it is the top
-        bucket, and a larger request is split.
+        bucket (`graph_buckets`: with the jobs' own call batches), and a larger request is split.
     threads: intra-op threads (ORT session option; torch: process-wide torch.set_num_threads).
     cache_dir: where exported graphs and plans are cached (default $HW2RT_CACHE or ~/.cache/hw2rt).
     dims: sizes of the non-batch axes the engine will mostly serve (face_unet height/width): the
@@ -84,8 +86,11 @@ def open_engine(model: str, source=None, *, backend: str = "auto", precision: st
     if graphs not in ("auto", True, False):
         raise Hw2rtError(f"graphs must be 'auto', True or False (got {graphs!r})")
     device = resolve_device(device)
-    if backend == "auto":
+    auto = backend == "auto"
+    if auto:
         backend = pick_backend(device, precision)
+    if precision is None:
+        precision = default_precision(backend, device, source, auto)
     if precision is not None and precision not in options.GRAPH_PRECISIONS and backend != "torch":
         raise Hw2rtError(f"precision {precision} runs on the torch backend only (there is no {precision} "
                          f"ONNX graph for {backend}); use --backend torch, or fp32/fp16 on {backend}")
@@ -96,12 +101,31 @@ def open_engine(model: str, source=None, *, backend: str = "auto", precision: st
         raise Hw2rtError(f"torch.compile applies to the torch backend, not {backend}")
     if memory_format is not None and backend != "torch":
         raise Hw2rtError(f"memory_format applies to the torch backend, not {backend}")
-    graphed = device.type == "cuda" if graphs == "auto" else graphs
+    # ONNX Runtime's CUDA EP runs on the stream fixed when its session was made, so torch cannot capture
+    # its calls into a graph: ort on CUDA is never captured, and bucketed only when graphs=True asks.
+    capture = not (backend == "ort" and device.type == "cuda")
+    graphed = device.type == "cuda" and capture if graphs == "auto" else graphs
     call_batch = max_batch or (spec.max_batch if graphed or backend == "trt" else None)
 
     engine = _open_backend(spec.name, source, backend, precision, device, call_batch, threads, cache_dir,
                            dims, opset, compile, calibration_images, memory_format)
-    return GraphedEngine(engine, bucket_sizes(call_batch)) if graphed else engine
+    if not graphed:
+        return engine
+    return GraphedEngine(engine, graph_buckets(spec, call_batch), graphs=capture)
+
+
+def graph_buckets(spec, max_batch: int) -> tuple:
+    """The CUDA-graph buckets of `spec`'s engine: powers of two up to `max_batch`, and the jobs' own call
+    batches that fit (`ModelSpec.call_batches`: the face job's 10 rows run in a bucket of 10, not 16)."""
+    return tuple(sorted(set(bucket_sizes(max_batch)) | {b for b in spec.call_batches if b <= max_batch}))
+
+
+def default_precision(backend: str, device, source, auto: bool) -> str | None:
+    """What `precision=None` means: an ONNX file's own (None); fp16 on trt, and where `auto` picked the
+    backend for a CUDA device (the fp16 graph on trt or ort, torch fp16 with its fp32 islands); else fp32."""
+    if _is_onnx(source):
+        return None
+    return "fp16" if backend == "trt" or (auto and device.type == "cuda") else "fp32"
 
 
 def _open_backend(model, source, backend, precision, device, max_batch, threads, cache_dir, dims, opset,
@@ -120,7 +144,6 @@ def _open_backend(model, source, backend, precision, device, max_batch, threads,
             engine.close()
             raise Hw2rtError(f"{source}: is an {engine.precision} graph, but {precision} was asked for")
         return engine
-    precision = precision or "fp32"
     weights = resolve_source(model, source)
     if backend == "torch":
         return TorchEngine(weights.net, model, precision=precision, device=device, compile=compile,

@@ -56,6 +56,17 @@ def memory_format_for(device: torch.device, memory_format: str | None = None) ->
     return name
 
 
+def same_device(a, b) -> bool:
+    """Whether two devices are one: "cuda" names the current GPU, which its tensors report as "cuda:N"
+    (torch.device("cuda") != torch.device("cuda:0"), and a module on it would be copied for nothing)."""
+    def full(d):
+        d = torch.device(d)
+        if d.type == "cuda" and d.index is None:
+            return torch.device("cuda", torch.cuda.current_device())
+        return d
+    return full(a) == full(b)
+
+
 def reduced_precision_module(net: nn.Module, model: str, precision: str, device=None,
                              memory_format: str = "channels_last") -> nn.Module:
     """The torch backend's fp16/bf16 module for `model`: a copy, eval mode, BatchNorm folded (in
@@ -99,7 +110,7 @@ class TorchEngine(Engine):
         self.memory_format = memory_format_for(self.device, memory_format)
         if precision != "fp32":
             module = reduced_precision_module(net, model, precision, self.device, self.memory_format)
-        elif any(p.device != self.device for p in net.parameters()):
+        elif not all(same_device(p.device, self.device) for p in net.parameters()):
             # never move the caller's module (it may be a CPU reference)
             module = copy.deepcopy(net).to(self.device)
         else:

@@ -16,7 +16,8 @@ a key that adds the TensorRT version and the GPU (plans are not portable across 
 Run: the TensorRT 10+ tensor API (num_io_tensors / get_tensor_name / get_tensor_mode,
 set_input_shape, set_tensor_address, execute_async_v3) on torch-allocated CUDA tensors, on a
 non-default CUDA stream (the caller's if it already is on one, e.g. while a CUDA graph is being
-captured, else the engine's own), ordered against the caller's stream with events.
+captured, else the engine's own), ordered against the caller's stream with events. One execution
+context per input shape (per CUDA-graph bucket), all on one user-managed scratch buffer.
 
 `import hw2rt.engines.trt` works without TensorRT and without CUDA: tensorrt is imported on
 first use, and a missing or too old TensorRT is one Hw2rtError that says what to do.
@@ -260,9 +261,10 @@ class TrtEngine(Engine):
             if self._engine is None:
                 raise Hw2rtError(f"{source or model}: TensorRT could not load this plan (built by another "
                                  f"TensorRT version or for another GPU?)")
-            self._context = self._engine.create_execution_context()
-            if self._context is None:
-                raise Hw2rtError(f"{source or model}: TensorRT could not create an execution context")
+            # Scratch memory for every execution context of this engine (the largest any shape needs).
+            self._scratch = torch.empty(max(1, int(self._engine.device_memory_size_v2)), dtype=torch.uint8,
+                                        device=device)
+            self._contexts = {}  # input shapes -> execution context (`_context_for`)
             self._stream = torch.cuda.Stream(device=device)
         names = [self._engine.get_tensor_name(i) for i in range(self._engine.num_io_tensors)]
         self._in = [n for n in names if self._engine.get_tensor_mode(n) == trt.TensorIOMode.INPUT]
@@ -292,17 +294,33 @@ class TrtEngine(Engine):
         with torch.cuda.device(self.device):  # TensorRT enqueues on the thread's current device
             return self._enqueue(feeds)
 
+    def _context_for(self, shapes: tuple):
+        """The execution context for these input shapes, made on first use: one per shape, i.e. one per
+        bucket behind CUDA graphs. A graph captured through a context replays that context's shapes,
+        addresses and internal buffers, so one context reshaped for the next bucket would break the graphs
+        captured before. The contexts share one scratch buffer (user-managed device memory): they run one
+        at a time, in stream order (`_enqueue`)."""
+        ctx = self._contexts.get(shapes)
+        if ctx is None:
+            trt = self._trt
+            user_managed = trt.ExecutionContextAllocationStrategy.USER_MANAGED  # memory: the shared scratch
+            ctx = self._engine.create_execution_context(strategy=user_managed)
+            if ctx is None:
+                raise Hw2rtError(f"{self.name}: TensorRT could not create an execution context")
+            ctx.set_device_memory(self._scratch.data_ptr(), self._scratch.numel())
+            self._contexts[shapes] = ctx
+        return ctx
+
     def _enqueue(self, feeds: dict) -> dict:
         device = self.device
         caller = torch.cuda.current_stream(device)
         # A plan enqueued on the legacy default stream synchronises with everything; use our own then.
         own = caller.cuda_stream == torch.cuda.default_stream(device).cuda_stream
         stream = self._stream if own else caller
-        ctx = self._context
-        keep = []  # feeds cast for the plan: alive until the enqueue is ordered before the caller's work
-        for name in self._in:
-            t = feeds[name].to(device=device, dtype=self._dtype[name]).contiguous()
-            keep.append(t)
+        # the feeds cast for the plan: alive until the enqueue is ordered before the caller's work
+        keep = [feeds[name].to(device=device, dtype=self._dtype[name]).contiguous() for name in self._in]
+        ctx = self._context_for(tuple(tuple(t.shape) for t in keep))
+        for name, t in zip(self._in, keep):
             if not ctx.set_input_shape(name, tuple(t.shape)):
                 raise Hw2rtError(f"{self.name}: TensorRT refused input shape {list(t.shape)} for {name!r}")
             ctx.set_tensor_address(name, t.data_ptr())
@@ -326,7 +344,10 @@ class TrtEngine(Engine):
         return {n: (o if o.dtype == spec_dtypes[n] else o.to(spec_dtypes[n])) for n, o in outs.items()}
 
     def close(self):
-        self._context = self._engine = self._runtime = None
+        if self._scratch is not None and self._scratch.is_cuda:
+            torch.cuda.synchronize(self.device)  # the scratch goes back to torch: no enqueue may still use it
+        self._contexts = {}  # contexts before their engine, the engine before its runtime
+        self._engine = self._runtime = self._scratch = None
         super().close()
 
 
@@ -365,7 +386,8 @@ def open_trt_engine(model: str, source=None, *, precision: str | None = None, de
         `open_engine`) or "fp8" (the E4M3 QDQ graph of the same calibration; compute capability >= 8.9).
     dims: the face UNet's height/width for the profile (default: the registry's 64x64).
     max_batch / opt_batch: the profile's batch range 1..max_batch (default `ModelSpec.max_batch`),
-        tuned for opt_batch (default max). `open_engine` puts the result behind CUDA graphs.
+        tuned for opt_batch (default: the largest of `ModelSpec.call_batches` that fits, else max_batch).
+        `open_engine` puts the result behind CUDA graphs.
     """
     import_tensorrt()  # fail fast, before any export
     device = _require_cuda(device)
@@ -401,6 +423,8 @@ def open_trt_engine(model: str, source=None, *, precision: str | None = None, de
                                 opset=opset or DEFAULT_OPSET, cache_dir=cache_dir,
                                 calibration_images=calibration_images, int8_target="trt").path
     max_batch = int(max_batch or spec.max_batch)
+    # tuned for the largest batch a job calls with (the face job's 10 and the interpolation's 11, not 16)
+    opt_batch = opt_batch or max((b for b in spec.call_batches if b <= max_batch), default=None)
     shapes = profile_shapes(spec, max_batch, opt_batch, dims)
     parts = trt_key_parts(file_sha256(onnx_path), spec.name, precision=precision, shapes=shapes,
                           opt_level=opt_level, device=device)

@@ -39,9 +39,13 @@ class ModelSpec:
     infer_config: Callable[[dict], dict]
     make_example: Callable[..., dict] = field(repr=False)
     # The largest batch one engine call serves on a GPU (a bigger request is split): sized for the
-    # assignment's jobs (10 faces; 1000 digits as one doubled batch of 2000 needs chunks anyway).
-    # It is the TensorRT profile's maximum and the top CUDA-graph bucket.
+    # assignment's jobs (`call_batches`). It is the TensorRT profile's maximum and the top CUDA-graph bucket.
     max_batch: int = 1024
+    # The batches the assignment's jobs call the network with (runtime/jobs.py): open_engine adds them to the
+    # CUDA-graph buckets and tunes the TensorRT profile for the largest, so a job's call is never padded.
+    call_batches: tuple = ()
+    # Images per chunk of the model's sampler job, per device type: the job's default --batch-size.
+    job_batch: dict = field(default_factory=dict)
     ignored_prefixes: tuple = ()  # state-dict entries a full training checkpoint may carry beyond this module
     # Named axes the network needs to be positive multiples of a number (the face UNet halves H and W five
     # times); every other named axis must be positive.
@@ -54,6 +58,13 @@ class ModelSpec:
             if n < 1 or n % k:
                 need = f"a positive multiple of {k}" if k > 1 else "positive"
                 raise Hw2rtError(f"{where}: {axis} {n} cannot be served: the {self.name} needs it {need}")
+
+    def job_batch_size(self, device) -> int:
+        """Images per chunk of this model's job on `device` (a torch.device or its name)."""
+        kind = torch.device(device).type
+        if kind not in self.job_batch:
+            raise Hw2rtError(f"{self.name} has no job batch size for device {kind}")
+        return self.job_batch[kind]
 
     def example_inputs(self, batch: int = 2, seed: int = 0, **dims) -> dict:
         """Seeded inputs in the model's domain (the same on every call with the same arguments)."""
@@ -93,6 +104,16 @@ def _digit_unet_config(sd):
 
 _IMAGE = TensorSpec("x", torch.float32, ("batch", 3, 28, 28))
 
+# The digit job's images per sampler chunk (its default --batch-size; every image draws from its own
+# generator, so the files are the same whatever the chunk). CPU: 250, the ddpm command's default since its
+# first CPU measurements (a call of 500 rows already keeps the cores busy). CUDA: all 1,000 digits in one
+# chunk, one call of 2,000 rows per step (guidance doubles it): a quarter of the launches and replays of
+# 250-image chunks, and the batch a GPU needs to fill its SMs; the bench samples the job the same way.
+DIGIT_JOB_BATCH = {"cpu": 250, "cuda": 1000}
+GUIDED_ROWS = 2  # rows per image in a digit UNet call: [cond; uncond]
+FACE_CALLS = (10, 11)  # the face job's batch of 10 faces; the interpolation's row of 11
+CLASSIFY_CALLS = (512,)  # classify's batch
+
 MODELS = {
     "face_unet": ModelSpec(
         name="face_unet",
@@ -107,6 +128,7 @@ MODELS = {
         infer_config=_face_config,
         make_example=_face_example,
         max_batch=16,
+        call_batches=FACE_CALLS,
     ),
     "digit_unet": ModelSpec(
         name="digit_unet",
@@ -123,7 +145,9 @@ MODELS = {
         signature_key="contextembed1.layers.0.weight",
         infer_config=_digit_unet_config,
         make_example=_digit_unet_example,
-        max_batch=512,
+        max_batch=GUIDED_ROWS * DIGIT_JOB_BATCH["cuda"],
+        call_batches=tuple(GUIDED_ROWS * n for n in DIGIT_JOB_BATCH.values()),
+        job_batch=DIGIT_JOB_BATCH,
     ),
     "dann": ModelSpec(
         name="dann",
@@ -136,6 +160,7 @@ MODELS = {
         signature_key="label_classifier.layers.0.weight",
         infer_config=lambda sd: {},
         make_example=_image_example,
+        call_batches=CLASSIFY_CALLS,
         ignored_prefixes=("domain_classifier.",),
     ),
     "digit_classifier": ModelSpec(
@@ -148,6 +173,7 @@ MODELS = {
         signature_key="fc3.weight",
         infer_config=lambda sd: {},
         make_example=_image_example,
+        call_batches=CLASSIFY_CALLS,
     ),
 }
 

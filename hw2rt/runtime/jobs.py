@@ -246,12 +246,20 @@ def digit_noise(n: int, seed: int = 0) -> tuple[torch.Tensor, list[torch.Generat
     return torch.cat([torch.randn(1, 3, 28, 28, generator=g) for g in gens]), gens
 
 
-def sample_digits(engine, labels: torch.Tensor, plan: DigitPlan, *, seed=0, batch_size=250, chunks=None,
+def digit_batch_size(engine) -> int:
+    """The digit job's images per chunk on the engine's device (ModelSpec.job_batch: CPU 250, CUDA 1,000)."""
+    from hw2rt.models import get_spec
+
+    return get_spec("digit_unet").job_batch_size(engine.device)
+
+
+def sample_digits(engine, labels: torch.Tensor, plan: DigitPlan, *, seed=0, batch_size=None, chunks=None,
                   callback=None, progress=True) -> torch.Tensor:
     """The digit job's loop: guided digits of classes `labels` [N] (images in [-1, 1]) by `plan`, the
     engine as the model behind one doubled guidance batch per step; `chunks` [(start, stop)]: the batches
     to sample (default: all of them, in order), their images returned in that order. `callback(first_image,
-    step, t, x, x0)` runs after every step of every chunk."""
+    step, t, x, x0)` runs after every step of every chunk. `batch_size` default: `digit_batch_size`."""
+    batch_size = batch_size or digit_batch_size(engine)
     schedule, timesteps, eta = plan.schedule, plan.timesteps, plan.eta
     chunks = distributed.World().chunks(len(labels), batch_size) if chunks is None else chunks
     x_T, gens = digit_noise(len(labels), seed)
@@ -266,12 +274,13 @@ def sample_digits(engine, labels: torch.Tensor, plan: DigitPlan, *, seed=0, batc
             x = x_T[i:stop].to(engine.device)
             labels_chunk = labels[i:stop].to(engine.device)
             denoiser = guided_denoiser(engine, plan.w, labels_chunk, schedule.T)
-            noise = seeded_noise(gens[i:stop], x)
+            # only the loops that draw fresh noise get a source (on a GPU it starts drawing ahead at once)
+            noise = seeded_noise(gens[i:stop], x) if plan.sampler == "ancestral" or eta > 0 else None
             if plan.sampler == "ancestral":
                 out = ancestral_sample(denoiser, x, schedule, timesteps, noise=noise, callback=on_step)
             elif plan.sampler == "ddim":
-                out = ddim_sample(denoiser, x, schedule, timesteps, eta=eta, noise=noise if eta > 0 else None,
-                                  clip=plan.clip, callback=on_step)
+                out = ddim_sample(denoiser, x, schedule, timesteps, eta=eta, noise=noise, clip=plan.clip,
+                                  callback=on_step)
             else:
                 out = SOLVERS[plan.sampler](denoiser, x, schedule, timesteps, clip=plan.clip,
                                             callback=on_step)
@@ -280,12 +289,14 @@ def sample_digits(engine, labels: torch.Tensor, plan: DigitPlan, *, seed=0, batc
 
 
 def digit_job(engine, out_dir, *, per_digit=100, w=2.0, sampler="ancestral", steps=1000, eta=0.0, seed=0,
-              batch_size=250, grid_path=None, frames_path=None, clip=None, progress=True):
+              batch_size=None, grid_path=None, frames_path=None, clip=None, progress=True):
     """`{d}_{i:03d}.png` for d = 0..9, i = 1..per_digit; the 10x10 grid; six frames of the first "0".
+    `batch_size`: images per chunk (default `digit_batch_size`: the same files whatever it is).
     Under torchrun every rank samples and writes its share of the batches (hw2rt.distributed); rank 0,
     whose first batch holds the first "0", gathers the grid's tiles and writes the grid and the frames."""
     if per_digit < 1:
         raise Hw2rtError(f"--per-digit must be >= 1 (got {per_digit})")
+    batch_size = batch_size or digit_batch_size(engine)
     plan = digit_plan(sampler, steps, eta, w, clip)
     check_seed(seed, 10 * per_digit, DIGIT_SEED_STRIDE)
     world = distributed.world()

@@ -26,6 +26,25 @@ def test_every_engine_command_defaults_to_auto_and_offers_the_vocabulary():
         assert "default: auto" in backend_help and "fastest backend" in backend_help, command
 
 
+def test_engine_commands_leave_the_precision_to_open_engine(monkeypatch, tmp_path):
+    """No --precision: the command passes None, so `open_engine` picks (fp16 where auto chose a CUDA device,
+    else fp32): a GPU user's plain command gets the fp16 path the GPU check measures, not fp32."""
+    from hw2rt import engines
+    from hw2rt.engines.open import default_precision
+
+    seen = []
+
+    def fake_open_engine(model, source, **kw):
+        seen.append(kw["precision"])
+        raise SystemExit(0)
+
+    monkeypatch.setattr(engines, "open_engine", fake_open_engine)
+    CliRunner().invoke(main, ["ddpm", "--out", str(tmp_path / "d"), "--per-digit", "1"])
+    assert seen == [None]
+    assert default_precision("torch", torch.device("cuda"), None, auto=True) == "fp16"
+    assert default_precision("ort", torch.device("cpu"), None, auto=True) == "fp32"
+
+
 def test_usage_errors():
     runner = CliRunner()
     assert runner.invoke(main, ["no-such-command"]).exit_code == 2

@@ -199,3 +199,88 @@ def test_graphed_engine_on_cpu_equals_the_engine():
     assert engine.closed
 
 
+def test_a_function_that_fails_eagerly_fails_once_naming_the_bucket():
+    """The warm-up is an eager run: its error is the function's, not the capture's, so it is raised once
+    (one line naming the bucket), not retried eagerly to fail the same way a second time."""
+    calls = []
+
+    def fn(x):
+        calls.append(x.shape[0])
+        raise ValueError("input 'x' is bad\nsecond line of a long backend message")
+
+    runner, graphs = _recording_runner(fn, (2, 4))
+    with pytest.raises(Hw2rtError, match=r"^batch bucket 4 \(3 rows\): ValueError: input 'x' is bad$"):
+        runner(torch.ones(3, 2))
+    assert calls == [4] and graphs == []  # one eager run, no capture, no second identical failure
+    assert runner.graphs is True and runner.graph_error is None  # nothing was wrong with the graphs
+
+
+def test_an_eager_failure_after_a_failed_capture_names_both_in_one_line():
+    state = {"captured": False}
+
+    def fn(x):
+        if state["captured"]:
+            raise RuntimeError("CUDA error: operation failed due to a previous error during capture")
+        return x + 1
+
+    runner, _ = _recording_runner(fn, (4,), fail=True)
+    real_record = runner._record
+
+    def record(args, kwargs, device):
+        state["captured"] = True
+        return real_record(args, kwargs, device)
+
+    runner._record = record
+    with pytest.warns(UserWarning, match="capture failed"), pytest.raises(Hw2rtError) as err:
+        runner(torch.ones(3, 2))
+    msg = str(err.value)
+    assert "\n" not in msg and msg.startswith("CUDA graph capture of bucket 4: RuntimeError: operation not")
+    assert "then the eager run failed: RuntimeError: CUDA error" in msg
+
+
+class _FakeStream:
+    made = 0
+
+    def __init__(self, device=None):
+        _FakeStream.made += 1
+
+    def wait_stream(self, other):
+        pass
+
+
+def test_one_capture_stream_per_runner_so_the_pool_is_reused_across_buckets(monkeypatch):
+    """Every warm-up and capture of a runner runs on one side stream (a block freed on one stream is reused
+    only on that stream): not a new stream per bucket. torch.cuda's stream and graph calls are stand-ins."""
+    import contextlib
+
+    used = []
+
+    class FakeGraph:
+        def replay(self):
+            pass
+
+    @contextlib.contextmanager
+    def graph(g, pool=None, stream=None):
+        used.append(("capture", stream, pool))
+        yield
+
+    @contextlib.contextmanager
+    def stream(s):
+        used.append(("warm-up", s, None))
+        yield
+
+    _FakeStream.made = 0
+    monkeypatch.setattr(torch.cuda, "Stream", _FakeStream)
+    monkeypatch.setattr(torch.cuda, "stream", stream)
+    monkeypatch.setattr(torch.cuda, "current_stream", lambda device=None: object.__new__(_FakeStream))
+    monkeypatch.setattr(torch.cuda, "graph", graph)
+    monkeypatch.setattr(torch.cuda, "CUDAGraph", FakeGraph)
+    monkeypatch.setattr(torch.cuda, "graph_pool_handle", lambda: ("pool",))
+    runner = BucketedRunner(lambda x: x * 2, (2, 4, 8))
+    runner._graph_devices = runner._stream_devices = ("cpu",)
+    for n in (1, 3, 7, 3):
+        assert runner(torch.ones(n, 2)).shape == (n, 2)
+    assert runner.graph_count == 3 and _FakeStream.made == 1
+    streams = {id(s) for _, s, _ in used}
+    assert len(streams) == 1 and [kind for kind, _, _ in used] == ["warm-up", "capture"] * 3
+    assert {pool for kind, _, pool in used if kind == "capture"} == {("pool",)}  # one pool for all buckets

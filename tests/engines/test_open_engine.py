@@ -1,6 +1,8 @@
 """One engine path: the commands, parity, the demo, bench and the GPU check open the same engine for
 the same settings (class, precision, fp32 islands, graphs), because they all call `open_engine`."""
 import importlib.util
+import inspect
+import types
 
 import pytest
 import torch
@@ -10,7 +12,7 @@ from hw2rt.bench.runners import open_runner
 from hw2rt.bench.suites import make_suite
 from hw2rt.checkpoints import resolve_checkpoint
 from hw2rt.cli.jobs import _open_engine
-from hw2rt.engines import open_engine, pick_backend, resolve_source
+from hw2rt.engines import GraphedEngine, open_engine, pick_backend, resolve_source
 from hw2rt.errors import Hw2rtError
 
 CUDA = torch.cuda.is_available()
@@ -93,3 +95,90 @@ def test_graphs_auto_means_cuda_graphs_on_cuda_only():
 
 def test_auto_is_ort_here_and_torch_for_bf16():
     assert pick_backend("cpu") == "ort" and pick_backend("cpu", "bf16") == "torch"
+
+
+# --- what a CUDA device gets (the device, TensorRT and onnxruntime-gpu faked: torch runs on the CPU) ------
+
+@pytest.fixture
+def on_cuda(monkeypatch):
+    """open_engine as on a GPU machine; the opened backends are recorded and stand in on the CPU."""
+    from hw2rt.engines import open as open_mod
+    from hw2rt.engines.torch import TorchEngine
+
+    opened = []
+
+    def torch_engine(net, model, **kwargs):
+        opened.append({"backend": "torch", "model": model, **kwargs})
+        return TorchEngine(net, model, max_batch=kwargs["max_batch"])
+
+    class Ort:
+        def __init__(self, path, **kwargs):
+            opened.append({"backend": "ort", **kwargs})
+            self.inner = TorchEngine(parity.random_model("dann"), "dann", max_batch=kwargs["max_batch"])
+
+        def __getattr__(self, name):
+            return getattr(self.inner, name)
+
+    monkeypatch.setattr(open_mod, "resolve_device", lambda device: torch.device("cuda"))
+    monkeypatch.setattr(open_mod, "_trt_available", lambda: False)
+    monkeypatch.setattr(open_mod, "available_providers", lambda: ["CPUExecutionProvider"])
+    monkeypatch.setattr(open_mod, "TorchEngine", torch_engine)
+    monkeypatch.setattr(open_mod, "OrtEngine", Ort)
+    monkeypatch.setattr(open_mod, "cached_onnx", lambda *a, **k: types.SimpleNamespace(path="model.onnx"))
+    return open_mod, opened
+
+
+def test_auto_on_a_gpu_without_tensorrt_is_torch_fp16_behind_cuda_graphs(on_cuda):
+    """No TensorRT, no onnxruntime-gpu: `auto` opens torch fp16 (fp32 islands) behind CUDA graphs, not the
+    fp32 reference; an explicit precision is kept."""
+    open_mod, opened = on_cuda
+    net = parity.random_model("face_unet", {"base": 32, "norm_groups": 8})
+    engine = open_engine("face_unet", net, device="cuda")
+    assert opened[-1]["backend"] == "torch" and opened[-1]["precision"] == "fp16"
+    assert opened[-1]["device"] == torch.device("cuda") and opened[-1]["max_batch"] == 16
+    assert isinstance(engine, GraphedEngine) and engine.runner.graphs is True
+    open_engine("face_unet", net, device="cuda", precision="fp32")
+    assert opened[-1]["precision"] == "fp32"
+    open_engine("face_unet", net, backend="torch", device="cuda")  # torch named: the fp32 reference
+    assert opened[-1]["precision"] == "fp32"
+    assert open_mod.default_precision("trt", torch.device("cpu"), None, auto=False) == "fp16"
+    assert open_mod.default_precision("ort", torch.device("cuda"), "x.onnx", auto=True) is None
+
+
+def test_ort_on_cuda_is_never_captured_into_cuda_graphs(on_cuda, monkeypatch):
+    """ORT's CUDA EP runs on the stream its session was made with: torch cannot capture it. `auto` leaves it
+    unwrapped; graphs=True gives the buckets, run eagerly."""
+    open_mod, opened = on_cuda
+    monkeypatch.setattr(open_mod, "available_providers",
+                        lambda: ["CUDAExecutionProvider", "CPUExecutionProvider"])
+    net = parity.random_model("dann")
+    engine = open_engine("dann", net, device="cuda")
+    assert opened[-1]["backend"] == "ort" and opened[-1]["max_batch"] is None
+    assert not isinstance(engine, GraphedEngine)
+    bucketed = open_engine("dann", net, backend="ort", device="cuda", graphs=True)
+    assert isinstance(bucketed, GraphedEngine) and bucketed.runner.graphs is False
+    assert "buckets" in bucketed.name and "CUDA graphs" not in bucketed.name
+
+
+@pytest.mark.parametrize("model, buckets", [("face_unet", (1, 2, 4, 8, 10, 11, 16)),
+                                             ("digit_unet", (1, 2, 4, 8, 16, 32, 64, 128, 256, 500, 512,
+                                                             1024, 2000))])
+def test_graph_buckets_hold_the_jobs_own_calls(on_cuda, model, buckets):
+    """The face job's 10 rows and the interpolation's 11 run unpadded (not in 16), the digit job's doubled
+    chunks of 250 (CPU) and 1,000 (CUDA) images in buckets of 500 and 2,000."""
+    from hw2rt.models import get_spec
+    from hw2rt.runtime import jobs
+
+    spec = get_spec(model)
+    config = {"base": 32, "norm_groups": 8} if model == "face_unet" else {"n_feat": 8}
+    net = parity.random_model(model, config)
+    engine = open_engine(model, net, device="cuda")
+    assert engine.runner.buckets == buckets and engine.runner.max_batch == spec.max_batch
+    if model == "face_unet":  # the jobs' own defaults are those calls
+        defaults = {name: inspect.signature(fn).parameters["batch_size"].default
+                    for name, fn in (("faces", jobs.sample_faces), ("interp", jobs.interp_job))}
+        assert set(defaults.values()) == set(spec.call_batches)
+    else:
+        assert {2 * spec.job_batch_size(d) for d in ("cpu", "cuda")} == set(spec.call_batches)
+        assert spec.max_batch == 2 * spec.job_batch_size("cuda")  # the GPU's chunk is one call
+    assert open_engine(model, net, device="cuda", max_batch=8).runner.buckets == (1, 2, 4, 8)

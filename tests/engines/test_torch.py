@@ -1,10 +1,12 @@
 """The torch backend's reduced-precision policy (torch's CPU kernels stand in for CUDA's)."""
 
+import types
+
 import pytest
 import torch
 
 from hw2rt.engines import open_engine
-from hw2rt.engines.torch import FP32_ISLANDS, TorchEngine, reduced_precision_module
+from hw2rt.engines.torch import FP32_ISLANDS, TorchEngine, reduced_precision_module, same_device
 from hw2rt.models import get_spec
 from hw2rt.parity import BUDGETS, random_model
 
@@ -72,3 +74,25 @@ def test_memory_format_is_a_per_device_choice_and_both_layouts_agree():
         open_engine("face_unet", net, backend="torch", precision="bf16", memory_format="nhwc")
     with pytest.raises(Hw2rtError, match="applies to the torch backend"):
         open_engine("face_unet", net, backend="ort", memory_format="contiguous")
+
+
+def test_same_device_fills_in_the_current_gpu(monkeypatch):
+    monkeypatch.setattr(torch.cuda, "current_device", lambda: 1)
+    assert same_device("cuda", torch.device("cuda", 1)) and same_device(torch.device("cuda:1"), "cuda")
+    assert not same_device("cuda", "cuda:0") and not same_device("cuda:0", "cpu")
+    assert same_device("cpu", torch.device("cpu"))
+
+
+def test_a_module_already_on_the_engine_device_is_not_copied(monkeypatch):
+    """A module on cuda:0 serves a "cuda" engine as it is: no deep copy (455 MB for the face UNet)."""
+    import hw2rt.engines.torch as torch_engine
+
+    class OnGpu(torch.nn.Module):  # parameters that report cuda:0, as a module moved to the GPU does
+        def parameters(self, recurse=True):
+            yield types.SimpleNamespace(device=torch.device("cuda", 0))
+
+    monkeypatch.setattr(torch.cuda, "current_device", lambda: 0)
+    monkeypatch.setattr(torch_engine, "usable_device", lambda device: torch.device(device))
+    net = OnGpu()
+    engine = TorchEngine(net, "dann", device="cuda")
+    assert engine.module is net

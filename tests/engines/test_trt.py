@@ -133,6 +133,14 @@ def test_trt_build_cache_and_run_under_the_real_api(fake_trt, tmp_path):
     torch.testing.assert_close(graphed.run(nine)["eps"], want, rtol=1e-5, atol=1e-6)
     # 9 rows: a full bucket of 6, then 3 padded to 4
     assert [e["x"][0] for e in sim.executions[-2:]] == [6, 4]
+    graphed.run(get_spec("digit_unet").example_inputs(3))
+    # One execution context per batch shape (a CUDA graph captured through a context keeps its shapes and
+    # addresses), each on the engine's one scratch buffer.
+    contexts = [c._s for c in sim.contexts]
+    assert sorted(c["batches"][0] for c in contexts) == [4, 5, 6]
+    assert all(len(set(c["batches"])) == 1 for c in contexts) and len(contexts[-1]["batches"]) == 2
+    assert {c["strategy"] for c in contexts} == {fake.ExecutionContextAllocationStrategy.USER_MANAGED}
+    assert {c["memory"] for c in contexts} == {(engine._scratch.data_ptr(), sim.scratch_bytes)}
 
     # Second open: a verified cache hit, no build; the timing cache is fed back into a rebuild.
     again = trt_mod.open_trt_engine("digit_unet", net, max_batch=6, opt_batch=4, cache_dir=tmp_path, opset=18)
@@ -155,6 +163,19 @@ def test_open_engine_serves_trt_through_the_one_factory(fake_trt, tmp_path):
         want = net(feeds["x"], feeds["t"])
     assert torch.equal(engine.run(feeds)["eps"], want)
     assert json.loads(engine.cache_entry.path.read_bytes())["profile"]["x"][2] == [2, 3, 32, 32]
+
+
+def test_the_face_profile_is_tuned_for_the_jobs_calls(fake_trt, tmp_path):
+    """The face UNet's profile spans 1..16 (ModelSpec.max_batch), its kernels chosen for 11 rows (the
+    interpolation's; the face job calls with 10), not for the 16 no job calls with."""
+    _, sim = fake_trt
+    net = random_model("face_unet", {"base": 32, "norm_groups": 8})
+    sim.references["face_unet"] = net
+    engine = open_engine("face_unet", net, backend="trt", device="cuda", dims={"height": 32, "width": 32},
+                         cache_dir=tmp_path)
+    profile = json.loads(engine.engine.cache_entry.path.read_bytes())["profile"]["x"]
+    assert [shape[0] for shape in profile] == [1, 11, 16]
+    assert engine.runner.buckets == (1, 2, 4, 8, 10, 11, 16)
 
 
 def test_int8_builds_the_symmetric_qdq_graph_as_a_strongly_typed_plan(fake_trt, tmp_path, monkeypatch):

@@ -291,6 +291,7 @@ class Simulation:
         self.references = references or {}
         self.parse_ok = parse_ok
         self.builds, self.contexts, self.executions = [], [], []
+        self.scratch_bytes = 4096  # the engine's device memory (every shape's scratch fits)
         b = {}
         b["Logger.__init__"] = lambda trt, this, min_severity=None: this._s.update(severity=min_severity)
         b["Builder.__init__"] = lambda trt, this, logger: this._s.update(logger=logger)
@@ -334,6 +335,9 @@ class Simulation:
         b["ICudaEngine.get_tensor_profile_shape"] = lambda trt, this, name, profile_index: [
             tuple(s) for s in this._s["plan"]["profile"][name]]
         b["ICudaEngine.create_execution_context"] = self._context
+        b["ICudaEngine.device_memory_size_v2"] = lambda trt, this: self.scratch_bytes
+        b["IExecutionContext.set_device_memory"] = lambda trt, this, memory, size: this._s.update(
+            memory=(memory, size))
         b["IExecutionContext.set_input_shape"] = lambda trt, this, name, shape: this._s["shapes"].update(
             {name: tuple(shape)}) or True
         b["IExecutionContext.set_tensor_address"] = (
@@ -375,8 +379,9 @@ class Simulation:
             return None
         return trt.ICudaEngine._new(plan=plan)
 
-    def _context(self, trt, this):
-        ctx = trt.IExecutionContext._new(plan=this._s["plan"], shapes={}, addresses={}, streams=[])
+    def _context(self, trt, this, strategy=None):
+        ctx = trt.IExecutionContext._new(plan=this._s["plan"], shapes={}, addresses={}, streams=[],
+                                         strategy=strategy, batches=[])
         self.contexts.append(ctx)
         return ctx
 
@@ -401,7 +406,12 @@ class Simulation:
         from hw2rt.models import get_spec
 
         plan, shapes, addresses = this._s["plan"], this._s["shapes"], this._s["addresses"]
+        if this._s["strategy"] == trt.ExecutionContextAllocationStrategy.USER_MANAGED:
+            memory, size = this._s.get("memory", (0, 0))
+            if not memory or size < self.scratch_bytes:  # TensorRT fails such an enqueue
+                return False
         this._s["streams"].append(stream_handle)
+        this._s["batches"].append(next(iter(shapes.values()))[0])
         spec = get_spec(plan["model"])
         feeds = [_view(addresses[s.name], shapes[s.name], TORCH_OF[plan["io"][s.name]["dtype"]]).clone()
                  for s in spec.inputs]
