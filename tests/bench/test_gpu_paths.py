@@ -176,3 +176,18 @@ def test_the_gpu_suite_runs_the_jobs_first_and_auto_as_its_headline():
     assert [c.model for c in suite.cases][:2] == ["face_unet", "digit_unet"] and suite.loops_first
     assert "auto" in suite.backends and suite.checks
     assert "fp16-compile+graphs" in suite.loop_skip  # it would recompile per bucket inside the budget
+
+
+def test_the_gpu_env_check_holds_the_gpu_machines_packages_and_refuses_a_dropped_goal():
+    from tests.gpu import gpu_env
+
+    dists = gpu_env._closure(gpu_env.GPU_MACHINE)
+    assert {"torch", "onnxruntime", "numpy"} <= set(dists)
+    assert not {"diffusers", "pytest", "hypothesis", "mlxtend", "hw2rt"} & set(dists)
+    sections = {"digit_unet: the digit job's loop (ancestral)": {"status": "error", "error": "E: x"}}
+    result = {"sections": sections, "goals": [], "env": {"versions": {"diffusers": "0.30"}}, "scenarios": [],
+              "per_call": []}
+    bad = "; ".join(gpu_env.check(result))
+    for problem in ("digit job's loop (ancestral): error (E: x)", "goal face_job_1s not measured",
+                    "diffusers 0.30 was visible", "graphs_faster should say it needs CUDA"):
+        assert problem in bad
