@@ -266,15 +266,13 @@ def run_bench(suite: Suite, *, threads: int | None = None, cache_dir=None, comma
     # the fp32 reference in IEEE fp32 on a GPU (TF32 otherwise), as it was after the run
     with strict_fp32() if is_cuda(device) else contextlib.nullcontext():
         run.section("peaks at the start", lambda: peaks("start"), min_s=5)
+        # the device checks right after the jobs' networks: cheap, and ahead of what a budget may skip
+        jobs = [c for c in suite.cases if c.model in ("face_unet", "digit_unet")]
         for case in suite.cases:
             _run_case(run, suite, case, backends, device, threads, cache_dir)
-        if suite.checks:
-            def checks():
-                result["checks"] = run_checks(device, cache_dir)
-                for name, outcome in result["checks"].items():
-                    log(f"  {name}: {outcome}")
-
-            run.section("device checks: CUDA graphs vs eager, TensorRT vs torch", checks, min_s=10)
+            if suite.checks and case is (jobs or suite.cases)[-1]:
+                run.section("device checks: CUDA graphs vs eager, TensorRT vs torch",
+                            partial(_checks, result, device, cache_dir, log), min_s=10)
         if suite.sharded_digits:
             _sharded_section(run, suite, device)
         run.section("peaks at the end", lambda: peaks("end"), min_s=5)
@@ -286,6 +284,12 @@ def run_bench(suite: Suite, *, threads: int | None = None, cache_dir=None, comma
     result["env"]["loadavg_end"] = list(os.getloadavg())
     run.save()
     return result
+
+
+def _checks(result: dict, device, cache_dir, log):
+    result["checks"] = run_checks(device, cache_dir)
+    for name, outcome in result["checks"].items():
+        log(f"  {name}: {outcome}")
 
 
 def _sharded_section(run: _Run, suite: Suite, device):
