@@ -134,6 +134,19 @@ def test_the_digit_loop_calls_the_engine_as_the_job_does():
                            progress=False)
 
 
+def test_a_capped_run_of_several_chunks_is_extrapolated_over_all_of_them():
+    """The job splits 300 digits into its own chunks (250 + 50 by default): a run stopped after 3 engine
+    steps has done 3 of 2 steps x 2 chunks."""
+    net = random_model("digit_unet", {"n_feat": 8})
+    engine = _Rows(open_engine("digit_unet", net, backend="torch"))
+    loop = Loop(300, 2, sampler="ddim", max_steps={"torch": 3})
+    out = digit_loop_fns({"torch": engine}, net, loop, "cpu").timed["torch"]()
+    full = _Rows(engine.engine)  # the job itself, uncapped: its engine calls are the run's steps
+    jobs.sample_digits(full, torch.arange(300) % 10, jobs.digit_plan("ddim", 2), progress=False)
+    assert len(full.rows) > 2, "300 digits should take several of the job's chunks"
+    assert out == loops.Partial(done=3, steps=len(full.rows), chunk=full.rows[0] // 2)
+
+
 def test_the_warm_up_runs_at_the_timed_shape_and_reports_the_jobs_chunk():
     net = random_model("digit_unet", {"n_feat": 8})
     engine = _Rows(open_engine("digit_unet", net, backend="torch"))
