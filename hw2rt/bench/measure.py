@@ -2,6 +2,7 @@
 peak FLOP/s per precision, the environment, a linear fit. Every suite uses these and no others."""
 from __future__ import annotations
 
+import contextlib
 import os
 import platform
 import re
@@ -80,18 +81,21 @@ def environment(device, threads: int | None) -> dict:
     return env
 
 
+@contextlib.contextmanager
 def strict_fp32():
-    """IEEE fp32 for the reference on a GPU: torch runs fp32 convolutions in TF32 by default on Ampere+."""
-    cudnn_conv = getattr(torch.backends.cudnn, "conv", None)
-    if cudnn_conv is not None and hasattr(cudnn_conv, "fp32_precision"):
-        cudnn_conv.fp32_precision = "ieee"
-        if hasattr(torch.backends.cuda.matmul, "fp32_precision"):
-            torch.backends.cuda.matmul.fp32_precision = "ieee"
-        else:
-            torch.backends.cuda.matmul.allow_tf32 = False
-    else:
-        torch.backends.cudnn.allow_tf32 = False
-        torch.backends.cuda.matmul.allow_tf32 = False
+    """IEEE fp32 for the reference on a GPU inside the block (torch runs fp32 convolutions in TF32 by
+    default on Ampere+), restored after. The legacy flags only: once torch's new per-backend
+    `fp32_precision` API is set, reading the legacy ones raises (torch 2.13: "a mix of the legacy and
+    new APIs"), and Inductor reads the legacy ones when it compiles."""
+    flags = (torch.backends.cudnn, torch.backends.cuda.matmul)
+    before = [f.allow_tf32 for f in flags]
+    try:
+        for f in flags:
+            f.allow_tf32 = False
+        yield
+    finally:
+        for f, on in zip(flags, before):
+            f.allow_tf32 = on
 
 
 def quantile(xs, q: float) -> float:
@@ -121,17 +125,30 @@ def timed(fn, device):
     return time.perf_counter() - t0, out
 
 
-def alternate(fns: dict, repeats: dict, device) -> tuple[dict, dict]:
+def alternate(fns: dict, repeats: dict, device, failed: dict | None = None) -> tuple[dict, dict]:
     """Run fns[name] repeats[name] times, interleaved round by round, the order reversed every round.
-    Returns (seconds per name, last result per name)."""
+    Returns (seconds per name, last result per name). With `failed`, a function that raises is
+    recorded there (name -> the first line of its error) and left out of the later rounds, so one
+    broken runner does not stop the others; without it, the error propagates."""
     names = list(fns)
     times, last = {n: [] for n in names}, {}
     for r in range(max(repeats.values(), default=0)):
         for n in (names if r % 2 == 0 else names[::-1]):
-            if r < repeats[n]:
-                dt, last[n] = timed(fns[n], device)
+            if r < repeats[n] and (failed is None or n not in failed):
+                try:
+                    dt, last[n] = timed(fns[n], device)
+                except Exception as exc:  # any runner error: its row says why
+                    if failed is None:
+                        raise
+                    failed[n] = failure(exc)
+                    continue
                 times[n].append(dt)
     return times, last
+
+
+def failure(exc: BaseException) -> str:
+    """A failed runner's reason, as its row shows it: the error's type and first line."""
+    return f"failed: {type(exc).__name__}: {first_line(exc, 200)}"
 
 
 def side_by_side(fns: dict, repeats: int, device) -> dict:

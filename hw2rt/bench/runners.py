@@ -10,8 +10,9 @@ RUNNERS = {
     "torch": {"backend": "torch", "precision": "fp32", "label": "torch eager fp32 (reference)"},
     "compile": {"backend": "torch", "precision": "fp32", "compile": {"dynamic": False},
                 "label": "torch.compile fp32"},
-    "bf16": {"backend": "torch", "precision": "bf16", "label": "torch bf16 (fp32 islands, channels-last)"},
-    "fp16": {"backend": "torch", "precision": "fp16", "label": "torch fp16 (fp32 islands, channels-last)"},
+    "bf16": {"backend": "torch", "precision": "bf16",
+             "label": "torch bf16 (fp32 islands, the device's layout: channels-last on CPU, NCHW on CUDA)"},
+    "fp16": {"backend": "torch", "precision": "fp16", "label": "torch fp16 (fp32 islands, NCHW on CUDA)"},
     "ort": {"backend": "ort", "precision": "fp32", "label": "ONNX Runtime fp32"},
     "ort-fp16": {"backend": "ort", "precision": "fp16", "label": "ONNX Runtime fp16 graph"},
     "ort-int8": {"backend": "ort", "precision": "int8",
@@ -22,13 +23,22 @@ RUNNERS = {
     "bf16+graphs": {"backend": "torch", "precision": "bf16", "graphs": True,
                     "label": "torch bf16, CUDA graphs"},
     "fp16+graphs": {"backend": "torch", "precision": "fp16", "graphs": True,
-                    "label": "torch fp16, CUDA graphs"},
+                    "label": "torch fp16, NCHW, CUDA graphs"},
+    # the other activation layout than the device's default (engines/torch.py DEFAULT_MEMORY_FORMAT)
+    "fp16-cl+graphs": {"backend": "torch", "precision": "fp16", "graphs": True,
+                       "memory_format": "channels_last", "label": "torch fp16, channels-last, CUDA graphs"},
+    "bf16-nchw+graphs": {"backend": "torch", "precision": "bf16", "graphs": True,
+                         "memory_format": "contiguous", "label": "torch bf16, NCHW, CUDA graphs"},
     "fp16-compile+graphs": {"backend": "torch", "precision": "fp16", "graphs": True,
                             "compile": {"dynamic": False}, "label": "torch.compile fp16, CUDA graphs"},
     "ort-fp16+graphs": {"backend": "ort", "precision": "fp16", "graphs": True,
                         "label": "ONNX Runtime fp16 graph, CUDA graphs"},
     "trt+graphs": {"backend": "trt", "precision": "fp16", "graphs": True,
                    "label": "TensorRT fp16, CUDA graphs"},
+    # what a user gets from `--backend auto --precision fp16` on this install (graphs as open_engine
+    # decides): the gpu suite's headline rows; the row's label names what it opened
+    "auto": {"backend": "auto", "precision": "fp16", "graphs": "auto",
+             "label": "--backend auto --precision fp16"},
 }
 REFERENCE = "torch"  # every ratio and parity figure is against torch eager fp32
 # the external baseline of the loops: the plain module driven by diffusers' DDIMScheduler
@@ -43,7 +53,7 @@ def unavailable(name: str, device) -> str | None:
     """Why runner `name` cannot run on `device` with this install (None: it can)."""
     import importlib.util
 
-    r = RUNNERS[name]
+    r = {**RUNNERS[name], "backend": backend_of(name, device)}
     cuda = is_cuda(device)
     if r["backend"] == "trt":
         if importlib.util.find_spec("tensorrt") is None:
@@ -60,10 +70,20 @@ def unavailable(name: str, device) -> str | None:
     return None
 
 
+def backend_of(name: str, device) -> str:
+    """The backend runner `name` opens on `device` (`auto` resolved as open_engine resolves it)."""
+    r = RUNNERS[name]
+    if r["backend"] != "auto":
+        return r["backend"]
+    from hw2rt.engines.open import pick_backend
+
+    return pick_backend(device, r["precision"])
+
+
 def compute_precision(name: str, device) -> str:
     """The precision the arithmetic runs in, whose peak the runner is measured against."""
     r = RUNNERS[name]
-    if r["backend"] == "ort" and r["precision"] == "fp16" and not is_cuda(device):
+    if backend_of(name, device) == "ort" and r["precision"] == "fp16" and not is_cuda(device):
         return "fp32"  # the CPU EP casts fp16 nodes it has no kernel for to fp32 (engines/ort.py)
     return r["precision"]
 
@@ -78,4 +98,4 @@ def open_runner(name: str, model: str, net, *, device, threads: int | None = Non
     r = RUNNERS[name]
     return open_engine(model, net, backend=r["backend"], precision=r["precision"], device=device,
                        graphs=r.get("graphs", False), threads=threads, compile=r.get("compile", False),
-                       cache_dir=cache_dir, dims=dims or None)
+                       cache_dir=cache_dir, dims=dims or None, memory_format=r.get("memory_format"))

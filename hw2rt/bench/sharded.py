@@ -25,11 +25,12 @@ def _digest(folder: Path) -> str:
 
 
 def sharded_digit_job(processes: list[int], *, device: str = "cpu", per_digit: int = 100, steps: int = 50,
-                      batch_size: int = 250, backend: str = "auto", threads: int | None = 1, cache_dir=None,
-                      repeats: int = 1, log=print) -> list[dict]:
+                      batch_size: int | None = None, backend: str = "auto", threads: int | None = 1,
+                      cache_dir=None, repeats: int = 1, log=print) -> list[dict]:
     """One row per world size in `processes`: {processes, wall_s (the median of `repeats` runs),
     walls_s, speedup (vs the first), identical (same PNG bytes as the first, every run)}.
-    The digit job: guided DDIM `steps`, eta 1, `per_digit` x 10 digits."""
+    The digit job: guided DDIM `steps`, eta 1, `per_digit` x 10 digits, in the `ddpm` command's own
+    batches unless `batch_size` is given."""
     rows = []
     with tempfile.TemporaryDirectory(prefix="hw2rt-sharded-") as tmp:
         env = {**os.environ, "HW2RT_CACHE": str(cache_dir or Path(tmp) / "cache")}
@@ -38,8 +39,10 @@ def sharded_digit_job(processes: list[int], *, device: str = "cpu", per_digit: i
 
         def job(n, out, per_digit, steps):
             args = ["ddpm", "--sampler", "ddim", "--steps", str(steps), "--eta", "1", "--per-digit",
-                    str(per_digit), "--batch-size", str(batch_size), "--backend", backend, "--device", device,
+                    str(per_digit), "--backend", backend, "--device", device,
                     "--out", str(out / "digits"), "--grid", str(out / "grid.png")]
+            if batch_size:  # else the command's own default, as a user runs it
+                args += ["--batch-size", str(batch_size)]
             if threads:
                 args += ["--threads", str(threads)]
             launch = [sys.executable, "-m", "hw2rt"] if n == 1 else [

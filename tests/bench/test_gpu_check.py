@@ -31,5 +31,11 @@ def test_gpu_check_cpu_smoke_writes_valid_json(tmp_path):
     assert digits["extrapolated"] and digits["median_s"] > 0 and digits["parity_value"] == 0
     assert loops[("digit_ancestral_loop", "bf16+graphs")]["extrapolated"] is None
     assert (tmp_path / "gpu_check.log").read_text().strip() and (tmp_path / "gpu_check.md").read_text()
+    # every goal is reported: the jobs' measured, graphs against eager saying it needs CUDA
+    goals = {g["name"]: g for g in result["goals"]}
+    assert list(goals) == ["face_job_1s", "digit_job_15s", "fp16_image_mse", "graphs_faster"]
+    assert goals["face_job_1s"]["value"] > 0 and goals["digit_job_15s"]["value"] > 0
+    assert "needs CUDA" in goals["graphs_faster"]["not_measured"]
+    assert result["checks"]["graphs_equal_eager"].startswith("ok")
 
 
