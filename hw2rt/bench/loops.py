@@ -109,6 +109,38 @@ def diffusers_ddim(eps_fn, x: torch.Tensor, steps: int, timesteps: list | None =
     return x
 
 
+def diffusers_solver(sampler: str, plan) -> object:
+    """The external baseline of a few-step solver: diffusers' DPMSolverMultistepScheduler (dpmsolver++,
+    order 2, midpoint) or UniPCMultistepScheduler (bh2, data prediction), on the digit table (T + 1 betas:
+    its index k is the digit schedule's t), at the plan's timesteps, x0 clipping as its thresholding with
+    sample_max_value 1, the last step to sigma 0. The tests hold hw2rt's loops to it."""
+    import diffusers  # imported by diffusers_missing() already: not timed here
+
+    schedule, timesteps = plan.schedule, list(plan.timesteps)
+    kw = {"num_train_timesteps": schedule.T + 1, "trained_betas": schedule.betas.numpy(), "solver_order": 2,
+          "lower_order_final": True, "final_sigmas_type": "zero", "prediction_type": "epsilon",
+          "thresholding": plan.clip, "sample_max_value": 1.0}
+    if sampler == "dpmpp-2m":
+        sched = diffusers.DPMSolverMultistepScheduler(algorithm_type="dpmsolver++", solver_type="midpoint",
+                                                      **kw)
+        sched.set_timesteps(timesteps=timesteps)
+        return sched
+    sched = diffusers.UniPCMultistepScheduler(predict_x0=True, solver_type="bh2", **kw)
+    sched.set_timesteps(len(timesteps))  # its own spacing; then the plan's timesteps and their sigmas
+    abar = sched.alphas_cumprod[timesteps]
+    sched.timesteps = torch.tensor(timesteps)
+    sched.sigmas = torch.cat([((1 - abar) / abar).sqrt(), torch.zeros(1)]).float()
+    return sched
+
+
+def diffusers_solver_loop(eps_fn, x: torch.Tensor, sampler: str, plan) -> torch.Tensor:
+    """`diffusers_solver`'s loop over `eps_fn(x, t)` from noise `x`."""
+    sched = diffusers_solver(sampler, plan)
+    for t in sched.timesteps:
+        x = sched.step(eps_fn(x, t.expand(x.shape[0]).to(x.device)), t, x).prev_sample
+    return x
+
+
 def _capped(sample, images: int, steps: int, device, cap_s=None, max_steps=None, warm=False):
     """`sample(callback)`, stopped at `cap_s` seconds or `max_steps` engine steps (then a `Partial`).
     The job splits its images into chunks of its own: every chunk runs `steps` steps. `warm`: stop at
@@ -165,7 +197,7 @@ def digit_loop_fns(engines: dict, net, loop: Loop, device, w: float = 2.0) -> Lo
         parity={n: partial(run, e, loop.parity_images or loop.images) for n, e in engines.items()},
         warm={n: partial(run, e, loop.images, None, loop.warm_steps, True) for n, e in engines.items()},
         per_image_rows=2, noise=noise if loop.sampler == "ancestral" or plan.eta > 0 else None)
-    if loop.sampler != "ddim":
+    if loop.sampler == "ancestral":
         return fns  # diffusers has no ancestral baseline: no row
     missing = diffusers_missing()
     if missing:
@@ -179,8 +211,11 @@ def digit_loop_fns(engines: dict, net, loop: Loop, device, w: float = 2.0) -> Lo
 
     x = digit_noise(loop.images)[0].to(device)
     guided_plain = guided_denoiser(plain, w, labels.to(device), plan.schedule.T)
-    fns.timed[DIFFUSERS] = lambda: diffusers_ddim(guided_plain, x, loop.steps, plan.timesteps,
-                                                  train_steps=plan.schedule.T + 1)
+    if loop.sampler == "ddim":
+        fns.timed[DIFFUSERS] = lambda: diffusers_ddim(guided_plain, x, loop.steps, plan.timesteps,
+                                                      train_steps=plan.schedule.T + 1)
+    else:
+        fns.timed[DIFFUSERS] = lambda: diffusers_solver_loop(guided_plain, x, loop.sampler, plan)
     fns.parity[DIFFUSERS] = lambda: fns.timed[DIFFUSERS]()[:loop.parity_images or loop.images]
     return fns
 
@@ -284,7 +319,7 @@ def loop_scenario(scenario: str, case, engines: dict, fns: LoopFns, per_call: li
 def engine_label(name: str, engine) -> str:
     """A row's label: the runner's, and for `auto` what it opened here (the engine's name)."""
     if name == DIFFUSERS:
-        return "diffusers DDIMScheduler loop, torch eager fp32"
+        return "diffusers' scheduler of the same sampler (DDIM, DPM-Solver++, UniPC), torch eager fp32"
     label = RUNNERS[name]["label"]
     if RUNNERS[name]["backend"] == "auto" and engine is not None and not isinstance(engine, str):
         d = engine.describe()

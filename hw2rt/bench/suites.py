@@ -40,6 +40,7 @@ from hw2rt.bench.runners import (
 from hw2rt.bench.scenarios import dann_folder_scenario, growth_scenario, sweep
 from hw2rt.errors import Hw2rtError, first_line
 from hw2rt.parity import random_model
+from hw2rt.runtime.jobs import FAST_SAMPLER, FAST_STEPS
 
 SCHEMA = "hw2rt.bench/2"
 SUITES = ("cpu", "quick", "gpu", "cpu-smoke")
@@ -64,7 +65,7 @@ class Suite:
     device: str
     cases: list
     backends: list
-    digit_loop: Loop | None = None  # the digit job's loop, on the digit_unet case
+    digit_loops: tuple = ()  # the digit job's loops (a Loop per sampler), on the digit_unet case
     face_loop: Loop | None = None  # the face job's loop, at the face case's dims
     dann_images: int | None = None  # PNGs in the classified folder
     growth: dict | None = None  # {"images": [...], "base_steps", "steps": [...], "steps_images"}
@@ -103,7 +104,7 @@ GPU_LOOP_SKIP = {"torch+graphs": "fp32 behind graphs: per call only (the loops' 
                  "fp16-compile+graphs": "per call only: torch.compile(dynamic=False) recompiles for every "
                                         "bucket and parity batch"}
 CPU_GOALS = ("digit_loop_2x", "digit_loop_2x_int8", "face_peak_85")
-GPU_GOALS = ("face_job_1s", "digit_job_15s", "fp16_image_mse", "graphs_faster")
+GPU_GOALS = ("face_job_1s", "digit_job_15s", "digit_fast_job_1s", "fp16_image_mse", "graphs_faster")
 
 
 def _suite(name: str) -> Suite:
@@ -112,7 +113,8 @@ def _suite(name: str) -> Suite:
                      [Case("digit_unet", {"n_feat": 16}, {}, (1, 4), (4,)),
                       Case("face_unet", {"base": 32}, {"height": 32, "width": 32}, (2,), (2,)),
                       Case("dann", {}, {}, (1, 32), (32,))],
-                     ["torch", "bf16", "ort"], digit_loop=Loop(2, 4, repeats=2),
+                     ["torch", "bf16", "ort"],
+                     digit_loops=(Loop(2, 4, repeats=2), Loop(2, FAST_STEPS, FAST_SAMPLER, repeats=2)),
                      face_loop=Loop(2, 2, repeats=2), dann_images=64,
                      growth={"images": [1, 2], "base_steps": 2, "steps": [2, 4], "steps_images": 1},
                      goals=CPU_GOALS, point_s=0.3, max_repeats=5, loop_repeats=2, max_point_s=10,
@@ -123,7 +125,8 @@ def _suite(name: str) -> Suite:
                       Case("face_unet", {"base": 128}, {"height": 64, "width": 64}, (1, 4), (4,),
                            skip={"compile": FACE_COMPILE_SKIP}),
                       Case("dann", {}, {}, (1, 64, 512), (512,), skip={"ort-int8": INT8_DANN_SKIP})],
-                     ["torch", "compile", "bf16", "ort", "ort-fp16", "ort-int8"], digit_loop=Loop(10, 5),
+                     ["torch", "compile", "bf16", "ort", "ort-fp16", "ort-int8"],
+                     digit_loops=(Loop(10, 5), Loop(10, FAST_STEPS, FAST_SAMPLER)),
                      face_loop=Loop(4, 2), dann_images=2048,
                      growth={"images": [1, 2, 5, 10], "base_steps": 5, "steps": [10, 30, 50],
                              "steps_images": 1},
@@ -136,14 +139,15 @@ def _suite(name: str) -> Suite:
         return Suite("gpu", "cuda",
                      [Case("face_unet", {"base": 128}, {"height": 256, "width": 256}, (1, 4, 10),
                            skip=compiled),
-                      Case("digit_unet", {"n_feat": 128}, {}, (1, 20, 64, 200, 500), (500,),
+                      Case("digit_unet", {"n_feat": 128}, {}, (1, 20, 64, 200, 500, 2000), (500,),
                            skip={"fp16-cl+graphs": LAYOUT_FACE_ONLY}),
                       Case("dann", {}, {}, (64, 2048), skip=face_only),
                       Case("digit_classifier", {}, {}, (64, 2048), skip=face_only)],
                      ["torch", "auto", "torch+graphs", "fp16", "fp16+graphs", "fp16-cl+graphs", "bf16+graphs",
                       "ort-fp16", "trt", "trt+graphs", "fp16-compile+graphs"],
-                     digit_loop=Loop(1000, 1000, sampler="ancestral", repeats=1, cap_s=30,
-                                     max_steps={"torch": 200}, parity_images=50),
+                     digit_loops=(Loop(1000, 1000, sampler="ancestral", repeats=1, cap_s=30,
+                                       max_steps={"torch": 200}, parity_images=50),
+                                  Loop(1000, FAST_STEPS, FAST_SAMPLER, repeats=3)),
                      face_loop=Loop(10, 50, repeats=3), dann_images=10000, goals=GPU_GOALS, threads=None,
                      sharded_digits={"per_digit": 100, "steps": 50}, loop_skip=GPU_LOOP_SKIP,
                      loops_first=True, checks=True,
@@ -156,8 +160,9 @@ def _suite(name: str) -> Suite:
                       Case("dann", {}, {}, (8,), skip=nchw),
                       Case("digit_classifier", {}, {}, (8,), skip=nchw)],
                      ["torch", "auto", "bf16+graphs", "bf16-nchw+graphs", "ort-fp16", "trt+graphs"],
-                     digit_loop=Loop(20, 12, sampler="ancestral", repeats=1, cap_s=60, max_steps={"torch": 6},
-                                     parity_images=10),
+                     digit_loops=(Loop(20, 12, sampler="ancestral", repeats=1, cap_s=60,
+                                       max_steps={"torch": 6}, parity_images=10),
+                                  Loop(20, FAST_STEPS, FAST_SAMPLER, repeats=1)),
                      face_loop=Loop(2, 4, repeats=1), dann_images=64, goals=GPU_GOALS, budget_s=110,
                      point_s=0.2, max_repeats=3, loop_repeats=1, max_point_s=10, slow_factor=1e9,
                      peak_budget_s=0.05, sharded_digits={"per_digit": 1, "steps": 2, "batch_size": 4},
@@ -173,7 +178,7 @@ def make_suite(name: str = "cpu", *, model: str | None = None, batches: list | N
         if model not in MODELS:
             raise Hw2rtError(f"unknown model {model!r}; bench covers {', '.join(MODELS)}")
         s.cases = [replace(c, skip={}) for c in s.cases if c.model == model]  # named: every runner
-        s.digit_loop = s.digit_loop if model == "digit_unet" else None
+        s.digit_loops = s.digit_loops if model == "digit_unet" else ()
         s.growth = s.growth if model == "digit_unet" else None
         s.face_loop = s.face_loop if model == "face_unet" else None
         s.dann_images = s.dann_images if model == "dann" else None
@@ -370,8 +375,7 @@ def _loop_sections(run: _Run, suite: Suite, case: Case, net, live: dict, device)
         make = partial(face_loop_fns, live, net, suite.face_loop, case.dims, device)
         out.append(("face_unet: the face job's DDIM loop",
                     loop_section("face_ddim_loop", suite.face_loop, make), 30))
-    if case.model == "digit_unet" and suite.digit_loop:
-        loop = suite.digit_loop
+    for loop in suite.digit_loops if case.model == "digit_unet" else ():
         make = partial(digit_loop_fns, live, net, loop, device)
         out.append((f"digit_unet: the digit job's loop ({loop.sampler})",
                     loop_section(f"digit_{loop.sampler}_loop", loop, make), 30))

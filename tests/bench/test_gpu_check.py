@@ -5,6 +5,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+from hw2rt.runtime.jobs import FAST_SAMPLER
+
 ROOT = Path(__file__).resolve().parents[2]
 
 
@@ -33,8 +35,10 @@ def test_gpu_check_cpu_smoke_writes_valid_json(tmp_path):
     assert (tmp_path / "gpu_check.log").read_text().strip() and (tmp_path / "gpu_check.md").read_text()
     # every goal is reported: the jobs' measured, graphs against eager saying it needs CUDA
     goals = {g["name"]: g for g in result["goals"]}
-    assert list(goals) == ["face_job_1s", "digit_job_15s", "fp16_image_mse", "graphs_faster"]
+    assert list(goals) == ["face_job_1s", "digit_job_15s", "digit_fast_job_1s", "fp16_image_mse",
+                           "graphs_faster"]
     assert goals["face_job_1s"]["value"] > 0 and goals["digit_job_15s"]["value"] > 0
+    assert goals["digit_fast_job_1s"]["value"] > 0 and FAST_SAMPLER in goals["digit_fast_job_1s"]["goal"]
     assert "needs CUDA" in goals["graphs_faster"]["not_measured"]
     assert result["checks"]["graphs_equal_eager"].startswith("ok")
 

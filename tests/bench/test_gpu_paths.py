@@ -19,7 +19,7 @@ def _tiny(backends=("torch", "auto"), **kwargs) -> suites.Suite:
     """The gpu suite's shape (jobs first, then per call; the device checks off) at the smallest sizes."""
     face = suites.Case("face_unet", {"base": 32, "norm_groups": 8}, {"height": 32, "width": 32}, (2,))
     return suites.Suite("test", "cpu", [face, suites.Case("digit_unet", {"n_feat": 8}, {}, (4,))],
-                        list(backends), digit_loop=Loop(2, 3, sampler="ancestral", repeats=1),
+                        list(backends), digit_loops=(Loop(2, 3, sampler="ancestral", repeats=1),),
                         face_loop=Loop(2, 2, repeats=1), goals=suites.GPU_GOALS, point_s=0.02, min_repeats=2,
                         max_repeats=2, peak_budget_s=0.02, slow_factor=1e9, loops_first=True, **kwargs)
 

@@ -31,7 +31,7 @@ ROOT = Path(__file__).resolve().parents[2]
 GPU_MACHINE = ("torch", "onnx", "onnxruntime", "numpy", "pillow", "click", "scikit-learn", "scikit-image",
                "tqdm", "safetensors", "matplotlib", "ml-dtypes", "triton")
 ABSENT = ("diffusers", "pytest", "hypothesis", "mlxtend", "tensorrt", "hw2rt")  # must not import there
-HEADLINE = ("face_job_1s", "digit_job_15s", "fp16_image_mse")
+HEADLINE = ("face_job_1s", "digit_job_15s", "digit_fast_job_1s", "fp16_image_mse")
 
 
 def _norm(name: str) -> str:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
+from hw2rt.bench.loops import diffusers_solver, diffusers_solver_loop
 from hw2rt.engines import TorchEngine
 from hw2rt.errors import Hw2rtError
 from hw2rt.io import mse_255, to_uint8_signed
@@ -21,31 +22,11 @@ diffusers = pytest.importorskip("diffusers")
 SOLVERS = {"dpmpp-2m": dpmpp_2m_sample, "unipc": unipc_sample}
 
 
-def diffusers_solver(name: str, timesteps: list[int], clip: bool):
-    """diffusers' scheduler on the digit table (T + 1 training steps: its index k is our t), at our
-    timesteps, with x0 clipping as its thresholding with sample_max_value 1."""
-    kw = {"num_train_timesteps": DIGIT.T + 1, "trained_betas": DIGIT.betas.numpy(), "solver_order": 2,
-          "lower_order_final": True, "final_sigmas_type": "zero", "prediction_type": "epsilon",
-          "thresholding": clip, "sample_max_value": 1.0}
-    if name == "dpmpp-2m":
-        sched = diffusers.DPMSolverMultistepScheduler(algorithm_type="dpmsolver++", solver_type="midpoint",
-                                                      **kw)
-        sched.set_timesteps(timesteps=timesteps)
-    else:
-        sched = diffusers.UniPCMultistepScheduler(predict_x0=True, solver_type="bh2", **kw)
-        sched.set_timesteps(len(timesteps))  # its own spacing; then our timesteps and their sigmas
-        abar = sched.alphas_cumprod[timesteps]
-        sched.timesteps = torch.tensor(timesteps)
-        sched.sigmas = torch.cat([((1 - abar) / abar).sqrt(), torch.zeros(1)]).float()
-    assert sched.timesteps.tolist() == timesteps
-    return sched
-
-
 def diffusers_loop(name, denoiser, x, timesteps, clip):
-    sched = diffusers_solver(name, timesteps, clip)
-    for t in sched.timesteps:
-        x = sched.step(denoiser(x, torch.full((x.shape[0],), int(t))), t, x).prev_sample
-    return x
+    """diffusers' scheduler on the digit table at our timesteps (the bench's baseline, `bench.loops`)."""
+    plan = jobs.DigitPlan(name, DIGIT, timesteps, clip=clip)
+    assert diffusers_solver(name, plan).timesteps.tolist() == timesteps
+    return diffusers_solver_loop(denoiser, x, name, plan)
 
 
 def toy_eps(x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
