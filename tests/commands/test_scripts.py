@@ -49,3 +49,14 @@ def test_hw2_3_picks_the_model_from_the_path(tmp_path, domain):
     r = sh(SCRIPTS / "hw2_3.sh", folder, tmp_path / "pred.csv")
     assert r.returncode == 0, r.stderr
     assert [n for n, _ in read_labels_csv(tmp_path / "pred.csv")] == ["00000.png", "00001.png", "00002.png"]
+
+
+def test_hw2_1_runs_the_few_step_setting_the_table_chose():
+    """hw2_1.sh passes the sampler and steps of jobs.FAST_SAMPLER / FAST_STEPS (what the demo and the bench
+    run), with x0 clipping left at its default."""
+    from hw2rt.runtime.jobs import DEFAULT_CLIP, FAST_SAMPLER, FAST_STEPS
+
+    words = (SCRIPTS / "hw2_1.sh").read_text().split("exec", 1)[1].split()
+    assert words[words.index("--sampler") + 1] == FAST_SAMPLER
+    assert words[words.index("--steps") + 1] == str(FAST_STEPS)
+    assert "--no-x0-clip" not in words and DEFAULT_CLIP[FAST_SAMPLER] is True
