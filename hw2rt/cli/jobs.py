@@ -155,6 +155,7 @@ def interp(noise_dir, pair, mode, out, checkpoint, steps, backend, precision, th
     modes = ("slerp", "lerp") if mode == "both" else (mode,)
     _outputs(("--out", out, False))
     noise, dims = _face_noise(noise_dir)
+    jobs.check_pair(noise.names, names)  # before the engine is opened (an export takes seconds)
     with (distributed.session(device) as world,
           _open_on_ranks("face_unet", checkpoint, backend, precision, threads, device, **dims) as engine):
         jobs.interp_job(engine, noise, out, pair=tuple(names), modes=modes, steps=steps)

@@ -162,16 +162,21 @@ def eta_grid(engine, noise, grid_path, etas, *, rows=4, steps=50, batch_size=10,
     return {"grid": str(grid_path), "rows": names, "etas": list(etas)}
 
 
+def check_pair(names: list, pair) -> None:
+    """--pair: both names are noise files of the folder (`names`), checked before any work."""
+    missing = [p for p in pair if p not in names]
+    if missing:
+        raise Hw2rtError(f"{missing[0]}.pt: no such noise file for --pair (the noise folder holds "
+                         f"{', '.join(n + '.pt' for n in names)})")
+
+
 def interp_job(engine, noise, out_path, *, pair=("00", "01"), modes=("slerp", "lerp"), steps=50,
                batch_size=11, progress=True):
     """One row of 11 images (alpha = 0, 0.1, ..., 1) per interpolation mode. Under torchrun mode m is rank
     m % size's; rank 0 gathers the rows and writes the PNG."""
     world = distributed.world()
     names = noise.names
-    missing = [p for p in pair if p not in names]
-    if missing:
-        raise Hw2rtError(f"{missing[0]}.pt: no such noise file for --pair (the noise folder holds "
-                         f"{', '.join(n + '.pt' for n in names)})")
+    check_pair(names, pair)
     x = distributed.agreed(lambda: noise.read([names.index(p) for p in pair]))
     mine = [m for m, _ in world.chunks(len(modes), 1)]
     rows = distributed.gather_dict(distributed.agreed(lambda: {

@@ -213,3 +213,16 @@ def test_ddpm_few_step_solvers(tmp_path, sampler):
     assert not (tmp_path / "o2").exists()
     bad = run("ddpm", "--out", tmp_path / "o3", "--checkpoint", tmp_path / "digits.pt", "--x0-clip")
     assert bad.exit_code == 1 and "--x0-clip applies to" in bad.output and not (tmp_path / "o3").exists()
+
+
+def test_interp_refuses_a_missing_pair_before_opening_the_engine(face_files, tmp_path, monkeypatch):
+    import hw2rt.engines
+
+    def no_engine(*args, **kwargs):
+        raise AssertionError("the engine was opened before --pair was checked")
+
+    monkeypatch.setattr(hw2rt.engines, "open_engine", no_engine)
+    r = run("interp", "--noise-dir", face_files / "noise", "--pair", "00,zz", "--out", tmp_path / "i.png",
+            "--checkpoint", face_files / "UNet.pt")
+    assert r.exit_code == 1 and "zz.pt: no such noise file for --pair" in r.output, r.output
+    assert not (tmp_path / "i.png").exists()
