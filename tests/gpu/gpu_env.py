@@ -13,9 +13,9 @@ answers None, `importlib.metadata` knows no such distribution). Not emulated: th
 (this machine's), CUDA, and package versions (this machine's).
 
 It fails unless every section of the cpu-smoke run ends `ok`, every headline goal (the face job, the
-digit job, fp16 image MSE) has a measured value, graphs vs eager says it needs CUDA, and the paths the
-GPU run depends on were walked: the diffusers baseline reported as missing, the `auto` headline rows,
-both activation layouts on the face UNet, the device checks, the sharded job.
+digit job and its few-step form, fp16 image MSE) has a measured value, graphs vs eager says it needs
+CUDA, and the paths the GPU run depends on were walked: the diffusers baseline reported as missing, the
+`auto` headline rows, both activation layouts on the face UNet, the device checks, the sharded job.
 """
 import json
 import os
