@@ -111,14 +111,14 @@ def run_demo(out_dir="outputs/demo", *, quick=False, backend="auto", threads=Non
         jobs.interp_job(face, noise, out / "interp.png", steps=steps)
         figures["interpolation 00 -> 01 (top: slerp, bottom: lerp)"] = [out / "interp.png"]
 
-    # The digit job's few-step setting (jobs.FAST_SAMPLER/FAST_STEPS): the fewest solver steps whose grade
-    # stayed within 1 point of DDIM 50's on every seed measured (benchmarks/RESULTS.md, "Few-step solvers").
-    fast = f"{jobs.FAST_SAMPLER}, {jobs.FAST_STEPS} steps of T=1000"
+    # The digit job's few-step setting (jobs.FAST_*): the fewest steps whose grade stayed within 1 point
+    # of DDIM 50's on every seed measured (benchmarks/RESULTS.md, "Few-step solvers").
+    fast = f"{jobs.FAST_SAMPLER}, {jobs.FAST_STEPS} steps of T=1000, eta {jobs.FAST_ETA:g}"
     stage(f"digits: guided {fast}, {DIGIT_PRECISION}")
     with open_engine("digit_unet", models["digit_unet"][0], backend=backend, precision=DIGIT_PRECISION,
                      threads=threads) as digit:
         digits = jobs.digit_job(digit, out / "digits", per_digit=per_digit, sampler=jobs.FAST_SAMPLER,
-                                steps=jobs.FAST_STEPS, grid_path=out / "digit_grid.png",
+                                steps=jobs.FAST_STEPS, eta=jobs.FAST_ETA, grid_path=out / "digit_grid.png",
                                 frames_path=out / "frames.png", batch_size=100)
         digits["engine"] = f"{digit.backend} {digit.precision}"
     figures[f"digits (rows 0-9), {fast}, w=2, {digits['engine']}"] = [out / "digit_grid.png"]
@@ -234,8 +234,9 @@ def _html(models, parity, figures, accuracy, timings, faces, digits, backend, sp
          f"on {esc(digits['engine'])}, "
          f"{digits['images_per_s']:.2f} images/s "
          "(the assignment's 1000-step ancestral DDPM of 1000 digits would take tens of minutes on a CPU; "
-         f"the demo runs the few-step solver, <code>hw2rt ddpm --sampler {digits['sampler']} --steps "
-         f"{digits['steps']}</code>, graded as well as DDIM 50 on the bundled model).</p>"),
+         f"the demo runs the few-step setting, <code>hw2rt ddpm --sampler {digits['sampler']} --steps "
+         f"{digits['steps']} --eta {digits['eta']:g}</code>, graded within 1 point of DDIM 50 on the bundled "
+         "model).</p>"),
         "<h2>Speed: torch eager against the engines, side by side</h2>",
         (f"<p>One call per network on the same inputs, the runners alternating call by call "
          f"({esc(str(len(speed)))} rows; median and p10-p90 of the timed calls after a warm-up). "

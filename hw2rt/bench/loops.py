@@ -45,12 +45,14 @@ class Loop:
     images: int
     steps: int
     sampler: str = "ddim"  # digits: the digit job's sampler
+    eta: float = 0.0  # digits, ddim: its eta
     repeats: int = 3
     cap_s: float | None = None  # a timed run stops here and is extrapolated
     # runner -> steps after which it stops (a slow GPU reference)
     max_steps: dict = field(default_factory=dict)
     parity_images: int | None = None  # the first images run in full for parity when a run stopped early
     warm_steps: int = 2  # engine steps run at the timed shape before timing
+    scenario: str | None = None  # its rows' name (default: digit_<sampler>_loop)
 
 
 class StopEarly(Exception):
@@ -90,12 +92,13 @@ def diffusers_missing() -> str | None:
 
 
 def diffusers_ddim(eps_fn, x: torch.Tensor, steps: int, timesteps: list | None = None,
-                   train_steps: int = 1000) -> torch.Tensor:
-    """The external baseline: diffusers' DDIMScheduler, configured as HW2_SPEC.md says, eta = 0.
+                   train_steps: int = 1000, eta: float = 0.0, noise=None) -> torch.Tensor:
+    """The external baseline: diffusers' DDIMScheduler, configured as HW2_SPEC.md says.
 
-    Faces: its own "leading" timesteps. Digits: `train_steps` = T + 1 betas (the digit table's
-    length) and the digit job's `timesteps` in place of its own; diffusers steps to t - (T+1)//steps,
-    so it runs the digit job's trajectory exactly when `steps` divides T.
+    Faces: its own "leading" timesteps, eta 0. Digits: `train_steps` = T + 1 betas (the digit table's
+    length), the digit job's `timesteps` in place of its own, and with `eta` > 0 the job's own z
+    (`noise(step)`) as its variance noise; diffusers steps back a fixed `train_steps // steps`, so it runs
+    the digit job's trajectory exactly when the timesteps are spaced by that (`ddim_spacing_differs`).
     """
     from diffusers import DDIMScheduler  # imported by diffusers_missing() already: not timed here
 
@@ -103,10 +106,21 @@ def diffusers_ddim(eps_fn, x: torch.Tensor, steps: int, timesteps: list | None =
                           beta_schedule="linear", timestep_spacing="leading", steps_offset=1,
                           set_alpha_to_one=False, clip_sample=True)
     sched.set_timesteps(steps)
-    for t in (sched.timesteps if timesteps is None else torch.tensor(timesteps)):
+    for i, t in enumerate(sched.timesteps if timesteps is None else torch.tensor(timesteps)):
         eps = eps_fn(x, t.expand(x.shape[0]).to(x.device))
-        x = sched.step(eps, t, x, eta=0.0).prev_sample
+        z = noise(i).to(x.device) if eta > 0 else None
+        x = sched.step(eps, t, x, eta=eta, variance_noise=z).prev_sample
     return x
+
+
+def ddim_spacing_differs(plan) -> str | None:
+    """Why diffusers' DDIM cannot follow the digit plan's timesteps (None: it can)."""
+    step = (plan.schedule.T + 1) // len(plan.timesteps)
+    gaps = {a - b for a, b in zip(plan.timesteps, [*plan.timesteps[1:], 0])}
+    if gaps == {step}:
+        return None
+    return (f"diffusers' DDIMScheduler steps back a fixed {step}; the job's {len(plan.timesteps)} timesteps "
+            f"are {sorted(gaps)} apart: no baseline of the same trajectory")
 
 
 def diffusers_solver(sampler: str, plan) -> object:
@@ -179,7 +193,7 @@ def digit_loop_fns(engines: dict, net, loop: Loop, device, w: float = 2.0) -> Lo
     """The digit job's loop per runner (`sample_digits` with `loop.sampler` and the job's batching: one
     doubled guidance batch per step), and diffusers' DDIM on the plain module for the DDIM sampler. A
     timed run stops at `loop.cap_s` seconds or at `loop.max_steps[runner]` steps and returns a `Partial`."""
-    plan = digit_plan(loop.sampler, loop.steps, w=w)
+    plan = digit_plan(loop.sampler, loop.steps, eta=loop.eta, w=w)
     labels = torch.arange(loop.images) % 10
     steps = len(plan.timesteps)
 
@@ -199,7 +213,7 @@ def digit_loop_fns(engines: dict, net, loop: Loop, device, w: float = 2.0) -> Lo
         per_image_rows=2, noise=noise if loop.sampler == "ancestral" or plan.eta > 0 else None)
     if loop.sampler == "ancestral":
         return fns  # diffusers has no ancestral baseline: no row
-    missing = diffusers_missing()
+    missing = diffusers_missing() or (ddim_spacing_differs(plan) if loop.sampler == "ddim" else None)
     if missing:
         fns.skipped[DIFFUSERS] = missing
         return fns
@@ -209,13 +223,17 @@ def digit_loop_fns(engines: dict, net, loop: Loop, device, w: float = 2.0) -> Lo
         with torch.inference_mode():
             return module(xt, ct, tt, mask)
 
-    x = digit_noise(loop.images)[0].to(device)
     guided_plain = guided_denoiser(plain, w, labels.to(device), plan.schedule.T)
-    if loop.sampler == "ddim":
-        fns.timed[DIFFUSERS] = lambda: diffusers_ddim(guided_plain, x, loop.steps, plan.timesteps,
-                                                      train_steps=plan.schedule.T + 1)
-    else:
-        fns.timed[DIFFUSERS] = lambda: diffusers_solver_loop(guided_plain, x, loop.sampler, plan)
+
+    def baseline():
+        x, gens = digit_noise(loop.images)  # the job's starting noise and, for eta > 0, its every z
+        x = x.to(device)
+        if loop.sampler != "ddim":
+            return diffusers_solver_loop(guided_plain, x, loop.sampler, plan)
+        return diffusers_ddim(guided_plain, x, loop.steps, plan.timesteps, train_steps=plan.schedule.T + 1,
+                              eta=plan.eta, noise=seeded_noise(gens, x))
+
+    fns.timed[DIFFUSERS] = baseline
     fns.parity[DIFFUSERS] = lambda: fns.timed[DIFFUSERS]()[:loop.parity_images or loop.images]
     return fns
 

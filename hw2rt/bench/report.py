@@ -8,7 +8,7 @@ from pathlib import Path
 
 from hw2rt.bench.runners import DIFFUSERS, REFERENCE, RUNNERS
 from hw2rt.io import atomic_path
-from hw2rt.runtime.jobs import FAST_SAMPLER
+from hw2rt.runtime.jobs import FAST_ETA, FAST_SAMPLER
 
 
 def fastest(rows: list, exclude=()) -> str | None:
@@ -151,9 +151,9 @@ GOALS = {
                       lambda r: _loop_goal(r, "digit_ancestral_loop", 15.0,
                                            "the digit job ({images} digits, {steps} guided DDPM steps)")),
     "digit_fast_job_1s": ("the few-step digit job in <= 1 s", 1.0, ("digit_unet: the digit job",),
-                          lambda r: _loop_goal(r, f"digit_{FAST_SAMPLER}_loop", 1.0,
+                          lambda r: _loop_goal(r, "digit_fast_loop", 1.0,
                                                "the digit job ({images} digits, {steps} guided "
-                                               f"{FAST_SAMPLER} steps)")),
+                                               f"{FAST_SAMPLER} steps, eta {FAST_ETA:g})")),
     "fp16_image_mse": ("every fp16 runner's images within image MSE 0.3 of fp32 on the jobs' loops", 0.3,
                        ("face_unet: the face job", "digit_unet: the digit job"), _goal_fp16_image_mse),
     "graphs_faster": ("CUDA graphs faster than eager for the fp16 digit UNet at batch <= 64", 1.0,

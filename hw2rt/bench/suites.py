@@ -40,7 +40,7 @@ from hw2rt.bench.runners import (
 from hw2rt.bench.scenarios import dann_folder_scenario, growth_scenario, sweep
 from hw2rt.errors import Hw2rtError, first_line
 from hw2rt.parity import random_model
-from hw2rt.runtime.jobs import FAST_SAMPLER, FAST_STEPS
+from hw2rt.runtime.jobs import FAST_ETA, FAST_SAMPLER, FAST_STEPS
 
 SCHEMA = "hw2rt.bench/2"
 SUITES = ("cpu", "quick", "gpu", "cpu-smoke")
@@ -103,6 +103,7 @@ GPU_LOOP_SKIP = {"torch+graphs": "fp32 behind graphs: per call only (the loops' 
                  "trt": "without graphs: per call only (the loops run it behind graphs, as the jobs do)",
                  "fp16-compile+graphs": "per call only: torch.compile(dynamic=False) recompiles for every "
                                         "bucket and parity batch"}
+FAST = "digit_fast_loop"  # the digit job's few-step setting (jobs.FAST_*): the scripts' loop
 CPU_GOALS = ("digit_loop_2x", "digit_loop_2x_int8", "face_peak_85")
 GPU_GOALS = ("face_job_1s", "digit_job_15s", "digit_fast_job_1s", "fp16_image_mse", "graphs_faster")
 
@@ -114,7 +115,8 @@ def _suite(name: str) -> Suite:
                       Case("face_unet", {"base": 32}, {"height": 32, "width": 32}, (2,), (2,)),
                       Case("dann", {}, {}, (1, 32), (32,))],
                      ["torch", "bf16", "ort"],
-                     digit_loops=(Loop(2, 4, repeats=2), Loop(2, FAST_STEPS, FAST_SAMPLER, repeats=2)),
+                     digit_loops=(Loop(2, 4, repeats=2),
+                                  Loop(2, FAST_STEPS, FAST_SAMPLER, FAST_ETA, repeats=2, scenario=FAST)),
                      face_loop=Loop(2, 2, repeats=2), dann_images=64,
                      growth={"images": [1, 2], "base_steps": 2, "steps": [2, 4], "steps_images": 1},
                      goals=CPU_GOALS, point_s=0.3, max_repeats=5, loop_repeats=2, max_point_s=10,
@@ -126,7 +128,7 @@ def _suite(name: str) -> Suite:
                            skip={"compile": FACE_COMPILE_SKIP}),
                       Case("dann", {}, {}, (1, 64, 512), (512,), skip={"ort-int8": INT8_DANN_SKIP})],
                      ["torch", "compile", "bf16", "ort", "ort-fp16", "ort-int8"],
-                     digit_loops=(Loop(10, 5), Loop(10, FAST_STEPS, FAST_SAMPLER)),
+                     digit_loops=(Loop(10, 5), Loop(10, FAST_STEPS, FAST_SAMPLER, FAST_ETA, scenario=FAST)),
                      face_loop=Loop(4, 2), dann_images=2048,
                      growth={"images": [1, 2, 5, 10], "base_steps": 5, "steps": [10, 30, 50],
                              "steps_images": 1},
@@ -147,7 +149,7 @@ def _suite(name: str) -> Suite:
                       "ort-fp16", "trt", "trt+graphs", "fp16-compile+graphs"],
                      digit_loops=(Loop(1000, 1000, sampler="ancestral", repeats=1, cap_s=30,
                                        max_steps={"torch": 200}, parity_images=50),
-                                  Loop(1000, FAST_STEPS, FAST_SAMPLER, repeats=3)),
+                                  Loop(1000, FAST_STEPS, FAST_SAMPLER, FAST_ETA, repeats=3, scenario=FAST)),
                      face_loop=Loop(10, 50, repeats=3), dann_images=10000, goals=GPU_GOALS, threads=None,
                      sharded_digits={"per_digit": 100, "steps": 50}, loop_skip=GPU_LOOP_SKIP,
                      loops_first=True, checks=True,
@@ -162,7 +164,7 @@ def _suite(name: str) -> Suite:
                      ["torch", "auto", "bf16+graphs", "bf16-nchw+graphs", "ort-fp16", "trt+graphs"],
                      digit_loops=(Loop(20, 12, sampler="ancestral", repeats=1, cap_s=60,
                                        max_steps={"torch": 6}, parity_images=10),
-                                  Loop(20, FAST_STEPS, FAST_SAMPLER, repeats=1)),
+                                  Loop(20, FAST_STEPS, FAST_SAMPLER, FAST_ETA, repeats=1, scenario=FAST)),
                      face_loop=Loop(2, 4, repeats=1), dann_images=64, goals=GPU_GOALS, budget_s=110,
                      point_s=0.2, max_repeats=3, loop_repeats=1, max_point_s=10, slow_factor=1e9,
                      peak_budget_s=0.05, sharded_digits={"per_digit": 1, "steps": 2, "batch_size": 4},
@@ -377,8 +379,9 @@ def _loop_sections(run: _Run, suite: Suite, case: Case, net, live: dict, device)
                     loop_section("face_ddim_loop", suite.face_loop, make), 30))
     for loop in suite.digit_loops if case.model == "digit_unet" else ():
         make = partial(digit_loop_fns, live, net, loop, device)
-        out.append((f"digit_unet: the digit job's loop ({loop.sampler})",
-                    loop_section(f"digit_{loop.sampler}_loop", loop, make), 30))
+        name = loop.scenario or f"digit_{loop.sampler}_loop"
+        out.append((f"digit_unet: the digit job's loop ({loop.sampler}, {loop.steps} steps)",
+                    loop_section(name, loop, make), 30))
     if case.model == "dann" and suite.dann_images:
         def dann():
             result["scenarios"] += dann_folder_scenario(live, rows(), suite.dann_images, suite, device, log)

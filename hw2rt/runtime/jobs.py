@@ -205,9 +205,10 @@ SOLVERS = {"dpmpp-2m": dpmpp_2m_sample, "unipc": unipc_sample}
 # x0 clipping per sampler when --x0-clip is not given (benchmarks/RESULTS.md, "Few-step solvers").
 DEFAULT_CLIP = {"ddim": True, "dpmpp-2m": True, "unipc": True}
 # The digit job's few-step setting (RESULTS.md, "Few-step solvers"): the fewest steps whose grade stayed
-# within 1 point of DDIM 50's on every seed measured, and of those the best mean (UniPC 4 and
-# DPM-Solver++(2M) 4 tie within noise). scripts/hw2_1.sh, the demo and the bench run it.
-FAST_SAMPLER, FAST_STEPS = "unipc", 4
+# within 1 point of DDIM 50's on every seed measured, as the task gate counts it (a drop <= 1.0 point):
+# stochastic DDIM, 3 steps, eta 1, x0 clipped (the ODE solvers needed 4). hw2_1.sh, the demo and the
+# bench run it.
+FAST_SAMPLER, FAST_STEPS, FAST_ETA = "ddim", 3, 1.0
 
 
 def digit_plan(sampler: str, steps: int, eta: float = 0.0, w: float = 2.0,

@@ -17,7 +17,7 @@ from hw2rt.export.int8 import weight_range
 from hw2rt.io import to_uint8_signed
 from hw2rt.models import get_spec
 from hw2rt.parity import BUDGETS, compare_outputs, random_model
-from hw2rt.runtime.jobs import FAST_SAMPLER
+from hw2rt.runtime.jobs import FAST_STEPS
 
 # Written out (not taken from scenarios.CALL_FIELDS) so that a change of the JSON's shape fails here.
 PER_CALL_KEYS = {"model", "config", "dims", "batch", "backend", "label", "precision", "compute_precision",
@@ -73,12 +73,16 @@ def test_quick_bench_writes_a_well_formed_json(quick_run):
 
     scenarios = data["scenarios"]
     assert all(set(s) == SCENARIO_KEYS for s in scenarios)
-    fast = f"digit_{FAST_SAMPLER}_loop"  # the few-step job, beside DDIM
+    fast = "digit_fast_loop"  # the few-step job the scripts run, beside the DDIM loop
     assert {s["scenario"] for s in scenarios} == {"digit_ddim_loop", fast, "face_ddim_loop", "dann_folder"}
     loops = [s for s in scenarios if s["scenario"] != "dann_folder"]
     assert {s["backend"] for s in loops} >= {"torch", "ort", "bf16", DIFFUSERS}
     assert {s["backend"] for s in loops if s["scenario"] == fast} >= {"torch", "ort", DIFFUSERS}
+    assert all(s["steps"] == FAST_STEPS for s in loops if s["scenario"] == fast)
     for s in loops:  # the diffusers loops run the same math as hw2rt's DDIM and solver: same images
+        if s["backend"] == DIFFUSERS and s["scenario"] == fast and FAST_STEPS == 3:
+            assert "steps back a fixed 333" in s["skipped"]  # 1,000 / 3 is not a whole step
+            continue
         assert s["median_s"] > 0 and s["parity_metric"] == "image_mse_255" and s["parity_passed"] is True, s
     dann = [s for s in scenarios if s["scenario"] == "dann_folder"]
     assert all(s["images_per_s"] > 0 and 0 <= s["parity_value"] <= 1 for s in dann)

@@ -52,11 +52,12 @@ def test_hw2_3_picks_the_model_from_the_path(tmp_path, domain):
 
 
 def test_hw2_1_runs_the_few_step_setting_the_table_chose():
-    """hw2_1.sh passes the sampler and steps of jobs.FAST_SAMPLER / FAST_STEPS (what the demo and the bench
-    run), with x0 clipping left at its default."""
-    from hw2rt.runtime.jobs import DEFAULT_CLIP, FAST_SAMPLER, FAST_STEPS
+    """hw2_1.sh passes the sampler, steps and eta of jobs.FAST_SAMPLER / FAST_STEPS / FAST_ETA (what the
+    demo and the bench run), with x0 clipping left at its default."""
+    from hw2rt.runtime.jobs import DEFAULT_CLIP, FAST_ETA, FAST_SAMPLER, FAST_STEPS
 
     words = (SCRIPTS / "hw2_1.sh").read_text().split("exec", 1)[1].split()
     assert words[words.index("--sampler") + 1] == FAST_SAMPLER
     assert words[words.index("--steps") + 1] == str(FAST_STEPS)
+    assert float(words[words.index("--eta") + 1] if "--eta" in words else 0) == FAST_ETA
     assert "--no-x0-clip" not in words and DEFAULT_CLIP[FAST_SAMPLER] is True

@@ -136,3 +136,21 @@ def test_digit_plan_for_the_solvers():
         jobs.digit_plan("dpmpp-2m", 1001)
     with pytest.raises(Hw2rtError, match="unknown sampler"):
         jobs.digit_plan("euler", 5)
+
+
+def test_stochastic_ddim_matches_diffusers_with_the_jobs_noise():
+    """The few-step setting's loop (DDIM, eta 1, x0 clipped) against diffusers' DDIMScheduler fed the same
+    per-image z (the bench's baseline, `bench.loops.diffusers_ddim`), where its fixed step fits the timesteps;
+    and the bench says why not where it does not (3 steps of 1,000)."""
+    from hw2rt.bench.loops import ddim_spacing_differs, diffusers_ddim
+    from hw2rt.runtime.noise import seeded_noise
+
+    plan = jobs.digit_plan("ddim", 4, eta=1.0)
+    x, gens = jobs.digit_noise(3, seed=5)
+    _, gens_again = jobs.digit_noise(3, seed=5)
+    ours = ddim_sample(toy_eps, x, DIGIT, plan.timesteps, eta=1.0, noise=seeded_noise(gens, x))
+    theirs = diffusers_ddim(toy_eps, x, 4, plan.timesteps, train_steps=DIGIT.T + 1, eta=1.0,
+                            noise=seeded_noise(gens_again, x))
+    assert ddim_spacing_differs(plan) is None and rel_err(ours, theirs) <= 1e-5
+    assert rel_err(ddim_sample(toy_eps, x, DIGIT, plan.timesteps), ours) > 1e-2  # the noise mattered
+    assert "333" in ddim_spacing_differs(jobs.digit_plan("ddim", 3, eta=1.0))
