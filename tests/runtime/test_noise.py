@@ -53,27 +53,9 @@ def test_generators_continue_where_the_starting_noise_left_them(small_blocks):
         assert torch.equal(fn(step), torch.cat([torch.randn(1, 3, 4, 4, generator=g) for g in again]))
 
 
-def test_one_randn_per_image_per_block_not_per_step(small_blocks, monkeypatch):
-    """The per-step cost was a batch of tiny draws (1,000 randn calls a step for the digit job): now one
-    draw of a whole block of steps per image."""
-    assert fused_draws_match((3, 4, 4))  # cached before counting
-    calls = []
-    real = torch.randn
-
-    def counting(*args, **kwargs):
-        calls.append(threading.current_thread().name)
-        return real(*args, **kwargs)
-
-    monkeypatch.setattr(torch, "randn", counting)
-    fn = seeded_noise(list(range(5)), torch.zeros(5, 3, 4, 4), ahead=False)
-    for step in range(6):
-        fn(step)
-    assert fn.steps == 4 and len(calls) == 5 * 2  # 6 steps: two blocks, one draw per image each
-
-
-def test_ahead_draws_the_next_block_on_worker_threads(small_blocks, monkeypatch):
-    """For a GPU: the next block is drawn on worker threads while the current one is used, so no step waits
-    for the CPU's draws (or, with pinned memory and a non-blocking copy, for the GPU)."""
+@pytest.fixture
+def randn_calls(monkeypatch):
+    """The thread of every torch.randn call from here on (fused_draws_match's own draws cached before)."""
     assert fused_draws_match((3, 4, 4))
     calls = []
     real = torch.randn
@@ -83,6 +65,23 @@ def test_ahead_draws_the_next_block_on_worker_threads(small_blocks, monkeypatch)
         return real(*args, **kwargs)
 
     monkeypatch.setattr(torch, "randn", counting)
+    return calls
+
+
+def test_one_randn_per_image_per_block_not_per_step(small_blocks, randn_calls):
+    """The per-step cost was a batch of tiny draws (1,000 randn calls a step for the digit job): now one
+    draw of a whole block of steps per image."""
+    calls = randn_calls
+    fn = seeded_noise(list(range(5)), torch.zeros(5, 3, 4, 4), ahead=False)
+    for step in range(6):
+        fn(step)
+    assert fn.steps == 4 and len(calls) == 5 * 2  # 6 steps: two blocks, one draw per image each
+
+
+def test_ahead_draws_the_next_block_on_worker_threads(small_blocks, randn_calls):
+    """For a GPU: the next block is drawn on worker threads while the current one is used, so no step waits
+    for the CPU's draws (or, with pinned memory and a non-blocking copy, for the GPU)."""
+    calls = randn_calls
     fn = seeded_noise(list(range(5)), torch.zeros(5, 3, 4, 4), ahead=True)
     fn(0)
     _, futures = fn.pending  # the second block was submitted when the first was taken
