@@ -1,4 +1,5 @@
 """ONNX export of the registered networks (fp32, and fp16 with fp32 islands), with hw2rt metadata."""
+from hw2rt.export.checkpoint import export_checkpoint
 from hw2rt.export.fp16 import Fp16Network, cast_floats, fold_batchnorm, to_fp16
 from hw2rt.export.onnx_export import (
     DEFAULT_OPSET,
@@ -7,7 +8,6 @@ from hw2rt.export.onnx_export import (
     MIN_OPSET,
     PRECISIONS,
     check_graph,
-    export_checkpoint,
     export_onnx,
     exporter_versions,
     hw2rt_version,
