@@ -23,7 +23,7 @@ import torch
 from hw2rt.bench.measure import cpu_flags, cpu_name
 from hw2rt.engines import open_engine
 from hw2rt.io import atomic_path
-from hw2rt.task import graded_digits
+from hw2rt.verify.task import graded_digits
 
 REFERENCE = "ddim:50:clip:1"
 STEPS = (3, 4, 5, 8, 10, 15, 20)

@@ -30,8 +30,8 @@ from hw2rt.checkpoints import file_sha256, load_model, resolve_checkpoint
 from hw2rt.engines import OrtEngine, TorchEngine
 from hw2rt.export import export_onnx
 from hw2rt.export.int8 import FULL_RANGE, REDUCED_RANGE, quantize_int8
-from hw2rt.parity import BUDGETS, per_call
 from hw2rt.runtime.calibration import calibration_recipe, record_calibration
+from hw2rt.verify.parity import BUDGETS, per_call
 
 INT16 = (-32768, 32767)
 INTEGER_KERNELS = ("QLinearConv", "ConvInteger", "QGemm", "QLinearMatMul", "MatMulInteger")

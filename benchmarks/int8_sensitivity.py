@@ -26,7 +26,7 @@ from hw2rt.export import export_onnx
 from hw2rt.export.int8 import KEEP_FP32, quantize_int8
 from hw2rt.models import get_spec
 from hw2rt.runtime.calibration import calibration_recipe, record_calibration
-from hw2rt.task import digit_agreement, graded_digits
+from hw2rt.verify.task import digit_agreement, graded_digits
 
 BLOCKS = ("init_conv", "down1", "down2", "timeembed1", "timeembed2", "contextembed1", "contextembed2", "up0",
           "up1", "up2", "out")

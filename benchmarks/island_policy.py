@@ -18,7 +18,7 @@ from hw2rt.engines import Engine, open_engine
 from hw2rt.engines.torch import reduced_precision_module
 from hw2rt.export import to_fp16
 from hw2rt.models import get_spec
-from hw2rt.parity import BUDGETS, LAST_CONV, SMALL, end_to_end, per_call, random_model
+from hw2rt.verify.parity import BUDGETS, LAST_CONV, SMALL, end_to_end, per_call, random_model
 
 
 class ModuleEngine(Engine):

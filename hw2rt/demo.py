@@ -21,8 +21,8 @@ from hw2rt.engines import open_engine, pick_backend
 from hw2rt.evaluate import digit_accuracy
 from hw2rt.io import open_noise_dir, read_labels_csv
 from hw2rt.models import get_spec
-from hw2rt.parity import SMALL, random_model, run_parity
 from hw2rt.runtime import jobs
+from hw2rt.verify.parity import SMALL, random_model, run_parity
 
 # bundled name -> the network it holds
 BUNDLED = {"face_unet": "face_unet", "digit_unet": "digit_unet", "dann_usps": "dann", "dann_svhn": "dann",

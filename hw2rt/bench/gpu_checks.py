@@ -14,7 +14,7 @@ from hw2rt.engines import open_engine
 from hw2rt.engines.graphs import GraphedEngine
 from hw2rt.errors import Hw2rtError
 from hw2rt.models import get_spec
-from hw2rt.parity import random_model
+from hw2rt.verify.parity import random_model
 
 CONFIG = {"n_feat": 32}
 

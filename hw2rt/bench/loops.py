@@ -22,10 +22,10 @@ from hw2rt.bench.measure import alternate, failure, flops_per_item, summarize, s
 from hw2rt.bench.runners import DIFFUSERS, REFERENCE, RUNNERS, compute_precision, is_cuda
 from hw2rt.io import mse_255, to_uint8_minmax, to_uint8_signed
 from hw2rt.models import get_spec
-from hw2rt.parity import BUDGETS
 from hw2rt.runtime.ddpm import guided_denoiser
 from hw2rt.runtime.jobs import digit_noise, digit_plan, sample_digits, sample_faces
 from hw2rt.runtime.noise import seeded_noise
+from hw2rt.verify.parity import BUDGETS
 
 # Every row has every key (None where not measured): the JSON's shape does not depend on what ran.
 SCENARIO_FIELDS = ("median_s", "p10_s", "p90_s", "n", "per_step_ms", "images_per_s", "speedup_vs_torch",

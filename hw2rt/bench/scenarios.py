@@ -13,8 +13,8 @@ from hw2rt.bench.loops import Loop, digit_loop_fns, engine_label, loop_line, loo
 from hw2rt.bench.measure import PeakMemory, alternate, failure, flops_per_item, linear_fit, summarize, timed
 from hw2rt.bench.runners import REFERENCE, RUNNERS, compute_precision
 from hw2rt.models import get_spec
-from hw2rt.parity import BUDGETS, compare_outputs
 from hw2rt.runtime.jobs import classify_job
+from hw2rt.verify.parity import BUDGETS, compare_outputs
 
 # Every row has every key (None where not measured): the JSON's shape does not depend on what ran.
 CALL_FIELDS = ("median_ms", "p10_ms", "p90_ms", "n", "first_call_ms", "first_call_memory_mib", "items_per_s",

@@ -39,8 +39,8 @@ from hw2rt.bench.runners import (
 )
 from hw2rt.bench.scenarios import dann_folder_scenario, growth_scenario, sweep
 from hw2rt.errors import Hw2rtError, first_line
-from hw2rt.parity import random_model
 from hw2rt.runtime.jobs import FAST_ETA, FAST_SAMPLER, FAST_STEPS
+from hw2rt.verify.parity import random_model
 
 SCHEMA = "hw2rt.bench/2"
 SUITES = ("cpu", "quick", "gpu", "cpu-smoke")

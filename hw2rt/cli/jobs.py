@@ -318,7 +318,7 @@ def export(model, checkpoint, out, precision, calibration_method, calibration_im
 
     from hw2rt.checkpoints import file_sha256, load_model
     from hw2rt.io import atomic_path
-    from hw2rt.islands import BUDGET_IMAGE_MSE_255, SEARCH_LOOPS, format_search, search_islands
+    from hw2rt.verify.islands import BUDGET_IMAGE_MSE_255, SEARCH_LOOPS, format_search, search_islands
 
     if precision != "fp16" or model not in SEARCH_LOOPS:
         raise Hw2rtError(f"--search-islands searches the fp32 islands of an fp16 graph of face_unet or "
@@ -370,8 +370,8 @@ def parity(model, checkpoint, steps, size, no_e2e, trajectory, sampler, eta, onn
     """Compare an engine, opened as the commands open it (or an ONNX graph), with the torch fp32 CPU
     reference; exit status 1 when over budget."""
     from hw2rt.errors import Hw2rtError
-    from hw2rt.parity import format_report, run_parity
     from hw2rt.runtime.jobs import check_finite
+    from hw2rt.verify.parity import format_report, run_parity
 
     loop = None
     if trajectory:
@@ -387,7 +387,7 @@ def parity(model, checkpoint, steps, size, no_e2e, trajectory, sampler, eta, onn
             raise Hw2rtError(f"--precision {precision} {model}: give --task FOLDER, target-domain images "
                              "(they calibrate the graph, without labels, and are classified by both engines)")
     if task is not None:
-        from hw2rt.task import check_task
+        from hw2rt.verify.task import check_task
 
         task = check_task(model, task)
     if labels_csv is not None and (task is None or model == "digit_unet"):

@@ -14,7 +14,7 @@ Three computations break in fp16 and stay fp32 by default (DESIGN.md, "Precision
 An island is named: a submodule's qualified name ("time.0", "down2.resblocks.norm1": the whole
 module runs fp32), or "<module>.softmax" (the softmax calls made directly in that module's forward;
 "softmax" at the top level). `to_fp16(net, islands)` takes any such set (the island search,
-`hw2rt/islands.py`, tries many); None is the default set above, and `Fp16Network.islands()` says
+`hw2rt/verify/islands.py`, tries many); None is the default set above, and `Fp16Network.islands()` says
 which islands a converted network used.
 
 Graph inputs and outputs keep the registry's dtypes: float inputs enter fp32 and are cast to

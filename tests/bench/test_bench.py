@@ -16,8 +16,8 @@ from hw2rt.errors import Hw2rtError
 from hw2rt.export.int8 import weight_range
 from hw2rt.io import to_uint8_signed
 from hw2rt.models import get_spec
-from hw2rt.parity import BUDGETS, compare_outputs, random_model
 from hw2rt.runtime.jobs import FAST_STEPS
+from hw2rt.verify.parity import BUDGETS, compare_outputs, random_model
 
 # Written out (not taken from scenarios.CALL_FIELDS) so that a change of the JSON's shape fails here.
 PER_CALL_KEYS = {"model", "config", "dims", "batch", "backend", "label", "precision", "compute_precision",

@@ -9,8 +9,8 @@ from hw2rt.bench import gpu_checks, loops, measure, report, runners, suites
 from hw2rt.bench.loops import Loop, digit_loop_fns
 from hw2rt.engines import open_engine
 from hw2rt.errors import Hw2rtError
-from hw2rt.parity import random_model
 from hw2rt.runtime import jobs
+from hw2rt.verify.parity import random_model
 
 HEADLINE = ("face_job_1s", "digit_job_15s", "fp16_image_mse")
 

@@ -5,9 +5,9 @@ import onnx
 import torch
 from click.testing import CliRunner
 
-from hw2rt import parity
 from hw2rt.cli import main
 from hw2rt.models import build_model
+from hw2rt.verify import parity
 
 
 def test_export_writes_checked_onnx_with_metadata(tmp_path):

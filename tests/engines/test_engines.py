@@ -12,7 +12,7 @@ from hw2rt.checkpoints import file_sha256, save_checkpoint
 from hw2rt.engines import OrtEngine, TorchEngine, check_feeds, open_engine
 from hw2rt.errors import Hw2rtError
 from hw2rt.models import get_spec
-from hw2rt.parity import run_parity
+from hw2rt.verify.parity import run_parity
 from tests.helpers import small_net
 
 # --- cache ----------------------------------------------------------------------------------------------

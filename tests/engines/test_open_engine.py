@@ -7,13 +7,13 @@ import types
 import pytest
 import torch
 
-from hw2rt import parity
 from hw2rt.bench.runners import open_runner
 from hw2rt.bench.suites import make_suite
 from hw2rt.checkpoints import resolve_checkpoint
 from hw2rt.cli.jobs import _open_engine
 from hw2rt.engines import GraphedEngine, open_engine, pick_backend, resolve_source
 from hw2rt.errors import Hw2rtError
+from hw2rt.verify import parity
 
 CUDA = torch.cuda.is_available()
 DIMS = {"face_unet": {"height": 32, "width": 32}, "digit_unet": {}}

@@ -8,7 +8,7 @@ import torch
 from hw2rt.engines import open_engine
 from hw2rt.engines.torch import FP32_ISLANDS, TorchEngine, reduced_precision_module, same_device
 from hw2rt.models import get_spec
-from hw2rt.parity import BUDGETS, random_model
+from hw2rt.verify.parity import BUDGETS, random_model
 
 # --- the torch backend's reduced-precision policy (CPU stand-in for CUDA) -------------------------
 

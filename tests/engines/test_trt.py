@@ -16,7 +16,7 @@ from hw2rt.engines.graphs import (
 )
 from hw2rt.errors import Hw2rtError
 from hw2rt.models import get_spec
-from hw2rt.parity import random_model
+from hw2rt.verify.parity import random_model
 
 ROOT = Path(__file__).resolve().parents[2]
 

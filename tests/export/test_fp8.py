@@ -14,8 +14,8 @@ from hw2rt.export import export_onnx, read_metadata
 from hw2rt.export.fp8 import E4M3_MAX, FP8_OPSET, export_fp8
 from hw2rt.export.int8 import export_int8
 from hw2rt.models import get_spec
-from hw2rt.parity import BUDGETS, compare_outputs, random_model
 from hw2rt.runtime import calibration
+from hw2rt.verify.parity import BUDGETS, compare_outputs, random_model
 
 FAST_DIGITS = {**calibration.RECIPES["digit_unet"], "steps": 4, "per_digit": 1, "every": 2}
 WEIGHT = "down1.model.0.conv1.0.weight"  # a quantized Conv weight of the digit UNet

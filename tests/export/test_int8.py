@@ -22,9 +22,9 @@ from hw2rt.export.int8 import (
     weight_range,
 )
 from hw2rt.models import get_spec
-from hw2rt.parity import BUDGETS, SMALL, compare_outputs, random_model
 from hw2rt.runtime import calibration
 from hw2rt.runtime.calibration import Recorder, calibration_recipe, record_calibration
+from hw2rt.verify.parity import BUDGETS, SMALL, compare_outputs, random_model
 
 FAST_DIGITS = {**calibration.RECIPES["digit_unet"], "steps": 4, "per_digit": 1, "every": 2}
 

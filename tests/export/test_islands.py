@@ -1,17 +1,17 @@
-"""fp32 islands by name (export/fp16.py) and the island search (hw2rt/islands.py)."""
+"""fp32 islands by name (export/fp16.py) and the island search (hw2rt/verify/islands.py)."""
 import json
 
 import onnx
 import pytest
 from click.testing import CliRunner
 
-from hw2rt import islands
 from hw2rt.cli import main
 from hw2rt.errors import Hw2rtError
 from hw2rt.export import export_onnx, read_metadata
 from hw2rt.export.fp16 import to_fp16
-from hw2rt.islands import search_islands, shrink
-from hw2rt.parity import SMALL, random_model
+from hw2rt.verify import islands
+from hw2rt.verify.islands import search_islands, shrink
+from hw2rt.verify.parity import SMALL, random_model
 
 FLOAT, HALF = onnx.TensorProto.FLOAT, onnx.TensorProto.FLOAT16
 

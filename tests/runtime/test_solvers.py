@@ -9,13 +9,13 @@ from hw2rt.bench.loops import diffusers_solver, diffusers_solver_loop
 from hw2rt.engines import TorchEngine
 from hw2rt.errors import Hw2rtError
 from hw2rt.io import mse_255, to_uint8_signed
-from hw2rt.parity import random_model
 from hw2rt.runtime import jobs
 from hw2rt.runtime.ddim import ddim_sample
 from hw2rt.runtime.ddpm import guided_denoiser
 from hw2rt.runtime.dpm_solver import dpmpp_2m_sample
 from hw2rt.runtime.schedules import DIGIT
 from hw2rt.runtime.unipc import unipc_sample
+from hw2rt.verify.parity import random_model
 
 diffusers = pytest.importorskip("diffusers")
 

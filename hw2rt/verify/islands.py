@@ -33,7 +33,7 @@ from hw2rt.engines import OrtEngine, TorchEngine
 from hw2rt.export import export_onnx, to_fp16
 from hw2rt.io import mse_255
 from hw2rt.models import get_spec
-from hw2rt.parity import BUDGETS, compare_outputs, sample_images, start_noise
+from hw2rt.verify.parity import BUDGETS, compare_outputs, sample_images, start_noise
 
 # The loop a search grades, per model: what the demo and the jobs run (faces: Problem 2's DDIM;
 # digits: the demo's guided DDIM, eta 1, w 2), at the size of the search (faces 64x64).

@@ -2,7 +2,7 @@
 import pytest
 
 from hw2rt.engines import TorchEngine, open_engine
-from hw2rt.parity import SMALL, random_model
+from hw2rt.verify.parity import SMALL, random_model
 
 
 @pytest.fixture(scope="session")

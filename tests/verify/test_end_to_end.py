@@ -3,7 +3,7 @@ import json
 
 import pytest
 
-from hw2rt.parity import BUDGETS, end_to_end, format_report, parity_report, run_parity
+from hw2rt.verify.parity import BUDGETS, end_to_end, format_report, parity_report, run_parity
 
 
 @pytest.mark.parametrize("precision", ["fp32", "fp16"])
@@ -47,7 +47,7 @@ def test_a_nan_output_is_named_and_a_graphless_candidate_is_not_localized():
     import torch
 
     from hw2rt.engines import TorchEngine
-    from hw2rt.parity import random_model
+    from hw2rt.verify.parity import random_model
 
     class NaNs(TorchEngine):
         def _run(self, feeds):

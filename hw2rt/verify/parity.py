@@ -40,7 +40,7 @@ from hw2rt.errors import Hw2rtError
 from hw2rt.io import atomic_path, mse_255, to_uint8_minmax, to_uint8_signed
 from hw2rt.models import build_model, get_spec
 from hw2rt.options import QUANTIZED
-from hw2rt.trajectory import format_trajectory, plot_trajectory, run_loop, trajectory_report
+from hw2rt.verify.trajectory import format_trajectory, plot_trajectory, run_loop, trajectory_report
 
 BUDGETS = {
     "fp32": {"per_call_rel_max_abs": 1e-4, "e2e_image_mse_255": 0.05},
@@ -223,7 +223,7 @@ def task_report(reference: Engine, candidate: Engine, task, *, labels_csv=None, 
     """The task-level grade (task.py): digit_unet: `task` digits of `sampler` (default the gate's loop:
     guided DDIM, eta 1, w 2), `steps` or 50 steps; dann / digit_classifier: the labels of the image folder
     `task`."""
-    from hw2rt.task import check_task, digit_agreement, label_agreement
+    from hw2rt.verify.task import check_task, digit_agreement, label_agreement
 
     task = check_task(reference.model, task)
     if reference.model == "digit_unet":
@@ -237,7 +237,7 @@ def localize_report(reference: Engine, candidate: Engine, *, batch: int, seed: i
     """The first node of the candidate's ONNX graph whose output leaves the budget, against the fp32 export
     of the reference's weights, on the per-call feeds. Engines without a graph are reported as skipped."""
     from hw2rt.engines.weights import cached_onnx
-    from hw2rt.localize import localize
+    from hw2rt.verify.localize import localize
 
     graph = getattr(candidate, "path", None)
     if graph is None or candidate.backend != "ort":
@@ -336,8 +336,8 @@ def _g(v: float) -> str:
 
 def format_report(report: dict) -> str:
     """A readable table of a parity report (markdown-compatible)."""
-    from hw2rt.localize import format_localize
-    from hw2rt.task import format_task
+    from hw2rt.verify.localize import format_localize
+    from hw2rt.verify.task import format_task
 
     def ok(b):
         return "ok" if b else "FAIL"

@@ -3,7 +3,7 @@ import pytest
 import torch
 
 from hw2rt.engines import TorchEngine
-from hw2rt.parity import BUDGETS, SMALL, compare_outputs, per_call, random_model
+from hw2rt.verify.parity import BUDGETS, SMALL, compare_outputs, per_call, random_model
 
 MODELS = ["face_unet", "digit_unet", "dann", "digit_classifier"]
 

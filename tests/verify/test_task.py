@@ -1,4 +1,4 @@
-"""Task-level agreement (hw2rt.task): graded digits and classify labels, candidate vs reference."""
+"""Task-level agreement (hw2rt.verify.task): graded digits and classify labels, candidate vs reference."""
 import json
 
 import numpy as np
@@ -14,7 +14,7 @@ from hw2rt.evaluate import digit_accuracy
 from hw2rt.io import list_images, mse_255, read_image, read_labels_csv, write_labels_csv
 from hw2rt.models.predict import predict
 from hw2rt.runtime import jobs
-from hw2rt.task import BUDGETS, digit_agreement, format_task, label_agreement
+from hw2rt.verify.task import BUDGETS, digit_agreement, format_task, label_agreement
 
 GRADER = resolve_checkpoint(None, "digit_classifier")
 FAST = {"sampler": "ddim", "steps": 5, "eta": 1.0, "w": 2.0}  # the gate's sampler, fewer steps

@@ -7,8 +7,8 @@ from click.testing import CliRunner
 
 from hw2rt.cli import main
 from hw2rt.engines import TorchEngine
-from hw2rt.parity import SMALL, random_model
-from hw2rt.trajectory import trajectory_report
+from hw2rt.verify.parity import SMALL, random_model
+from hw2rt.verify.trajectory import trajectory_report
 
 STEPS = 8
 LOOPS = [("face_unet", "face-ddim", 0.0), ("digit_unet", "digit-ancestral", 0.0),

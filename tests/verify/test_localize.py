@@ -10,9 +10,9 @@ from onnx import TensorProto, numpy_helper
 
 from hw2rt.checkpoints import ASSETS, load_model
 from hw2rt.export import export_onnx
-from hw2rt.localize import format_localize, localize
 from hw2rt.models import get_spec
-from hw2rt.parity import BUDGETS, SMALL, random_model
+from hw2rt.verify.localize import format_localize, localize
+from hw2rt.verify.parity import BUDGETS, SMALL, random_model
 
 FP32, FP16 = BUDGETS["fp32"]["per_call_rel_max_abs"], BUDGETS["fp16"]["per_call_rel_max_abs"]
 BUNDLED_FACE = ASSETS / "face_unet.safetensors"
