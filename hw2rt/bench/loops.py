@@ -210,7 +210,7 @@ def digit_loop_fns(engines: dict, net, loop: Loop, device, w: float = 2.0) -> Lo
                for n, e in engines.items()},
         parity={n: partial(run, e, loop.parity_images or loop.images) for n, e in engines.items()},
         warm={n: partial(run, e, loop.images, None, loop.warm_steps, True) for n, e in engines.items()},
-        per_image_rows=2, noise=noise if loop.sampler == "ancestral" or plan.eta > 0 else None)
+        per_image_rows=2, noise=noise if plan.draws_noise else None)
     if loop.sampler == "ancestral":
         return fns  # diffusers has no ancestral baseline: no row
     missing = diffusers_missing() or (ddim_spacing_differs(plan) if loop.sampler == "ddim" else None)

@@ -199,6 +199,11 @@ class DigitPlan:
     w: float = 2.0
     clip: bool = True  # clamp every predicted x0 to [-1, 1] (not used by the ancestral loop)
 
+    @property
+    def draws_noise(self) -> bool:
+        """Whether the loop draws fresh noise every step (ancestral, DDIM with eta > 0)."""
+        return self.sampler == "ancestral" or self.eta > 0
+
 
 # The few-step solvers (deterministic, one model call per step; the last step returns the final x0).
 SOLVERS = {"dpmpp-2m": dpmpp_2m_sample, "unipc": unipc_sample}
@@ -285,7 +290,7 @@ def sample_digits(engine, labels: torch.Tensor, plan: DigitPlan, *, seed=0, batc
             labels_chunk = labels[i:stop].to(engine.device)
             denoiser = guided_denoiser(engine, plan.w, labels_chunk, schedule.T)
             # only the loops that draw fresh noise get a source (on a GPU it starts drawing ahead at once)
-            noise = seeded_noise(gens[i:stop], x) if plan.sampler == "ancestral" or eta > 0 else None
+            noise = seeded_noise(gens[i:stop], x) if plan.draws_noise else None
             if plan.sampler == "ancestral":
                 out = ancestral_sample(denoiser, x, schedule, timesteps, noise=noise, callback=on_step)
             elif plan.sampler == "ddim":
