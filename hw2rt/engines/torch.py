@@ -41,6 +41,12 @@ DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 # activation dtype inside its forward, so an island on its time MLP would not restore t.
 FP32_ISLANDS = {"face_unet": ("time",), "digit_unet": (), "dann": (), "digit_classifier": ()}
 
+
+def fp32_islands(model: str, precision: str) -> tuple:
+    """The submodules (qualified names; a name covers everything under it) that stay fp32 when `model`
+    runs in `precision`: the one source for every engine's fp16/bf16 policy on the fp32 graph."""
+    return FP32_ISLANDS[model] if precision in ("fp16", "bf16") else ()
+
 MEMORY_FORMATS = {"channels_last": torch.channels_last, "contiguous": torch.contiguous_format}
 # The reduced-precision module's activation layout, per device type. The CPU's oneDNN convolutions
 # run channels-last faster (RESULTS.md); torch's CUDA GroupNorm works in NCHW only, so channels-last
@@ -75,7 +81,7 @@ def reduced_precision_module(net: nn.Module, model: str, precision: str, device=
     net = fold_batchnorm(copy.deepcopy(net).eval())
     net.requires_grad_(False)
     # Islands are set aside before the cast: a buffer cast to fp16 and back has lost its digits.
-    kept = {name: copy.deepcopy(net.get_submodule(name)).float() for name in FP32_ISLANDS[model]}
+    kept = {name: copy.deepcopy(net.get_submodule(name)).float() for name in fp32_islands(model, precision)}
     net = net.to(dtype)
     for name, sub in kept.items():
         parent, _, leaf = name.rpartition(".")
@@ -106,7 +112,7 @@ class TorchEngine(Engine):
         if threads:
             torch.set_num_threads(threads)  # process-wide: torch has no per-module thread count
         self.dtype = DTYPES[precision]
-        self.islands = FP32_ISLANDS[model] if precision != "fp32" else ()
+        self.islands = fp32_islands(model, precision)
         self.memory_format = memory_format_for(self.device, memory_format)
         if precision != "fp32":
             module = reduced_precision_module(net, model, precision, self.device, self.memory_format)
