@@ -47,7 +47,8 @@ def sweep(case, engines: dict, suite, *, device, peaks: dict, log) -> list:
                 point[name]["skipped"] = engine
             elif name in case.skip:
                 point[name]["skipped"] = case.skip[name]
-            elif "compile" in name and case.compile_batches is not None and batch not in case.compile_batches:
+            elif (isinstance(r.get("compile"), dict) and case.compile_batches is not None
+                  and batch not in case.compile_batches):
                 where = ", ".join(map(str, case.compile_batches))
                 point[name]["skipped"] = (f"torch.compile specialises on the batch size; measured at batch "
                                           f"{where} only (a compile takes minutes here)")
