@@ -1,9 +1,9 @@
 """`hw2rt demo` (what `make demo` runs): the whole toolkit on one machine, in minutes.
 
 Stages: a stand-in hw2_data tree -> each network from its bundled checkpoint (or, where this
-install has none yet, a seeded random small model, labelled as such) -> ONNX export + engine
-(per network what the scripts open: engines/auto.py) -> parity against the torch reference -> faces (DDIM, eta grid,
-slerp/lerp rows) -> digits (guided DDPM grid + reverse-process frames) -> a side-by-side timing
+install has none yet, a seeded random small model, labelled as such) -> ONNX export + engine (per
+network what the scripts open: engines/auto.py) -> parity against the torch reference -> faces (DDIM,
+eta grid, slerp/lerp rows) -> digits (guided DDPM grid + reverse-process frames) -> a side-by-side timing
 of torch eager and the engines per network -> DANN classification of the USPS-like and SVHN-like
 test sets -> outputs/demo/report.html.
 """

@@ -72,4 +72,5 @@ def test_every_script_lets_auto_choose_backend_and_precision():
     fastest for it on this CPU kind (engines/auto.py), and print the choice."""
     for script in ("hw2_1.sh", "hw2_2.sh", "hw2_3.sh"):
         words = (SCRIPTS / script).read_text().split("exec", 1)[1].split()
-        assert words[words.index("--backend") + 1] == "auto" and words[words.index("--precision") + 1] == "auto"
+        assert words[words.index("--backend") + 1] == "auto"
+        assert words[words.index("--precision") + 1] == "auto"
