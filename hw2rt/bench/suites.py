@@ -104,7 +104,7 @@ GPU_LOOP_SKIP = {"torch+graphs": "fp32 behind graphs: per call only (the loops' 
                  "fp16-compile+graphs": "per call only: torch.compile(dynamic=False) recompiles for every "
                                         "bucket and parity batch"}
 FAST = "digit_fast_loop"  # the digit job's few-step setting (jobs.FAST_*): the scripts' loop
-CPU_GOALS = ("digit_loop_2x", "digit_loop_2x_int8", "face_peak_85")
+CPU_GOALS = ("digit_loop_2x", "digit_loop_2x_int8", "face_peak_85", "peer_1_2x")
 GPU_GOALS = ("face_job_1s", "digit_job_15s", "digit_fast_job_1s", "fp16_image_mse", "graphs_faster")
 
 
