@@ -37,7 +37,7 @@ def main(args):
     print("|---|---|" + "---|" * len(engines))
     for size, batch in sizes:
         feeds = get_spec(MODEL).example_inputs(batch, seed=1, height=size, width=size)
-        times = side_by_side({k: (lambda e=e: e.run(feeds)) for k, e in engines.items()}, 5, "cpu")
+        times = side_by_side({k: (lambda e=e, f=feeds: e.run(f)) for k, e in engines.items()}, 5, "cpu")
         fp32 = times["fp32"]["median_ms"]
         cells = [f"{t['median_ms']:.0f} ms ({fp32 / t['median_ms']:.2f}x)" for t in times.values()]
         print(f"| {size}x{size} | {batch} | " + " | ".join(cells) + " |", flush=True)
