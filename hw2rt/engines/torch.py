@@ -54,8 +54,10 @@ DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 # feature-map size: the first conv, the output head, the 64x64 ResBlocks' second half (norm2, conv2)
 # and the 32x32 ones' first half (norm1, conv1), the sampling convs between them, the 1x1 skips at
 # 64x64 to 16x16, and every ResBlock's timestep projection (time.1). The face job's loop: image MSE
-# 0.29 on the search's images, 0.22 on ten others (64x64); parity's default 0.24. The top-level `time`
-# MLP may run bf16 once the per-block projections are fp32.
+# 0.29 on the search's images, 0.22 on ten others (64x64 and 256x256); parity's default 0.24. The
+# top-level `time` MLP may run bf16 once the per-block projections are fp32. Per call (1 thread) that is
+# 1.3-1.8x the fp32 engine, of which the channels-last layout alone is 1.2-1.5x: with 67 islands in a
+# base-16 UNet bf16 itself buys 5-20%. A checkpoint of other weights or widths needs its own search.
 _FACE_RESBLOCKS = (*(f"down{i}" for i in (2, 3, 5, 6, 8, 9, 11, 12, 14, 15, 17, 18)), "mid1", "mid2",
                    *(f"up{i}" for i in (1, 2, 3, 5, 6, 7, 9, 10, 11, 13, 14, 15, 17, 18, 19, 21, 22, 23)))
 FACE_BF16_ISLANDS = (

@@ -64,8 +64,6 @@ EXTRA_CANDIDATES = {
 }
 # parity's budgets: a trial passes when its engine would pass `hw2rt parity` (per call and images)
 PRECISIONS = ("fp16", "bf16")
-BUDGET_IMAGE_MSE_255 = BUDGETS["fp16"]["e2e_image_mse_255"]
-PER_CALL_BUDGET = BUDGETS["fp16"]["per_call_rel_max_abs"]
 W = 2.0
 
 
