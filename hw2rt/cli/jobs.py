@@ -277,11 +277,13 @@ def demo(out, quick, backend, threads):
 @click.option("--checkpoint", type=click.Path(dir_okay=False, path_type=Path), default=None,
               help="Default: the bundled model (for dann: name one, dann_usps or dann_svhn).")
 @click.option("--out", required=True, type=click.Path(dir_okay=False, path_type=Path),
-              help="The .onnx to write.")
-@click.option("--precision", type=click.Choice(options.GRAPH_PRECISIONS), default="fp32", show_default=True,
+              help="The .onnx to write (bf16 --search-islands: the search's JSON report).")
+@click.option("--precision", type=click.Choice(options.GRAPH_PRECISIONS + ("bf16",)), default="fp32",
+              show_default=True,
               help="fp16: fp16 graph with fp32 islands (timestep embedding, GroupNorm statistics, softmax). "
                    "int8: QDQ graph calibrated on the model's own loop (dann/digit_classifier: on "
-                   "--calibration-images). fp8: its E4M3 QDQ form, for TensorRT on Hopper/Ada.")
+                   "--calibration-images). fp8: its E4M3 QDQ form, for TensorRT on Hopper/Ada. "
+                   "bf16: with --search-islands only (bf16 has no graph: the torch backend's module).")
 @click.option("--calibration-method", type=click.Choice(("minmax", "entropy", "percentile")), default=None,
               help="int8/fp8: how activation ranges are chosen (default percentile, 99.99).")
 @click.option("--calibration-images", type=click.Path(file_okay=False, path_type=Path), default=None,
@@ -295,13 +297,16 @@ def demo(out, quick, backend, threads):
               help="face_unet: the H = W to trace with (the graph stays dynamic in H and W); with "
                    "--search-islands, the size the search samples at (default 64).")
 @click.option("--search-islands", is_flag=True,
-              help="fp16, face_unet/digit_unet: search the smallest set of fp32 islands whose images stay "
-                   "within --budget of the fp32 images (and whose calls within parity's fp16 budget); "
-                   "writes that graph and the search's report.")
+              help="fp16 or bf16, face_unet/digit_unet: search the smallest set of fp32 islands whose images "
+                   "stay within --budget of the fp32 images (and whose calls within parity's budget of the "
+                   "precision). fp16: trials on the exported graph (ORT); writes that graph and the report. "
+                   "bf16: trials on the torch backend's module; writes the report (--out) for "
+                   "engines/torch.py's FP32_ISLANDS.")
 @click.option("--budget", type=click.FloatRange(min=0, min_open=True), default=None,
-              help="With --search-islands: the image MSE (0..255) budget (default: parity's fp16 0.3).")
+              help="With --search-islands: the image MSE (0..255) budget (default: parity's, 0.3).")
 @click.option("--report", "report_path", type=click.Path(dir_okay=False, path_type=Path), default=None,
-              help="With --search-islands: the JSON report (default: beside --out, .islands.json).")
+              help="With --search-islands --precision fp16: the JSON report (default: beside --out, "
+                   ".islands.json).")
 def export(model, checkpoint, out, precision, calibration_method, calibration_images, keep_fp32, opset, size,
            search_islands, budget, report_path):
     """Export a network to ONNX from its I/O spec: named inputs, dynamic batch, hw2rt metadata."""
@@ -313,6 +318,9 @@ def export(model, checkpoint, out, precision, calibration_method, calibration_im
     if not search_islands:
         if budget is not None or report_path is not None:
             raise Hw2rtError("--budget and --report belong to --search-islands")
+        if precision == "bf16":
+            raise Hw2rtError("there is no bf16 graph (bf16 runs on the torch backend); --precision bf16 "
+                             "exports nothing but --search-islands' report")
         _outputs(("--out", out, False))
         path = export_checkpoint(resolve_checkpoint(checkpoint, model), out, model=model, precision=precision,
                                  opset=opset or DEFAULT_OPSET, dims=dims, method=calibration_method,
@@ -325,18 +333,24 @@ def export(model, checkpoint, out, precision, calibration_method, calibration_im
 
     from hw2rt.checkpoints import file_sha256, load_model
     from hw2rt.io import atomic_path
-    from hw2rt.verify.islands import BUDGET_IMAGE_MSE_255, SEARCH_LOOPS, format_search, search_islands
+    from hw2rt.verify.islands import PRECISIONS, SEARCH_LOOPS, format_search, search_islands
 
-    if precision != "fp16" or model not in SEARCH_LOOPS:
-        raise Hw2rtError(f"--search-islands searches the fp32 islands of an fp16 graph of face_unet or "
-                         f"digit_unet (got --model {model} --precision {precision})")
+    if precision not in PRECISIONS or model not in SEARCH_LOOPS:
+        raise Hw2rtError(f"--search-islands searches the fp32 islands of an fp16 graph or a bf16 module of "
+                         f"face_unet or digit_unet (got --model {model} --precision {precision})")
     if opset is not None and opset != DEFAULT_OPSET:
         raise Hw2rtError(f"--search-islands exports opset {DEFAULT_OPSET}")
-    report_path = report_path or out.with_suffix(".islands.json")
-    _outputs(("--out", out, False), ("--report", report_path, False))
+    if precision == "bf16":
+        if report_path is not None:
+            raise Hw2rtError("--precision bf16 --search-islands writes its report to --out (no graph)")
+        report_path, graph = out, None
+        _outputs(("--out", out, False))
+    else:
+        report_path, graph = report_path or out.with_suffix(".islands.json"), out
+        _outputs(("--out", out, False), ("--report", report_path, False))
     path = resolve_checkpoint(checkpoint, model)
     net, _, _ = load_model(path, model)
-    report = search_islands(model, net, out, budget=budget or BUDGET_IMAGE_MSE_255, dims=dims,
+    report = search_islands(model, net, graph, precision=precision, budget=budget, dims=dims,
                             source_sha256=file_sha256(path), log=click.echo)
     with atomic_path(report_path) as tmp:
         Path(tmp).write_text(json.dumps(report, indent=2) + "\n")

@@ -12,6 +12,7 @@ from hw2rt.bench.suites import make_suite
 from hw2rt.checkpoints import resolve_checkpoint
 from hw2rt.cli.jobs import _open_engine
 from hw2rt.engines import GraphedEngine, open_engine, resolve_source
+from hw2rt.engines.torch import fp32_islands
 from hw2rt.errors import Hw2rtError
 from hw2rt.verify import parity
 
@@ -68,7 +69,8 @@ def test_commands_parity_bench_and_gpu_check_open_the_same_engine(model, device,
     assert d["backend"] == backend and d["precision"] == precision and d["graphs"] is (device == "cuda")
     assert d["engine"] == {"torch": "TorchEngine", "ort": "OrtEngine", "trt": "TrtEngine"}[backend]
     if backend == "torch":
-        assert d["islands"] == (["time"] if model == "face_unet" and precision != "fp32" else [])
+        assert d["islands"] == list(fp32_islands(model, precision))
+        assert ("time" in d["islands"]) is (model == "face_unet" and precision == "fp16")
 
 
 def test_parity_reference_is_torch_fp32_on_the_cpu():

@@ -7,6 +7,7 @@ import torch
 
 from hw2rt.engines import open_engine
 from hw2rt.engines.torch import FP32_ISLANDS, TorchEngine, reduced_precision_module, same_device
+from hw2rt.errors import Hw2rtError
 from hw2rt.models import get_spec
 from hw2rt.verify.parity import BUDGETS, random_model
 
@@ -16,11 +17,50 @@ def test_reduced_precision_module_keeps_islands_fp32_and_the_original_intact():
     net = random_model("face_unet", {"base": 32, "norm_groups": 8})
     inv_freq = net.time[0].inv_freq.clone()
     half = reduced_precision_module(net, "face_unet", "fp16")
-    assert FP32_ISLANDS["face_unet"] == ("time",)
+    assert FP32_ISLANDS["fp16"]["face_unet"] == ("time",)
     assert half.down1.weight.dtype == torch.float16
     assert half.time[0].inv_freq.dtype == torch.float32 and torch.equal(half.time[0].inv_freq, inv_freq)
     assert half.time[1].weight.dtype == torch.float32
     assert net.down1.weight.dtype == torch.float32 and net.training is False
+
+
+
+def test_a_tensor_keeps_the_dtype_of_the_module_that_made_it():
+    """bf16 modules cast what they read down; an island reads fp32 and hands fp32 on: with the first conv
+    and the output head as islands, the network's input reaches `down1` unrounded and eps leaves `out` in
+    fp32, so down1's output is exactly the fp32 module's."""
+    net = random_model("face_unet", {"base": 16, "norm_groups": 8})
+    feeds = get_spec("face_unet").example_inputs(2, height=32, width=32)
+    engine = TorchEngine(net, "face_unet", precision="bf16", islands=["time", "down1", "out"])
+    assert engine.describe()["islands"] == ["time", "down1", "out"]
+    seen = {}
+
+    def record(name):
+        def hook(_module, args, out):
+            seen[name] = (args[0].dtype, out.dtype)
+        return hook
+
+    for name in ("down1", "down2.resblocks.conv1", "out", "time"):
+        engine.module.get_submodule(name).register_forward_hook(record(name))
+    eps = engine.run(feeds)["eps"]
+    assert seen["down1"] == (torch.float32, torch.float32) and seen["out"][1] == torch.float32
+    assert seen["down2.resblocks.conv1"] == (torch.bfloat16, torch.bfloat16)
+    assert seen["time"][1] == torch.float32
+    assert engine.module.down1.weight.dtype == torch.float32
+    assert engine.module.down2.resblocks.conv1.weight.dtype == torch.bfloat16
+    with torch.inference_mode():
+        fp32_down1 = net.down1(feeds["x"])
+        bf16_down1 = engine.module.down1(feeds["x"].contiguous(memory_format=torch.channels_last))
+    assert torch.equal(fp32_down1, bf16_down1)
+    ref = TorchEngine(net, "face_unet").run(feeds)["eps"]
+    assert (eps - ref).abs().max() <= BUDGETS["bf16"]["per_call_rel_max_abs"] * ref.abs().max()
+    # every module an island: the fp32 network, whatever the layout
+    whole = TorchEngine(net, "face_unet", precision="bf16", islands=[n for n, _ in net.named_children()])
+    assert torch.allclose(whole.run(feeds)["eps"], ref, rtol=0, atol=1e-5 * float(ref.abs().max()))
+    with pytest.raises(Hw2rtError, match="no such module"):
+        TorchEngine(net, "face_unet", precision="bf16", islands=["down99"])
+    with pytest.raises(Hw2rtError, match="reduced precision"):
+        TorchEngine(net, "face_unet", islands=["time"])
 
 
 @pytest.mark.parametrize("model,config", [("face_unet", {"base": 32, "norm_groups": 8}),
@@ -55,7 +95,6 @@ def test_memory_format_is_a_per_device_choice_and_both_layouts_agree():
     """channels-last by default on the CPU, NCHW by default on CUDA (torch's CUDA GroupNorm is NCHW
     only); either can be asked for, the same numbers come out, and a third name is refused."""
     from hw2rt.engines.torch import memory_format_for
-    from hw2rt.errors import Hw2rtError
 
     assert memory_format_for(torch.device("cpu")) == "channels_last"
     assert memory_format_for(torch.device("cuda", 0)) == "contiguous"

@@ -6,11 +6,12 @@ import pytest
 from click.testing import CliRunner
 
 from hw2rt.cli import main
+from hw2rt.engines.torch import fp32_islands
 from hw2rt.errors import Hw2rtError
 from hw2rt.export import export_onnx, read_metadata
 from hw2rt.export.fp16 import to_fp16
 from hw2rt.verify import islands
-from hw2rt.verify.islands import search_islands, shrink
+from hw2rt.verify.islands import format_search, search_islands, shrink
 from hw2rt.verify.parity import SMALL, random_model
 
 FLOAT, HALF = onnx.TensorProto.FLOAT, onnx.TensorProto.FLOAT16
@@ -108,3 +109,61 @@ def test_cli_search_islands(tmp_path, monkeypatch):
                                            str(tmp_path / "x.onnx")])
         assert result.exit_code != 0 and message in result.output, result.output
     assert not (tmp_path / "x.onnx").exists()
+
+
+def owners(net):
+    return [n for n, m in net.named_modules() if any(True for _ in m.parameters(recurse=False))]
+
+
+def test_bf16_candidates_group_every_layer_once_by_role_and_size_most_expensive_first(face):
+    groups = islands.weight_groups(face, "face_unet", {"height": 32, "width": 32})
+    assert groups["time"] == ["time"] and groups["down1"] == ["down1"]
+    first = next(iter(groups))
+    assert first.startswith("*.resblocks.conv") and first.endswith(" 32x32")  # full-size 3x3 convs cost most
+    assert "down2.resblocks.conv1" in groups["*.resblocks.conv1 32x32"]
+    assert groups["*.resblocks.norm1 1x1"]  # the 1x1 level of a 32x32 input
+    members = [m for names in groups.values() for m in names]
+    for name in owners(face):
+        assert sum(name == m or name.startswith(m + ".") for m in members) == 1, name
+
+
+def test_bf16_search_trials_the_torch_module_the_engine_runs(monkeypatch):
+    net = random_model("face_unet", {"base": 8, "norm_groups": 4})
+    small = {"images": 2, "steps": 3, "dims": {"height": 32, "width": 32}, "log": lambda _: None}
+    easy = search_islands("face_unet", net, precision="bf16", budget=1e6, **small)
+    assert easy["precision"] == "bf16" and easy["out"] is None and easy["cpu_fidelity"] is None
+    assert easy["chosen"] == easy["islands"] == [] and easy["met_budget"]
+    assert [t["why"] for t in easy["trials"]] == ["no islands", "the default islands"]
+    assert easy["default_islands"] == list(fp32_islands("face_unet", "bf16"))
+    assert all(t["per_call_ms"] > 0 and t["fp32_ms"] > 0 for t in easy["trials"])
+    assert "island search face_unet bf16" in format_search(easy)
+    # three candidates, the timestep embedding not among them: even all three cannot reach fp32's images
+    real = islands.weight_groups(net, "face_unet", small["dims"])
+    rest = [n for label, names in real.items() for n in names if label not in ("time", "down1")]
+    monkeypatch.setattr(islands, "weight_groups", lambda *_: {"rest": rest, "down1": ["down1"]})
+    hard = search_islands("face_unet", net, precision="bf16", budget=1e-12, **small)
+    assert not hard["met_budget"] and hard["chosen"] == ["rest", "down1"]
+    assert sorted(hard["islands"]) == sorted(rest + ["down1"])
+    assert [t["why"] for t in hard["trials"]] == ["no islands", "the default islands", "every candidate"]
+    assert hard["trials"][2]["per_call_rel"] < easy["trials"][0]["per_call_rel"]
+    json.dumps(hard)
+    with pytest.raises(ValueError, match="fp16 or bf16"):
+        search_islands("face_unet", net, precision="int8", **small)
+
+
+def test_cli_search_islands_bf16_writes_the_report_to_out(tmp_path, monkeypatch):
+    monkeypatch.setitem(islands.SEARCH_LOOPS, "digit_unet", {**islands.SEARCH_LOOPS["digit_unet"],
+                                                             "images": 2, "steps": 2})
+    out = tmp_path / "digit.bf16.json"
+    result = CliRunner().invoke(main, ["export", "--model", "digit_unet", "--precision", "bf16",
+                                       "--search-islands", "--out", str(out), "--budget", "1e6"])
+    assert result.exit_code == 0, result.output
+    report = json.loads(out.read_text())
+    assert report["precision"] == "bf16" and report["chosen"] == [] and report["groups"]
+    assert "island search digit_unet bf16" in result.output
+    for args, message in ((["--search-islands", "--report", str(tmp_path / "r.json")],
+                           "writes its report to --out"), ([], "there is no bf16 graph")):
+        result = CliRunner().invoke(main, ["export", "--model", "digit_unet", "--precision", "bf16", *args,
+                                           "--out", str(tmp_path / "x.json")])
+        assert result.exit_code != 0 and message in result.output, result.output
+    assert not (tmp_path / "x.json").exists()
