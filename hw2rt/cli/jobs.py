@@ -6,9 +6,10 @@ import click
 from hw2rt import options
 from hw2rt.cli.group import main
 
-PRECISION_HELP = ("fp16: the fp16 graph with fp32 islands (ort, trt; torch on CUDA). bf16: torch only; "
-                  "fast only on CPUs/GPUs with native bf16. int8: the QDQ graph calibrated on the model's "
-                  "own loop (ort, trt; checked by `parity --precision int8`). fp8: the E4M3 QDQ graph of "
+PRECISION_HELP = ("fp16: the fp16 graph with fp32 islands (ort, trt; torch on CUDA). bf16: torch, and "
+                  "openvino on CPUs with bf16 hardware (the fp32 graph, fp32 islands kept); fast only with "
+                  "native bf16. int8: the QDQ graph calibrated on the model's own loop (ort, trt, openvino; "
+                  "checked by `parity --precision int8`). fp8: the E4M3 QDQ graph of "
                   "the same calibration, for trt on Hopper/Ada GPUs (ort: its numerics, no faster).")
 
 
