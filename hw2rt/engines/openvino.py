@@ -136,7 +136,9 @@ def _reshape_trailing_unsqueezes(model, scopes: tuple) -> int:
         shape = ops.constant(np.array([0] * r + [1] * len(new), np.int64))
         reshape = ops.reshape(op.input_value(0), shape, special_zero=True)
         reshape.set_friendly_name(op.get_friendly_name())
+        names = op.output(0).get_names()
         op.output(0).replace(reshape.output(0))
+        reshape.output(0).get_tensor().set_names(names)  # the ONNX tensor's name stays (localize finds it)
         done += 1
     model.validate_nodes_and_infer_types()
     return done

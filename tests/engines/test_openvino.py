@@ -16,7 +16,7 @@ from hw2rt.engines.openvino import OpenVinoEngine, has_bf16, island_precisions, 
 from hw2rt.errors import Hw2rtError
 from hw2rt.models import get_spec
 from hw2rt.runtime import calibration
-from hw2rt.verify.parity import BUDGETS, compare_outputs, random_model
+from hw2rt.verify.parity import BUDGETS, compare_outputs, random_model, run_parity
 from tests.helpers import DIMS, small_net
 
 openvino = pytest.importorskip("openvino")
@@ -218,3 +218,17 @@ def test_cli_parity_on_openvino_exits_0(tmp_path):
     assert "parity digit_unet: openvino fp32 cpu vs torch fp32 cpu: PASSED" in result.output
     saved = json.loads(report.read_text())
     assert saved["candidate"]["engine"] == "OpenVinoEngine" and saved["trajectory"]["passed"]
+
+
+def test_localize_compares_the_tensors_openvino_computes():
+    """`parity --localize` on openvino: every intermediate tensor as OpenVINO computes it (its precision and
+    islands), against the fp32 reference graph on ONNX Runtime; under bf16 they carry bf16's rounding, which
+    ONNX Runtime running the same fp32 graph would not show."""
+    fp32 = run_parity("digit_classifier", backend="openvino", precision="fp32", device="cpu", threads=1,
+                      e2e=False, localize=True)["localize"]
+    assert "skipped" not in fp32 and fp32["compared"] > 10 and fp32["first_divergent"] is None
+    assert max(r["rel"] for r in fp32["nodes"]) < 1e-5
+    if has_bf16():
+        bf16 = run_parity("digit_classifier", backend="openvino", precision="bf16", device="cpu", threads=1,
+                          e2e=False, localize=True)["localize"]
+        assert bf16["compared"] == fp32["compared"] and max(r["rel"] for r in bf16["nodes"]) > 1e-3
