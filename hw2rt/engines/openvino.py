@@ -212,6 +212,8 @@ class OpenVinoEngine(Engine):
         if precision not in PRECISIONS or (precision == "int8") != (stored == "int8"):
             raise Hw2rtError(f"{path}: is an {stored} graph, but {precision} was asked for "
                              f"(openvino runs {'int8' if stored == 'int8' else 'fp32 or bf16'} on it)")
+        if defaults and stored != "fp32":
+            raise Hw2rtError(f"{path}: OpenVINO's defaults run the fp32 graph, not an {stored} one")
         if precision == "bf16" and not has_bf16():
             raise Hw2rtError("bf16 on openvino needs a CPU with bf16 hardware (AVX512-BF16 or AMX); this "
                              f"one has {', '.join(cpu_capabilities())}, and OpenVINO would run fp32 instead: "
@@ -242,6 +244,7 @@ class OpenVinoEngine(Engine):
         ov = _ov()
         parts = {"kind": "openvino", "model": model, "graph_sha256": graph_sha256 or file_sha256(path),
                  "precision": "default" if defaults else precision, "islands": list(self.islands),
+                 "mark": {**KEEP_FP32, "unsqueeze_to_reshape": True} if self.islands else None,
                  "config": {k: v for k, v in self.config.items() if k != "INFERENCE_NUM_THREADS"},
                  "openvino": ov.get_version(), "cpu": cpu_capabilities(),
                  "cpu_name": core().get_property("CPU", "FULL_DEVICE_NAME")}
@@ -259,10 +262,14 @@ class OpenVinoEngine(Engine):
 
         label = f"{model}-{'default' if defaults else precision}"
         entry = get_or_build("openvino", label, parts, "model.blob", build, cache_dir=cache_dir)
-        if "compiled" in made:
-            return made["compiled"], entry
-        blob = entry.path.read_bytes()
-        return self._checked(lambda: core().import_model(blob, "CPU", self.config), entry.path), entry
+        if "compiled" not in made:
+            try:
+                return core().import_model(entry.path.read_bytes(), "CPU", self.config), entry
+            except Exception as exc:  # noqa: BLE001 -- sound bytes OpenVINO will not import: rebuild them
+                log.warning("cache entry %s does not import (%s): rebuilding", entry.path.parent, _why(exc))
+                entry.manifest.unlink(missing_ok=True)
+                entry = get_or_build("openvino", label, parts, "model.blob", build, cache_dir=cache_dir)
+        return made["compiled"], entry
 
     @staticmethod
     def _checked(fn, where):

@@ -10,6 +10,7 @@ from click.testing import CliRunner
 
 import hw2rt.engines.openvino as ov_engine
 import hw2rt.engines.torch as torch_engine
+from hw2rt.checkpoints import file_sha256
 from hw2rt.cli import main
 from hw2rt.engines import TorchEngine, open_engine
 from hw2rt.engines.openvino import OpenVinoEngine, has_bf16, island_precisions, island_scopes
@@ -156,6 +157,17 @@ def test_cache_hit_threads_and_a_corrupt_blob_rebuilt(tmp_path):
     torch.testing.assert_close(third.run(feeds)["logits"], before, rtol=0, atol=0)
     fourth = open_engine("digit_classifier", net, backend="openvino", threads=1, cache_dir=tmp_path)
     assert fourth.cache_entry.reason == "hit"
+
+    # bytes that match their manifest but OpenVINO will not import (another build's blob): rebuilt too
+    entry.path.write_bytes(b"not an OpenVINO blob" * 64)
+    manifest = json.loads(entry.manifest.read_text())
+    manifest.update(sha256=file_sha256(entry.path), bytes=entry.path.stat().st_size)
+    entry.manifest.write_text(json.dumps(manifest))
+    fifth = open_engine("digit_classifier", net, backend="openvino", threads=1, cache_dir=tmp_path)
+    assert fifth.cache_entry.built
+    torch.testing.assert_close(fifth.run(feeds)["logits"], before, rtol=0, atol=0)
+    again = open_engine("digit_classifier", net, backend="openvino", cache_dir=tmp_path)
+    assert again.cache_entry.reason == "hit"
     if has_bf16():
         bf16 = open_engine("digit_classifier", net, backend="openvino", precision="bf16", cache_dir=tmp_path)
         assert bf16.cache_entry.built and bf16.cache_entry.path != entry.path
