@@ -244,3 +244,26 @@ def test_localize_compares_the_tensors_openvino_computes():
         bf16 = run_parity("digit_classifier", backend="openvino", precision="bf16", device="cpu", threads=1,
                           e2e=False, localize=True)["localize"]
         assert bf16["compared"] == fp32["compared"] and max(r["rel"] for r in bf16["nodes"]) > 1e-3
+
+
+def test_bench_runners_open_the_engines_and_the_peer_is_never_a_goal():
+    from hw2rt.bench import report, runners
+    from hw2rt.bench.suites import make_suite
+
+    cpu = set(make_suite("cpu").backends)
+    assert {"openvino", "openvino-bf16", "openvino-int8", "openvino-default"} <= cpu
+    assert not any(n.startswith("openvino") for n in make_suite("quick").backends)  # quick stays quick
+    net = small_net("dann")
+    plain = runners.open_runner("openvino", "dann", net, device="cpu", threads=1)
+    peer = runners.open_runner("openvino-default", "dann", net, device="cpu", threads=1)
+    assert plain.describe()["inference_precision"] == "f32"
+    assert peer.describe()["inference_precision"] == "plugin default"
+    assert runners.graded_precision("openvino-default", "cpu") == peer.precision
+    assert runners.compute_precision("openvino-default", "cpu") == ("bf16" if has_bf16() else "fp32")
+    assert runners.graded_precision("openvino-int8", "cpu") == "int8"
+    assert "CPU" in runners.unavailable("openvino", "cuda")
+    if not has_bf16():
+        assert "bf16" in runners.unavailable("openvino-bf16", "cpu")
+    rows = [{"backend": "openvino-default", "median_ms": 1.0, "parity_passed": True},
+            {"backend": "openvino", "median_ms": 2.0, "parity_passed": True}]
+    assert report.fastest(rows) == "openvino"
