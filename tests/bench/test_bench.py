@@ -130,7 +130,7 @@ def test_bf16_on_the_torch_backend_stays_within_its_budget():
 
 @pytest.mark.parametrize("backend", ["ort", "trt"])
 def test_bf16_elsewhere_is_a_clear_error(backend):
-    with pytest.raises(Hw2rtError, match="bf16 runs on the torch backend only"):
+    with pytest.raises(Hw2rtError, match="bf16 runs on the torch and openvino backends only"):
         open_engine("dann", random_model("dann"), backend=backend, precision="bf16")
 
 

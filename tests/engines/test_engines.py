@@ -126,7 +126,7 @@ def test_requests_a_backend_cannot_serve():
         open_engine("digit_classifier", net, backend="tensorflow")
     with pytest.raises(Hw2rtError, match="unknown precision"):
         open_engine("digit_classifier", net, backend="torch", precision="int4")
-    with pytest.raises(Hw2rtError, match="runs on the ort .or trt. backend, not torch"):
+    with pytest.raises(Hw2rtError, match="runs on the ort .or trt, openvino. backend, not torch"):
         open_engine("digit_classifier", net, backend="torch", precision="int8")
     if importlib.util.find_spec("tensorrt") is None:
         with pytest.raises(Hw2rtError, match="TensorRT"):
