@@ -20,7 +20,7 @@ from pathlib import Path
 
 import torch
 
-from hw2rt.bench.measure import cpu_flags, cpu_name
+from hw2rt.device import cpu_flags, cpu_name
 from hw2rt.engines import open_engine
 from hw2rt.io import atomic_path
 from hw2rt.verify.task import graded_digits

@@ -1,9 +1,9 @@
 """`hw2rt demo` (what `make demo` runs): the whole toolkit on one machine, in minutes.
 
 Stages: a stand-in hw2_data tree -> each network from its bundled checkpoint (or, where this
-install has none yet, a seeded random small model, labelled as such) -> ONNX export + engine
-(the fastest backend here) -> parity against the torch reference -> faces (DDIM, eta grid,
-slerp/lerp rows) -> digits (guided DDPM grid + reverse-process frames) -> a side-by-side timing
+install has none yet, a seeded random small model, labelled as such) -> ONNX export + engine (per
+network what the scripts open: engines/auto.py) -> parity against the torch reference -> faces (DDIM,
+eta grid, slerp/lerp rows) -> digits (guided DDPM grid + reverse-process frames) -> a side-by-side timing
 of torch eager and the engines per network -> DANN classification of the USPS-like and SVHN-like
 test sets -> outputs/demo/report.html.
 """
@@ -17,10 +17,12 @@ from pathlib import Path
 
 from hw2rt.bench.report import speed_chart
 from hw2rt.checkpoints import ASSETS, save_checkpoint
-from hw2rt.engines import open_engine, pick_backend
+from hw2rt.engines import open_engine
+from hw2rt.engines.auto import choose
 from hw2rt.evaluate import digit_accuracy
 from hw2rt.io import open_noise_dir, read_labels_csv
 from hw2rt.models import get_spec
+from hw2rt.options import QUANTIZED
 from hw2rt.runtime import jobs
 from hw2rt.verify.parity import SMALL, random_model, run_parity
 
@@ -28,11 +30,16 @@ from hw2rt.verify.parity import SMALL, random_model, run_parity
 BUNDLED = {"face_unet": "face_unet", "digit_unet": "digit_unet", "dann_usps": "dann", "dann_svhn": "dann",
            "digit_classifier": "digit_classifier"}
 PARITY = ("face_unet", "digit_unet", "dann_usps", "digit_classifier")  # one of each network
-# The digits run on the int8 engine: the bundled digit model passed the int8 gate (`hw2rt parity --model
-# digit_unet --checkpoint hw2rt/assets/digit_unet.safetensors --precision int8`: 1,000 digits, grader
-# accuracy 0.984 fp32 -> 0.985 int8, agreement 0.985; benchmarks/RESULTS.md, 2026-12-02), and its graph for
-# CPUs without VNNI too (weights [-64, 64]: 0.984 -> 0.987, agreement 0.989; 2026-12-03).
-DIGIT_PRECISION = "int8"
+
+
+def demo_engines(backend: str) -> dict:
+    """network -> (backend, precision, why): with "auto" what the scripts open on this CPU (the fastest
+    precision whose gate the bundled model passed, on the backend measured fastest for it: engines/auto.py);
+    a named backend runs fp32."""
+    if backend != "auto":
+        return {m: (backend, "fp32", f"{backend} fp32 (named)") for m in dict.fromkeys(BUNDLED.values())}
+    return {m: (c.backend, c.precision, c.line())
+            for m, c in ((m, choose(m, "auto", "cpu")) for m in dict.fromkeys(BUNDLED.values()))}
 
 
 def demo_models(model_dir: Path) -> dict:
@@ -64,7 +71,7 @@ def run_demo(out_dir="outputs/demo", *, quick=False, backend="auto", threads=Non
 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    backend = pick_backend("cpu") if backend == "auto" else backend  # the demo runs on the CPU
+    engines = demo_engines(backend)  # the demo runs on the CPU
     steps = 10 if quick else 50
     ddpm_t = 10 if quick else 100
     per_digit = 2 if quick else 10
@@ -84,22 +91,23 @@ def run_demo(out_dir="outputs/demo", *, quick=False, backend="auto", threads=Non
     stage("models")
     models = demo_models(out / "models")
 
-    stage(f"parity: {backend} vs torch fp32")
+    stage("parity: the jobs' engines vs torch fp32")
+    for model, (_, _, why) in engines.items():
+        log(f"  {model}: {why}")
     for name in PARITY:
+        model = BUNDLED[name]
+        b, p, _ = engines[model]
         dims = {"height": 32, "width": 32} if name == "face_unet" else None
-        report = run_parity(BUNDLED[name], models[name][0], backend=backend, device="cpu", threads=threads,
+        # a quantized engine's gate is the task grade (recorded in engines/auto.py), not the image MSE
+        report = run_parity(model, models[name][0], backend=b, precision=p, device="cpu", threads=threads,
                             dims=dims, steps=steps if name == "face_unet" else ddpm_t, e2e_images=2,
-                            e2e=not quick)
+                            e2e=not quick and p not in QUANTIZED)
         parity.append(report)
-        log(f"  {name}: {'passed' if report['passed'] else 'FAILED'}")
-    # the digits' own engine, per call (its gate is the task grade, measured on 1,000 digits: see above)
-    report = run_parity("digit_unet", models["digit_unet"][0], backend=backend, precision=DIGIT_PRECISION,
-                        device="cpu", threads=threads, e2e=False)
-    parity.append(report)
-    log(f"  digit_unet {DIGIT_PRECISION}: {'passed' if report['passed'] else 'FAILED'}")
+        log(f"  {name} {b} {p}: {'passed' if report['passed'] else 'FAILED'}")
 
     noise = open_noise_dir(data / "face" / "noise")
-    with open_engine("face_unet", models["face_unet"][0], backend=backend, threads=threads,
+    b, p, _ = engines["face_unet"]
+    with open_engine("face_unet", models["face_unet"][0], backend=b, precision=p, threads=threads,
                      dims={"height": 32, "width": 32}) as face:
         stage(f"faces: DDIM {steps} steps")
         faces = jobs.face_job(face, noise, out / "faces", steps=steps)
@@ -114,9 +122,9 @@ def run_demo(out_dir="outputs/demo", *, quick=False, backend="auto", threads=Non
     # The digit job's few-step setting (jobs.FAST_*): the fewest steps whose grade stayed within 1 point
     # of DDIM 50's on every seed measured (benchmarks/RESULTS.md, "Few-step solvers").
     fast = f"{jobs.FAST_SAMPLER}, {jobs.FAST_STEPS} steps of T=1000, eta {jobs.FAST_ETA:g}"
-    stage(f"digits: guided {fast}, {DIGIT_PRECISION}")
-    with open_engine("digit_unet", models["digit_unet"][0], backend=backend, precision=DIGIT_PRECISION,
-                     threads=threads) as digit:
+    b, p, _ = engines["digit_unet"]
+    stage(f"digits: guided {fast}, {b} {p}")
+    with open_engine("digit_unet", models["digit_unet"][0], backend=b, precision=p, threads=threads) as digit:
         digits = jobs.digit_job(digit, out / "digits", per_digit=per_digit, sampler=jobs.FAST_SAMPLER,
                                 steps=jobs.FAST_STEPS, eta=jobs.FAST_ETA, grid_path=out / "digit_grid.png",
                                 frames_path=out / "frames.png", batch_size=100)
@@ -126,14 +134,16 @@ def run_demo(out_dir="outputs/demo", *, quick=False, backend="auto", threads=Non
                                                            device="cpu")["accuracy"]
     figures["reverse process of the first 0"] = [out / "frames.png"]
 
-    stage(f"speed: torch eager vs {', '.join(speed_runners(backend)[1:])}, side by side")
-    speed = speed_rows(models, backend, threads=threads, repeats=3 if quick else 10)
+    stage("speed: torch eager vs ONNX Runtime fp32 vs the jobs' engines, side by side")
+    speed = speed_rows(models, engines, threads=threads, repeats=3 if quick else 10)
     speed_chart(speed, out / "speed.png", "ms per call, side by side in this run (CPU, bundled models)")
 
     stage("DANN: classify the stand-in test sets")
+    b, p, _ = engines["dann"]
     for domain in ("usps", "svhn"):
-        with open_engine("dann", models[f"dann_{domain}"][0], backend=backend, threads=threads) as dann:
-            test = data / "digits" / domain
+        test = data / "digits" / domain
+        with open_engine("dann", models[f"dann_{domain}"][0], backend=b, precision=p, threads=threads,
+                         calibration_images=test / "data") as dann:
             ids = [nm for nm, _ in read_labels_csv(test / "test.csv")]
             folder = out / f"{domain}_test"
             folder.mkdir(exist_ok=True)
@@ -145,7 +155,7 @@ def run_demo(out_dir="outputs/demo", *, quick=False, backend="auto", threads=Non
 
     timings = [(a[0], b[1] - a[1]) for a, b in itertools.pairwise(stages)]
     report = out / "report.html"
-    report.write_text(_html(models, parity, figures, accuracy, timings, faces, digits, backend, speed,
+    report.write_text(_html(models, parity, figures, accuracy, timings, faces, digits, engines, speed,
                             out / "speed.png"))
     (out / "report.json").write_text(json.dumps({"parity": parity, "accuracy": accuracy, "timings": timings,
                                                  "speed": speed,
@@ -158,26 +168,30 @@ def run_demo(out_dir="outputs/demo", *, quick=False, backend="auto", threads=Non
 SPEED_BATCH = {"face_unet": 4, "digit_unet": 20, "dann": 64, "digit_classifier": 64}
 
 
-def speed_runners(backend: str) -> list:
-    """torch eager (the reference), ONNX Runtime, and the demo's backend if it is another."""
-    return list(dict.fromkeys(["torch", "ort", backend]))
+def speed_runners(backend: str, precision: str) -> dict:
+    """label -> (backend, precision): torch eager (the reference), ONNX Runtime fp32, and the job's engine
+    if it is another."""
+    runners = {"torch": ("torch", "fp32"), "ort": ("ort", "fp32")}
+    if (backend, precision) not in runners.values():
+        runners[f"{backend} {precision}"] = (backend, precision)
+    return runners
 
 
-def speed_rows(models: dict, backend: str, *, threads=None, repeats: int = 10) -> list:
+def speed_rows(models: dict, engines: dict, *, threads=None, repeats: int = 10) -> list:
     """Per network, one call of each runner on the same inputs, alternating (bench's timing):
     median, p10, p90 in ms and the speed-up against torch eager."""
     from hw2rt.bench.measure import side_by_side
-    from hw2rt.bench.runners import open_runner
 
     rows = []
     for name in PARITY:
         model = BUNDLED[name]
         dims = {"height": 32, "width": 32} if model == "face_unet" else {}
         feeds = get_spec(model).example_inputs(SPEED_BATCH[model], seed=0, **dims)
-        engines = {r: open_runner(r, model, models[name][0], device="cpu", threads=threads, dims=dims)
-                   for r in speed_runners(backend)}
-        stats = side_by_side({r: partial(e.run, feeds) for r, e in engines.items()}, repeats, "cpu")
-        for e in engines.values():
+        opened = {label: open_engine(model, models[name][0], backend=b, precision=p, device="cpu",
+                                     threads=threads, dims=dims or None)
+                  for label, (b, p) in speed_runners(*engines[model][:2]).items()}
+        stats = side_by_side({r: partial(e.run, feeds) for r, e in opened.items()}, repeats, "cpu")
+        for e in opened.values():
             e.close()
         for runner, st in stats.items():
             rows.append({"network": f"{name} (batch {SPEED_BATCH[model]})", "runner": runner, **st,
@@ -202,7 +216,7 @@ def _img(path: Path) -> str:
             f'style="image-rendering:pixelated" alt="{html.escape(path.name)}">')
 
 
-def _html(models, parity, figures, accuracy, timings, faces, digits, backend, speed, speed_png) -> str:
+def _html(models, parity, figures, accuracy, timings, faces, digits, engines, speed, speed_png) -> str:
     esc = html.escape
     rows = []
     for r in parity:
@@ -220,7 +234,9 @@ def _html(models, parity, figures, accuracy, timings, faces, digits, backend, sp
         (f"<style>body{{font-family:sans-serif;max-width:{PAGE_PX}px;margin:2em auto;padding:0 8px}}"
          "td,th{padding:2px 8px;border-bottom:1px solid #ddd}img{max-width:100%}</style>"),
         "<h1>hw2rt demo</h1>",
-        (f"<p>Backend: <b>{esc(backend)}</b>. Data: <b>stand-ins</b> made by <code>hw2rt data synth</code> "
+        ("<p>Engines, per network:</p><ul>" + "".join(f"<li>{m}: <b>{esc(b)} {esc(p)}</b> ({esc(why)})</li>"
+                                                       for m, (b, p, why) in engines.items()) + "</ul>"),
+        ("<p>Data: <b>stand-ins</b> made by <code>hw2rt data synth</code> "
          "(not the assignment's data; numbers here are not the assignment's numbers).</p>"),
         "<h2>Models</h2><ul>" + "".join(f"<li>{k}: {esc(d)} (<code>{esc(str(p))}</code>)</li>"
                                         for k, (p, d) in models.items()) + "</ul>",

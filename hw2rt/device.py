@@ -2,6 +2,10 @@
 
 `resolve_device` only parses (a backend that needs more than CUDA, such as TensorRT, says what it
 needs first); `usable_device` also refuses CUDA where there is none."""
+import platform
+import re
+from pathlib import Path
+
 import torch
 
 from hw2rt.errors import Hw2rtError
@@ -27,3 +31,24 @@ def usable_device(device="auto") -> torch.device:
     if dev.type == "cuda" and not torch.cuda.is_available():
         raise Hw2rtError(f"device {device}: CUDA is not available on this machine (torch sees no GPU)")
     return dev
+
+
+def cpu_name() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def cpu_flags() -> dict:
+    """The vector extensions that decide which precision is fast on this CPU (and so `cpu_kind`)."""
+    try:
+        text = Path("/proc/cpuinfo").read_text()
+        flags = set(re.search(r"^flags\s*:(.*)$", text, re.MULTILINE).group(1).split())
+    except (OSError, AttributeError):
+        flags = set()
+    wanted = ("avx2", "fma", "avx512f", "avx512_bf16", "avx512_vnni", "avx_vnni", "amx_bf16", "amx_tile")
+    return {f: f in flags for f in wanted}

@@ -8,4 +8,5 @@ HW2RT="${HW2RT:-$(dirname "$0")/../.venv/bin/hw2rt}"
 command -v "$HW2RT" >/dev/null 2>&1 || HW2RT=hw2rt
 # The few-step setting the bundled model's table chose (benchmarks/RESULTS.md, "Few-step solvers"; the same
 # as hw2rt.runtime.jobs.FAST_SAMPLER / FAST_STEPS / FAST_ETA): graded within 1 point of DDIM 50, in 3 steps.
-exec "$HW2RT" ddpm --out "$1" --per-digit 100 --w 2 --sampler ddim --steps 3 --eta 1 --backend auto
+exec "$HW2RT" ddpm --out "$1" --per-digit 100 --w 2 --sampler ddim --steps 3 --eta 1 \
+    --backend auto --precision auto

@@ -5,4 +5,5 @@ set -euo pipefail
 [ $# -eq 3 ] || { echo "usage: $0 NOISE_DIR OUT_DIR UNET_PT" >&2; exit 2; }
 HW2RT="${HW2RT:-$(dirname "$0")/../.venv/bin/hw2rt}"
 command -v "$HW2RT" >/dev/null 2>&1 || HW2RT=hw2rt
-exec "$HW2RT" ddim --noise-dir "$1" --out "$2" --checkpoint "$3" --eta 0 --steps 50 --backend auto
+exec "$HW2RT" ddim --noise-dir "$1" --out "$2" --checkpoint "$3" --eta 0 --steps 50 \
+    --backend auto --precision auto

@@ -6,4 +6,4 @@ set -euo pipefail
 [ $# -eq 2 ] || { echo "usage: $0 TARGET_IMG_DIR OUT_CSV" >&2; exit 2; }
 HW2RT="${HW2RT:-$(dirname "$0")/../.venv/bin/hw2rt}"
 command -v "$HW2RT" >/dev/null 2>&1 || HW2RT=hw2rt
-exec "$HW2RT" classify --images "$1" --out "$2" --backend auto
+exec "$HW2RT" classify --images "$1" --out "$2" --backend auto --precision auto

@@ -5,7 +5,6 @@ from __future__ import annotations
 import contextlib
 import os
 import platform
-import re
 import resource
 import shutil
 import statistics
@@ -16,28 +15,8 @@ from pathlib import Path
 import torch
 
 from hw2rt.bench.runners import is_cuda
+from hw2rt.device import cpu_flags, cpu_name
 from hw2rt.errors import first_line
-
-
-def cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
-
-
-def cpu_flags() -> dict:
-    """The vector extensions that decide which precision is fast on this CPU."""
-    try:
-        text = Path("/proc/cpuinfo").read_text()
-        flags = set(re.search(r"^flags\s*:(.*)$", text, re.MULTILINE).group(1).split())
-    except (OSError, AttributeError):
-        flags = set()
-    wanted = ("avx2", "fma", "avx512f", "avx512_bf16", "avx512_vnni", "avx_vnni", "amx_bf16", "amx_tile")
-    return {f: f in flags for f in wanted}
 
 
 def _versions() -> dict:

@@ -8,10 +8,13 @@ from hw2rt.errors import Hw2rtError
 
 RUNNERS = {
     "torch": {"backend": "torch", "precision": "fp32", "label": "torch eager fp32 (reference)"},
-    "compile": {"backend": "torch", "precision": "fp32", "compile": {"dynamic": False},
-                "label": "torch.compile fp32"},
+    # compile True: on the CPU the cached AOTInductor package (engines/compiled.py), dynamic in the batch
+    "compile": {"backend": "torch", "precision": "fp32", "compile": True,
+                "label": "torch compiled fp32 (AOTInductor on the CPU, cached)"},
     "bf16": {"backend": "torch", "precision": "bf16",
              "label": "torch bf16 (fp32 islands, the device's layout: channels-last on CPU, NCHW on CUDA)"},
+    "bf16-compiled": {"backend": "torch", "precision": "bf16", "compile": True,
+                      "label": "torch bf16 compiled (AOTInductor with freezing, cached)"},
     "fp16": {"backend": "torch", "precision": "fp16", "label": "torch fp16 (fp32 islands, NCHW on CUDA)"},
     "ort": {"backend": "ort", "precision": "fp32", "label": "ONNX Runtime fp32"},
     "ort-fp16": {"backend": "ort", "precision": "fp16", "label": "ONNX Runtime fp16 graph"},

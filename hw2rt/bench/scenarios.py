@@ -39,6 +39,7 @@ def sweep(case, engines: dict, suite, *, device, peaks: dict, log) -> list:
         feeds = {k: v.to(device) for k, v in spec.example_inputs(batch, seed=0, **case.dims).items()}
         active, point = {}, {}
         for name, engine in engines.items():
+            r = RUNNERS[name]
             point[name] = _empty_row(model=case.model, config=case.config, dims=case.dims, batch=batch,
                                      backend=name, label=engine_label(name, engine),
                                      precision=graded_precision(name, device),
@@ -47,7 +48,8 @@ def sweep(case, engines: dict, suite, *, device, peaks: dict, log) -> list:
                 point[name]["skipped"] = engine
             elif name in case.skip:
                 point[name]["skipped"] = case.skip[name]
-            elif "compile" in name and case.compile_batches is not None and batch not in case.compile_batches:
+            elif (isinstance(r.get("compile"), dict) and case.compile_batches is not None
+                  and batch not in case.compile_batches):
                 where = ", ".join(map(str, case.compile_batches))
                 point[name]["skipped"] = (f"torch.compile specialises on the batch size; measured at batch "
                                           f"{where} only (a compile takes minutes here)")

@@ -55,7 +55,7 @@ class Case:
     config: dict
     dims: dict = field(default_factory=dict)
     batches: tuple = (1,)
-    compile_batches: tuple | None = None  # torch.compile specialises per shape: where to measure it
+    compile_batches: tuple | None = None  # torch.compile (dict options) specialises per shape: where
     skip: dict = field(default_factory=dict)  # runner -> why this network is not measured with it
 
 
@@ -90,8 +90,8 @@ class Suite:
 
 # A cold torch.compile of the 113.7M-parameter face UNet takes ~4 min on the 2-core CPU, for a
 # 1.06x speed-up when measured (RESULTS.md): the full CPU suite leaves it out to stay within 10 minutes.
-FACE_COMPILE_SKIP = ("left out of the full CPU suite (a cold compile of this UNet takes ~4 min); "
-                     "`hw2rt bench --model face_unet` measures it")
+FACE_COMPILE_SKIP = ("left out of the full CPU suite (a cold compile of this UNet takes ~4 min; cached "
+                     "after, engines/compiled.py); `hw2rt bench --model face_unet` measures it")
 INT8_DANN_SKIP = ("int8 calibrates the DANN on target-domain images (none in a synthetic benchmark); "
                   "memory-bound, it gained nothing from int8 in the planning probe")
 COMPILE_ONLY_DIGITS = "compiled for the digit UNet only (one compile per shape takes about a minute)"
@@ -104,7 +104,7 @@ GPU_LOOP_SKIP = {"torch+graphs": "fp32 behind graphs: per call only (the loops' 
                  "fp16-compile+graphs": "per call only: torch.compile(dynamic=False) recompiles for every "
                                         "bucket and parity batch"}
 FAST = "digit_fast_loop"  # the digit job's few-step setting (jobs.FAST_*): the scripts' loop
-CPU_GOALS = ("digit_loop_2x", "digit_loop_2x_int8", "face_peak_85")
+CPU_GOALS = ("digit_loop_2x", "digit_loop_2x_int8", "face_peak_85", "peer_1_2x")
 GPU_GOALS = ("face_job_1s", "digit_job_15s", "digit_fast_job_1s", "fp16_image_mse", "graphs_faster")
 
 
@@ -125,11 +125,11 @@ def _suite(name: str) -> Suite:
         return Suite("cpu", "cpu",
                      [Case("digit_unet", {"n_feat": 128}, {}, (1, 4, 20), (20,)),
                       Case("face_unet", {"base": 128}, {"height": 64, "width": 64}, (1, 4), (4,),
-                           skip={"compile": FACE_COMPILE_SKIP}),
+                           skip={"compile": FACE_COMPILE_SKIP, "bf16-compiled": FACE_COMPILE_SKIP}),
                       Case("dann", {}, {}, (1, 64, 512), (512,),
                            skip={"ort-int8": INT8_DANN_SKIP, "openvino-int8": INT8_DANN_SKIP})],
-                     ["torch", "compile", "bf16", "ort", "ort-fp16", "ort-int8", "openvino", "openvino-bf16",
-                      "openvino-int8", "openvino-default"],
+                     ["torch", "compile", "bf16", "bf16-compiled", "ort", "ort-fp16", "ort-int8", "openvino",
+                      "openvino-bf16", "openvino-int8", "openvino-default"],
                      digit_loops=(Loop(10, 5), Loop(10, FAST_STEPS, FAST_SAMPLER, FAST_ETA, scenario=FAST)),
                      face_loop=Loop(4, 2), dann_images=2048,
                      growth={"images": [1, 2, 5, 10], "base_steps": 5, "steps": [10, 30, 50],
@@ -392,7 +392,7 @@ def _loop_sections(run: _Run, suite: Suite, case: Case, net, live: dict, device)
     if case.model == "digit_unet" and suite.growth:
         def growth():
             loop_rows = [s for s in result["scenarios"] if s["scenario"] == "digit_ddim_loop"]
-            best = fastest(loop_rows, exclude=(REFERENCE, DIFFUSERS, "compile"))
+            best = fastest(loop_rows, exclude=(REFERENCE, DIFFUSERS, "compile", "bf16-compiled"))
             chosen = {n: live[n] for n in (REFERENCE, best) if n in live}
             result["growth"] += growth_scenario(chosen, net, suite.growth, device, log)
 

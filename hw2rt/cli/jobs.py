@@ -6,11 +6,12 @@ import click
 from hw2rt import options
 from hw2rt.cli.group import main
 
-PRECISION_HELP = ("fp16: the fp16 graph with fp32 islands (ort, trt; torch on CUDA). bf16: torch, and "
-                  "openvino on CPUs with bf16 hardware (the fp32 graph, fp32 islands kept); fast only with "
-                  "native bf16. int8: the QDQ graph calibrated on the model's own loop (ort, trt, openvino; "
-                  "checked by `parity --precision int8`). fp8: the E4M3 QDQ graph of "
-                  "the same calibration, for trt on Hopper/Ada GPUs (ort: its numerics, no faster).")
+PRECISION_HELP = ("auto (with --backend auto): the fastest precision whose gate the bundled model passed, on "
+                  "this machine. fp16: the fp16 graph with fp32 islands (ort, trt; torch on CUDA). bf16: "
+                  "torch, openvino; fast only on CPUs/GPUs with native bf16. int8: the QDQ graph calibrated "
+                  "on the model's own loop (ort, openvino, trt; checked by `parity --precision int8`). fp8: "
+                  "the E4M3 QDQ graph of the same calibration, for trt on Hopper/Ada GPUs (ort: its "
+                  "numerics, no faster).")
 
 
 def _engine_options(f):
@@ -20,7 +21,7 @@ def _engine_options(f):
     f = click.option("--device", default="auto", show_default=True,
                      help="cpu, cuda, cuda:N or auto (cuda when torch sees a GPU). On cuda, engines run "
                           "behind CUDA graphs.")(f)
-    f = click.option("--precision", type=click.Choice(options.PRECISIONS), default=None,
+    f = click.option("--precision", type=click.Choice((*options.PRECISIONS, "auto")), default=None,
                      help=PRECISION_HELP + " Default: fp16 on a CUDA device with --backend auto or trt, "
                      "else fp32.")(f)
     f = click.option("--backend", type=click.Choice(options.BACKENDS), default="auto", show_default=True,
@@ -31,12 +32,16 @@ def _engine_options(f):
 def _open_engine(model, checkpoint, backend, precision, threads, device, default=None,
                  calibration_images=None, **dims):
     """The engine a command runs: the one `open_engine`, on the checkpoint (or the bundled default)."""
+    from hw2rt import distributed
     from hw2rt.checkpoints import resolve_checkpoint
     from hw2rt.engines import open_engine
 
-    return open_engine(model, resolve_checkpoint(checkpoint, default or model), backend=backend,
-                       precision=precision, device=device, threads=threads, dims=dims or None,
-                       calibration_images=calibration_images)
+    engine = open_engine(model, resolve_checkpoint(checkpoint, default or model), backend=backend,
+                         precision=precision, device=device, threads=threads, dims=dims or None,
+                         calibration_images=calibration_images)
+    if engine.auto_choice and distributed.world().main:
+        click.echo(engine.auto_choice.line())
+    return engine
 
 
 def _outputs(*outputs):
@@ -239,7 +244,8 @@ def classify(images, out, checkpoint, batch_size, features, backend, precision, 
     with (distributed.session(device) as world,
           _open_on_ranks("dann", checkpoint, backend, precision, threads, device,
                          default=default_dann(images),
-                         calibration_images=images if precision in options.QUANTIZED else None) as engine):
+                         calibration_images=images if precision in (*options.QUANTIZED, "auto") else None)
+          as engine):
         s = jobs.classify_job(engine, images, out, batch_size=batch_size, features_path=features)
     if not world.main:
         return

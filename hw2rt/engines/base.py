@@ -37,6 +37,7 @@ class Engine:
         self.precision = precision
         self.max_batch = max_batch
         self.source = source  # what it was built from (a file), for error messages
+        self.auto_choice = None  # engines/auto.Choice when open_engine chose the backend
         self.closed = False
 
     @property
@@ -47,7 +48,7 @@ class Engine:
     def describe(self) -> dict:
         return {"engine": type(self).__name__, "backend": self.backend, "precision": self.precision,
                 "device": str(self.device), "max_batch": self.max_batch, "islands": None, "graphs": False,
-                "buckets": None}
+                "buckets": None, "auto": self.auto_choice.line() if self.auto_choice else None}
 
     def run(self, feeds: Mapping) -> dict:
         if self.closed:

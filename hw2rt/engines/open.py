@@ -10,21 +10,22 @@ Backends:
            (engines/torch.py: one fp32-island policy per model for fp16 and bf16)
     ort    ONNX Runtime: CPU EP; CUDA (+ TensorRT) EPs with I/O binding under onnxruntime-gpu
     trt    native TensorRT (engines/trt.py): plans built from the exported graph, cached
-    openvino  OpenVINO's CPU plugin (engines/openvino.py): the fp32 graph in fp32 or bf16 (the torch
-           backend's fp32 islands kept), the int8 graph; compiled models cached
-    auto   the fastest available: trt on CUDA when present, then ort (CPU, or CUDA EP), then torch;
-           torch for bf16, which has no ONNX graph. On CUDA its default precision is fp16.
+    openvino  OpenVINO's CPU plugin on the same ONNX graphs (engines/openvino.py): fp32, bf16 (its
+           inference precision on the fp32 graph, the fp32 islands kept), int8; compiled models cached
+    auto   the fastest measured on this machine's kind (engines/auto.py: CPU rules per instruction set;
+           on CUDA trt when present, then ort's CUDA EP, then torch, fp16 by default). The engine's
+           `auto_choice` says what was chosen and why; the commands print it.
 """
-import importlib.util
 import json
 from pathlib import Path
 
 from hw2rt import options
 from hw2rt.device import resolve_device
+from hw2rt.engines.auto import choose
 from hw2rt.engines.base import Engine
 from hw2rt.engines.cache import cache_root
 from hw2rt.engines.graphs import GraphedEngine, bucket_sizes
-from hw2rt.engines.ort import OrtEngine, available_providers
+from hw2rt.engines.ort import OrtEngine
 from hw2rt.engines.torch import TorchEngine
 from hw2rt.engines.weights import cached_onnx, resolve_source
 from hw2rt.errors import Hw2rtError
@@ -32,19 +33,9 @@ from hw2rt.export import DEFAULT_OPSET
 from hw2rt.models import get_spec
 
 
-def _trt_available() -> bool:
-    return importlib.util.find_spec("tensorrt") is not None
-
-
-def pick_backend(device="cpu", precision: str | None = None) -> str:
-    """What `auto` means for `device` and `precision` on this install."""
-    if precision == "bf16":
-        return "torch"
-    if resolve_device(device).type == "cuda":
-        if _trt_available():
-            return "trt"
-        return "ort" if "CUDAExecutionProvider" in available_providers() else "torch"
-    return "ort"
+def pick_backend(device="cpu", precision: str | None = None, model: str = "digit_unet") -> str:
+    """The backend `auto` opens for `model` at `precision` on `device` on this machine (engines/auto.py)."""
+    return choose(model, precision, device).backend
 
 
 def _is_onnx(source) -> bool:
@@ -66,7 +57,8 @@ def open_engine(model: str, source=None, *, backend: str = "auto", precision: st
         the model's own loop, export/int8.py) or
         "fp8" (trt on Hopper/Ada; ort runs its numerics on the CPU, no faster than fp32: export/fp8.py).
         None (the default): fp16 on trt and, with backend "auto", on a CUDA device; an ONNX file's own
-        precision; else fp32 (`default_precision`).
+        precision; else fp32 (`default_precision`). "auto" (with backend "auto"): the fastest precision
+        whose gate the bundled model passed, on this machine (engines/auto.py).
     device: "cpu", "cuda", "cuda:N" or "auto".
     graphs: "auto" (CUDA graphs on a CUDA device, nothing on the CPU), True (always behind the
         bucketing wrapper: CUDA graphs on CUDA, the same padded buckets run eagerly on the CPU) or False.
@@ -79,7 +71,8 @@ def open_engine(model: str, source=None, *, backend: str = "auto", precision: st
     cache_dir: where exported graphs and plans are cached (default $HW2RT_CACHE or ~/.cache/hw2rt).
     dims: sizes of the non-batch axes the engine will mostly serve (face_unet height/width): the
         TensorRT profile. ORT and torch are dynamic in them.
-    compile: torch only: True or torch.compile options.
+    compile: torch only: True (on the CPU the cached AOTInductor package, engines/compiled.py; on CUDA
+        torch.compile) or a dict of torch.compile options.
     memory_format: torch fp16/bf16 only: "channels_last" or "contiguous" (default: the device's,
         engines/torch.py DEFAULT_MEMORY_FORMAT).
     calibration_images: int8/fp8 dann / digit_classifier: a folder of target-domain images to calibrate on.
@@ -89,25 +82,26 @@ def open_engine(model: str, source=None, *, backend: str = "auto", precision: st
     spec = get_spec(model)
     if backend not in options.BACKENDS:
         raise Hw2rtError(f"unknown backend {backend!r}; choose one of {', '.join(options.BACKENDS)}")
-    if precision is not None and precision not in options.PRECISIONS:
+    if precision is not None and precision not in (*options.PRECISIONS, "auto"):
         raise Hw2rtError(f"unknown precision {precision!r}; choose one of {', '.join(options.PRECISIONS)}")
     if graphs not in ("auto", True, False):
         raise Hw2rtError(f"graphs must be 'auto', True or False (got {graphs!r})")
     device = resolve_device(device)
-    auto = backend == "auto"
-    if auto:
-        backend = pick_backend(device, precision)
-    if precision is None:
-        precision = default_precision(backend, device, source, auto)
-    if backend == "openvino":
-        if precision is not None and precision not in options.OPENVINO_PRECISIONS:
-            raise Hw2rtError(f"the openvino backend runs {', '.join(options.OPENVINO_PRECISIONS)}, not "
-                             f"{precision} (no fp16 arithmetic in its x86 CPU plugin); use --precision bf16 "
-                             f"or fp32 on openvino, or --backend ort for the {precision} graph's numerics")
-    elif precision is not None and precision not in options.GRAPH_PRECISIONS and backend != "torch":
-        raise Hw2rtError(f"precision {precision} runs on the torch and openvino backends only (there is no "
-                         f"{precision} ONNX graph for {backend}); use --backend torch or openvino, or "
-                         f"fp32/fp16 on {backend}")
+    choice = None
+    if backend == "auto":
+        choice = choose(spec.name, precision, device, onnx_file=_is_onnx(source))
+        backend, precision, compile = choice.backend, choice.precision, compile or choice.compile
+    elif precision == "auto":
+        raise Hw2rtError("precision auto chooses the backend too: use it with --backend auto")
+    elif precision is None:
+        precision = default_precision(backend, source)
+    if precision == "bf16" and backend not in options.BF16_BACKENDS:
+        raise Hw2rtError(f"bf16 runs on {' and '.join(options.BF16_BACKENDS)}, not {backend} (there is no "
+                         f"bf16 ONNX graph); use --backend torch or openvino, or fp32/fp16 on {backend}")
+    if backend == "openvino" and precision is not None and precision not in options.OPENVINO_PRECISIONS:
+        raise Hw2rtError(f"the openvino backend runs {', '.join(options.OPENVINO_PRECISIONS)}, not "
+                         f"{precision} (no fp16 arithmetic in its x86 CPU plugin); use --precision bf16 "
+                         f"or fp32 on openvino, or --backend ort for the {precision} graph's numerics")
     if precision in options.QUANTIZED and backend == "torch":
         raise Hw2rtError(f"{precision} is a quantized ONNX graph: it runs on the ort (or trt, openvino) "
                          "backend, not torch")
@@ -126,9 +120,11 @@ def open_engine(model: str, source=None, *, backend: str = "auto", precision: st
 
     engine = _open_backend(spec.name, source, backend, precision, device, call_batch, threads, cache_dir,
                            dims, opset, compile, calibration_images, memory_format, defaults)
-    if not graphed:
-        return engine
-    return GraphedEngine(engine, graph_buckets(spec, call_batch), graphs=capture)
+    engine.auto_choice = choice
+    if graphed:
+        engine = GraphedEngine(engine, graph_buckets(spec, call_batch), graphs=capture)
+        engine.auto_choice = choice
+    return engine
 
 
 def graph_buckets(spec, max_batch: int) -> tuple:
@@ -137,12 +133,12 @@ def graph_buckets(spec, max_batch: int) -> tuple:
     return tuple(sorted(set(bucket_sizes(max_batch)) | {b for b in spec.call_batches if b <= max_batch}))
 
 
-def default_precision(backend: str, device, source, auto: bool) -> str | None:
-    """What `precision=None` means: an ONNX file's own (None); fp16 on trt, and where `auto` picked the
-    backend for a CUDA device (the fp16 graph on trt or ort, torch fp16 with its fp32 islands); else fp32."""
+def default_precision(backend: str, source) -> str | None:
+    """What `precision=None` means for a named backend: an ONNX file's own (None); fp16 on trt; else fp32.
+    (With backend "auto", engines/auto.py decides: fp16 on a CUDA device.)"""
     if _is_onnx(source):
         return None
-    return "fp16" if backend == "trt" or (auto and device.type == "cuda") else "fp32"
+    return "fp16" if backend == "trt" else "fp32"
 
 
 def _open_backend(model, source, backend, precision, device, max_batch, threads, cache_dir, dims, opset,
@@ -169,7 +165,7 @@ def _open_backend(model, source, backend, precision, device, max_batch, threads,
     if backend == "torch":
         return TorchEngine(weights.net, model, precision=precision, device=device, compile=compile,
                            threads=threads, max_batch=max_batch, source=weights.label,
-                           memory_format=memory_format)
+                           memory_format=memory_format, cache_dir=cache_dir)
     entry = cached_onnx(model, weights, precision=precision, opset=opset, cache_dir=cache_dir,
                         calibration_images=calibration_images)
     engine = OrtEngine(entry.path, model=model, device=device, threads=threads, max_batch=max_batch,

@@ -95,9 +95,10 @@ class TorchEngine(Engine):
 
     def __init__(self, net: nn.Module, model: str, *, precision: str = "fp32", device: str = "cpu",
                  compile: bool | dict = False, threads: int | None = None, max_batch: int | None = None,
-                 source: str = "", memory_format: str | None = None):
-        """compile: True for `torch.compile(module)`, or a dict of torch.compile options
-        (e.g. {"dynamic": False}: one compiled graph per input shape, for fixed CUDA-graph buckets).
+                 source: str = "", memory_format: str | None = None, cache_dir=None):
+        """compile: True: on the CPU the module's AOTInductor packages, built once and cached under
+        `cache_dir` (engines/compiled.py), on CUDA `torch.compile(module)`; or a dict of torch.compile
+        options (e.g. {"dynamic": False}: one compiled graph per input shape, for CUDA-graph buckets).
         memory_format: fp16/bf16 activations' layout, "channels_last" or "contiguous"; default: the
         device's (DEFAULT_MEMORY_FORMAT)."""
         spec = get_spec(model)
@@ -122,9 +123,18 @@ class TorchEngine(Engine):
         else:
             module = net
         self.module = module.eval()
-        options = compile if isinstance(compile, dict) else {}
         self.compiled = bool(compile)
-        self._forward = torch.compile(self.module, **options) if compile else self.module
+        if compile is True and self.device.type == "cpu":
+            from hw2rt.engines.compiled import CompiledModule
+            from hw2rt.export import state_dict_sha256
+
+            self._forward = CompiledModule(self.module, model, weights_sha256=state_dict_sha256(net),
+                                           precision=precision, islands=self.islands,
+                                           memory_format=self.memory_format, cache_dir=cache_dir)
+        elif compile:
+            self._forward = torch.compile(self.module, **(compile if isinstance(compile, dict) else {}))
+        else:
+            self._forward = self.module
 
     def describe(self) -> dict:
         return {**super().describe(), "islands": list(self.islands), "compiled": self.compiled,

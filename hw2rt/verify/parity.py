@@ -310,7 +310,8 @@ def run_parity(model: str, checkpoint=None, *, backend: str = "auto", precision:
     the graph `onnx` (see `open_pair`). Writes the report as JSON to `json_path` and the trajectory's plot
     to `plot_path` when given. Returns the report dict."""
     # int8/fp8 classifiers calibrate on the task's folder: the target domain's images (no labels)
-    calibration = task if precision in QUANTIZED and model in ("dann", "digit_classifier") else None
+    quantized = precision in (*QUANTIZED, "auto")  # auto may choose int8
+    calibration = task if quantized and model in ("dann", "digit_classifier") else None
     reference, candidate, source, dims = open_pair(model, checkpoint, backend=backend, precision=precision,
                                                    device=device, threads=threads, cache_dir=cache_dir,
                                                    seed=seed, dims=dims, onnx=onnx,
@@ -347,7 +348,7 @@ def format_report(report: dict) -> str:
     src = report["source"]
     head = (f"parity {report['model']}: {c['backend']} {c['precision']} {c['device']} vs "
             f"{r['backend']} {r['precision']} {r['device']}: {'PASSED' if report['passed'] else 'FAILED'}")
-    lines = [head]
+    lines = [head] + ([c["auto"]] if c.get("auto") else [])
     if src.get("checkpoint"):
         lines.append(f"weights: {src['checkpoint']} (sha256 {src.get('sha256', '')[:12]})")
     elif src:

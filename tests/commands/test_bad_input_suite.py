@@ -1,4 +1,4 @@
-"""Every bad input a one-line error before any work, across every command (the README's promise).
+"""Every bad input a one-line error before any work, across every command (docs/reliability.md promises it).
 
 Each case runs one command in this process on a tiny world of the assignment's files and asserts: exit
 status 1, nothing on stdout, stderr exactly one line (`Error: ...`, no traceback) naming the file or the

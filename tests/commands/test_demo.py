@@ -1,5 +1,6 @@
 """`hw2rt demo --quick`: every stage runs, the report shows every figure, and a real browser shows
 the report without horizontal scrolling at 1280 px with every image loaded."""
+import html
 import json
 import re
 import shutil
@@ -39,9 +40,15 @@ def test_demo_quick_writes_report_with_every_figure(demo):
     assert report.count("data:image/png;base64,") == 10 + 4 + 1
     summary = json.loads((demo / "report.json").read_text())
     assert all(p["passed"] for p in summary["parity"])
-    # the digits run on the int8 engine (it passed the gate), and the report says so
-    assert [p["model"] for p in summary["parity"] if p["candidate"]["precision"] == "int8"] == ["digit_unet"]
-    assert "w=2, ort int8" in report and "on ort int8" in report
+    # every network runs what the scripts open here (engines/auto.py), parity checks that engine, and the
+    # report says which and why
+    from hw2rt.engines.auto import choose
+    for p in summary["parity"]:
+        chosen = choose(p["model"], "auto", "cpu")
+        assert (p["candidate"]["backend"], p["candidate"]["precision"]) == (chosen.backend, chosen.precision)
+        assert html.escape(chosen.line()) in report
+    digits = choose("digit_unet", "auto", "cpu")
+    assert f"w=2, {digits.backend} {digits.precision}" in report
     assert set(summary["accuracy"]) == {"generated digits (grader)", "DANN on usps-like test",
                                         "DANN on svhn-like test"}
     assert len(list((demo / "digits").glob("*.png"))) == 20

@@ -37,6 +37,9 @@ def test_hw2_2_runs_ddim_on_a_unet_pt(tmp_path):
     r = sh(SCRIPTS / "hw2_2.sh", tmp_path / "noise", tmp_path / "out", tmp_path / "UNet.pt")
     assert r.returncode == 0, r.stderr
     assert (tmp_path / "out" / "00.png").is_file()
+    # the fastest precision the bundled face UNet passed its gate in, on this CPU, said in one line
+    from hw2rt.engines.auto import choose
+    assert r.stdout.splitlines()[0] == choose("face_unet", "auto", "cpu").line()
 
 
 @pytest.mark.parametrize("domain", ["usps", "svhn"])
@@ -48,6 +51,7 @@ def test_hw2_3_picks_the_model_from_the_path(tmp_path, domain):
         Image.fromarray(rng.integers(0, 256, (28, 28, 3), dtype=np.uint8)).save(folder / f"{i:05d}.png")
     r = sh(SCRIPTS / "hw2_3.sh", folder, tmp_path / "pred.csv")
     assert r.returncode == 0, r.stderr
+    assert r.stdout.startswith("auto: ")
     assert [n for n, _ in read_labels_csv(tmp_path / "pred.csv")] == ["00000.png", "00001.png", "00002.png"]
 
 
@@ -61,3 +65,12 @@ def test_hw2_1_runs_the_few_step_setting_the_table_chose():
     assert words[words.index("--steps") + 1] == str(FAST_STEPS)
     assert float(words[words.index("--eta") + 1] if "--eta" in words else 0) == FAST_ETA
     assert "--no-x0-clip" not in words and DEFAULT_CLIP[FAST_SAMPLER] is True
+
+
+def test_every_script_lets_auto_choose_backend_and_precision():
+    """The scripts run the fastest precision whose gate the bundled model passed, on the backend measured
+    fastest for it on this CPU kind (engines/auto.py), and print the choice."""
+    for script in ("hw2_1.sh", "hw2_2.sh", "hw2_3.sh"):
+        words = (SCRIPTS / script).read_text().split("exec", 1)[1].split()
+        assert words[words.index("--backend") + 1] == "auto"
+        assert words[words.index("--precision") + 1] == "auto"

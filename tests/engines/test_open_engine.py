@@ -11,7 +11,7 @@ from hw2rt.bench.runners import open_runner
 from hw2rt.bench.suites import make_suite
 from hw2rt.checkpoints import resolve_checkpoint
 from hw2rt.cli.jobs import _open_engine
-from hw2rt.engines import GraphedEngine, open_engine, pick_backend, resolve_source
+from hw2rt.engines import GraphedEngine, open_engine, resolve_source
 from hw2rt.engines.openvino import has_bf16
 from hw2rt.errors import Hw2rtError
 from hw2rt.verify import parity
@@ -98,15 +98,12 @@ def test_graphs_auto_means_cuda_graphs_on_cuda_only():
         open_engine("dann", net, backend="ort", compile=True)
 
 
-def test_auto_is_ort_here_and_torch_for_bf16():
-    assert pick_backend("cpu") == "ort" and pick_backend("cpu", "bf16") == "torch"
-
-
 # --- what a CUDA device gets (the device, TensorRT and onnxruntime-gpu faked: torch runs on the CPU) ------
 
 @pytest.fixture
 def on_cuda(monkeypatch):
     """open_engine as on a GPU machine; the opened backends are recorded and stand in on the CPU."""
+    from hw2rt.engines import auto as auto_mod
     from hw2rt.engines import open as open_mod
     from hw2rt.engines.torch import TorchEngine
 
@@ -125,8 +122,8 @@ def on_cuda(monkeypatch):
             return getattr(self.inner, name)
 
     monkeypatch.setattr(open_mod, "resolve_device", lambda device: torch.device("cuda"))
-    monkeypatch.setattr(open_mod, "_trt_available", lambda: False)
-    monkeypatch.setattr(open_mod, "available_providers", lambda: ["CPUExecutionProvider"])
+    monkeypatch.setattr(auto_mod, "_trt_available", lambda: False)
+    monkeypatch.setattr(auto_mod, "available_providers", lambda: ["CPUExecutionProvider"])
     monkeypatch.setattr(open_mod, "TorchEngine", torch_engine)
     monkeypatch.setattr(open_mod, "OrtEngine", Ort)
     monkeypatch.setattr(open_mod, "cached_onnx", lambda *a, **k: types.SimpleNamespace(path="model.onnx"))
@@ -146,15 +143,19 @@ def test_auto_on_a_gpu_without_tensorrt_is_torch_fp16_behind_cuda_graphs(on_cuda
     assert opened[-1]["precision"] == "fp32"
     open_engine("face_unet", net, backend="torch", device="cuda")  # torch named: the fp32 reference
     assert opened[-1]["precision"] == "fp32"
-    assert open_mod.default_precision("trt", torch.device("cpu"), None, auto=False) == "fp16"
-    assert open_mod.default_precision("ort", torch.device("cuda"), "x.onnx", auto=True) is None
+    assert engine.auto_choice.line() == "auto: torch fp16 (CUDA, no TensorRT: torch behind CUDA graphs)"
+    assert open_mod.default_precision("trt", None) == "fp16"
+    assert open_mod.default_precision("ort", None) == "fp32"
+    assert open_mod.default_precision("ort", "x.onnx") is None
 
 
 def test_ort_on_cuda_is_never_captured_into_cuda_graphs(on_cuda, monkeypatch):
     """ORT's CUDA EP runs on the stream its session was made with: torch cannot capture it. `auto` leaves it
     unwrapped; graphs=True gives the buckets, run eagerly."""
-    open_mod, opened = on_cuda
-    monkeypatch.setattr(open_mod, "available_providers",
+    from hw2rt.engines import auto as auto_mod
+
+    _, opened = on_cuda
+    monkeypatch.setattr(auto_mod, "available_providers",
                         lambda: ["CUDAExecutionProvider", "CPUExecutionProvider"])
     net = parity.random_model("dann")
     engine = open_engine("dann", net, device="cuda")

@@ -1,0 +1,130 @@
+"""The assignment's jobs on a CPU, run as a user runs them (issue 29, item 5): `scripts/hw2_1.sh` (1,000
+digits) and `scripts/hw2_2.sh` (10 faces, 256x256, 50 DDIM steps, the full-size face UNet), each as the
+script runs it (`--backend auto --precision auto`: what engines/auto.py chooses on this CPU) and as the
+fp32 reference path (`--backend ort --precision fp32`), with the machine's default threads (none named).
+
+    python benchmarks/assignment_jobs.py --json benchmarks/assignment_jobs.json
+    python benchmarks/assignment_jobs.py --face-steps 5     # time 5 steps, extrapolate to 50 (labelled)
+
+The faces' UNet.pt is the full-size FaceUNet (base 128) with seeded random, damped weights (speed does
+not depend on training; the damping keeps the trajectory from being chaotic, so the image MSE between the
+two paths means something). Each path runs once at 1 step first (the export and compile caches filled, as
+for a user's second run). With --face-steps below 50 both face runs take that many steps and the 50-step
+time is extrapolated from the job's own time per step (one engine call per step: linear), and the row
+says so. The digits use the bundled digit UNet and grader: the script's own default.
+"""
+import argparse
+import json
+import os
+import re
+import subprocess
+import sys
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+
+ROOT = Path(__file__).resolve().parents[1]
+HW2RT = str(Path(sys.executable).parent / "hw2rt")
+FP32 = ["--backend", "ort", "--precision", "fp32"]
+
+
+def run(cmd: list, env: dict) -> dict:
+    """One command, timed as a whole (process start, engine open, the job, the files)."""
+    t0 = time.perf_counter()
+    r = subprocess.run(cmd, capture_output=True, text=True, env=env, check=False)
+    seconds = time.perf_counter() - t0
+    if r.returncode != 0:
+        raise SystemExit(f"{' '.join(map(str, cmd))} failed ({r.returncode}):\n{r.stderr[-2000:]}")
+    auto = next((line for line in r.stdout.splitlines() if line.startswith("auto: ")), None)
+    return {"command": " ".join(map(str, cmd)), "seconds": seconds, "auto": auto, "stdout": r.stdout.strip()}
+
+
+def face_inputs(work: Path, size: int) -> tuple[Path, Path]:
+    from hw2rt.verify.parity import random_model
+
+    unet = work / "UNet.pt"
+    if not unet.is_file():
+        torch.save(random_model("face_unet", seed=0).state_dict(), unet)  # the assignment's size (base 128)
+    noise = work / "noise"
+    noise.mkdir(exist_ok=True)
+    g = torch.Generator().manual_seed(0)
+    for i in range(10):
+        torch.save(torch.randn(1, 3, size, size, generator=g), noise / f"{i:02d}.pt")
+    return unet, noise
+
+
+def image_mse(a: Path, b: Path) -> float:
+    """Mean over the images of the MSE on the 0-255 scale (the assignment's grading)."""
+    mses = []
+    for p in sorted(a.glob("*.png")):
+        x = np.asarray(Image.open(p), dtype=np.float64)
+        y = np.asarray(Image.open(b / p.name), dtype=np.float64)
+        mses.append(float(((x - y) ** 2).mean()))
+    return sum(mses) / len(mses)
+
+
+def faces(work: Path, env: dict, steps: int, size: int) -> dict:
+    unet, noise = face_inputs(work, size)
+    out = {}
+    for name, extra in (("script", None), ("fp32", FP32)):
+        cmd = [HW2RT, "ddim", "--noise-dir", noise, "--out", work / name, "--checkpoint", unet, "--eta", "0",
+               "--steps", str(steps), *(extra or ["--backend", "auto", "--precision", "auto"])]
+        at = cmd.index("--steps") + 1
+        run([*cmd[:at], "1", *cmd[at + 1:]], env)  # the export / compile caches filled, as on a second run
+        if extra is None and steps == 50:
+            cmd = ["bash", str(ROOT / "scripts" / "hw2_2.sh"), noise, work / name, unet]
+        out[name] = run(cmd, env)
+        if steps != 50:  # the job is one engine call per step: its own time scales with the steps
+            job_s = float(re.search(r" in ([0-9.]+) s", out[name]["stdout"]).group(1))
+            out[name].update({"steps_run": steps, "job_s": job_s, "per_step_s": job_s / steps,
+                              "seconds_50_extrapolated": out[name]["seconds"] + (50 - steps) * job_s / steps})
+    out["image_mse_255"] = image_mse(work / "script", work / "fp32")
+    out["speedup"] = (out["fp32"].get("seconds_50_extrapolated", out["fp32"]["seconds"])
+                      / out["script"].get("seconds_50_extrapolated", out["script"]["seconds"]))
+    return out
+
+
+def digits(work: Path, env: dict) -> dict:
+    out = {"script": run(["bash", str(ROOT / "scripts" / "hw2_1.sh"), work / "script"], env)}
+    words = (ROOT / "scripts" / "hw2_1.sh").read_text().split("exec", 1)[1].split()
+    args = words[words.index("--per-digit"): words.index("--backend")]
+    out["fp32"] = run([HW2RT, "ddpm", "--out", work / "fp32", *args, *FP32], env)
+    for name in ("script", "fp32"):
+        r = subprocess.run([HW2RT, "eval-digits", "--images", work / name], capture_output=True, text=True,
+                           env=env, check=True)
+        out[name]["grader"] = r.stdout.strip().splitlines()[-1]
+    out["speedup"] = out["fp32"]["seconds"] / out["script"]["seconds"]
+    return out
+
+
+def main():
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--json", type=Path, default=None)
+    p.add_argument("--work", type=Path, default=Path("/tmp/hw2rt-assignment-jobs"))
+    p.add_argument("--face-steps", type=int, default=50,
+                   help="steps run per face job (below 50: extrapolated)")
+    p.add_argument("--size", type=int, default=256)
+    p.add_argument("--jobs", default="digits,faces")
+    args = p.parse_args()
+    from hw2rt.device import cpu_flags, cpu_name
+    from hw2rt.engines.auto import cpu_kind
+
+    env = {**os.environ}
+    result = {"date": datetime.now(timezone.utc).isoformat(timespec="minutes"), "cpu": cpu_name(),
+              "cpu_kind": cpu_kind(), "cpu_flags": cpu_flags(), "logical_cpus": os.cpu_count(),
+              "argv": sys.argv[1:]}
+    for job in args.jobs.split(","):
+        work = args.work / job
+        work.mkdir(parents=True, exist_ok=True)
+        result[job] = faces(work, env, args.face_steps, args.size) if job == "faces" else digits(work, env)
+        print(json.dumps({job: result[job]}, indent=2))
+        if args.json:
+            args.json.write_text(json.dumps(result, indent=2) + "\n")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,87 @@
+"""`--backend auto` on a CPU: the kind read from the flags, the recorded rules, `--precision auto`, and
+the one line that says what was chosen (engines/auto.py)."""
+import pytest
+from click.testing import CliRunner
+
+from hw2rt import options
+from hw2rt.cli import main
+from hw2rt.engines import auto, open_engine
+from hw2rt.errors import Hw2rtError
+from tests.helpers import small_net
+
+SAPPHIRE_RAPIDS = {"avx2": True, "fma": True, "avx512f": True, "avx512_bf16": True, "avx512_vnni": True,
+                   "amx_bf16": True, "amx_tile": True}
+ZEN4 = {"avx2": True, "fma": True, "avx512f": True, "avx512_bf16": True, "avx512_vnni": True}
+ZEN3 = {"avx2": True, "fma": True}
+ICE_LAKE = {"avx2": True, "fma": True, "avx512f": True, "avx512_vnni": True}  # AVX-512 without bf16
+
+
+@pytest.mark.parametrize("flags, kind", [(SAPPHIRE_RAPIDS, "amx"), (ZEN4, "avx512-bf16"), (ZEN3, "avx2"),
+                                         (ICE_LAKE, "other"), ({}, "other")])
+def test_cpu_kind_from_flags(flags, kind):
+    assert auto.cpu_kind(flags) == kind
+
+
+def test_every_rule_names_a_backend_that_serves_its_precision():
+    for kind, rules in auto.CPU_RULES.items():
+        assert kind in auto.KIND_LABELS
+        for precision, rule in rules.items():
+            assert rule.backend in options.BACKENDS and rule.ms > 0
+            assert precision != "bf16" or rule.backend in options.BF16_BACKENDS
+            assert precision not in options.QUANTIZED or rule.backend != "torch"
+    for model, passed in auto.GATES_PASSED.items():
+        assert model in options.MODELS and "fp32" in passed and set(passed) <= set(options.PRECISIONS)
+
+
+@pytest.mark.parametrize("kind", [*auto.CPU_RULES, "other"])
+@pytest.mark.parametrize("precision", ["fp32", "bf16", "int8", "fp16"])
+def test_the_rules_decide_and_an_unmeasured_kind_falls_back_to_ort(kind, precision):
+    choice = auto.choose("digit_unet", precision, "cpu", kind=kind)
+    rule = auto.CPU_RULES.get(kind, {}).get(precision)
+    assert choice.backend == (rule.backend if rule else auto.FALLBACK[precision])
+    assert choice.precision == precision and choice.compile == bool(rule and rule.compile)
+    assert choice.line().startswith(f"auto: {choice.backend}") and auto.KIND_LABELS[kind] in choice.line()
+    if kind == "other":
+        assert choice.backend == ("torch" if precision == "bf16" else "ort")
+    assert auto.choose("digit_unet", precision, "cpu", kind=kind) == choice  # deterministic
+
+
+def picked(*args, **kwargs) -> tuple:
+    choice = auto.choose(*args, **kwargs)
+    return choice.backend, choice.precision
+
+
+def test_precision_auto_is_the_fastest_precision_whose_gate_passed(monkeypatch):
+    monkeypatch.setitem(auto.CPU_RULES, "amx", {"fp32": auto.Rule("ort", 400.0),
+                                                "bf16": auto.Rule("openvino", 60.0),
+                                                "int8": auto.Rule("openvino", 170.0)})
+    monkeypatch.setitem(auto.GATES_PASSED, "digit_unet", ("fp32", "int8", "bf16"))
+    monkeypatch.setitem(auto.GATES_PASSED, "face_unet", ("fp32", "int8"))
+    monkeypatch.setitem(auto.GATES_PASSED, "dann", ("fp32",))
+    assert picked("digit_unet", "auto", "cpu", kind="amx") == ("openvino", "bf16")
+    assert picked("face_unet", "auto", "cpu", kind="amx") == ("openvino", "int8")
+    assert picked("dann", "auto", "cpu", kind="amx") == ("ort", "fp32")
+    line = auto.choose("face_unet", "auto", "cpu", kind="amx").line()
+    assert line.startswith("auto: openvino int8 (AMX; the fastest precision") and "fp32, int8" in line
+    assert picked("digit_unet", "auto", "cpu", kind="other") == ("ort", "fp32")  # no timings
+    assert picked("digit_unet", None, "cpu", kind="amx") == ("ort", "fp32")  # the default: fp32
+
+
+def test_open_engine_records_and_the_command_prints_its_choice(tmp_path):
+    net = small_net("dann")
+    engine = open_engine("dann", net, backend="torch")
+    assert engine.auto_choice is None and engine.describe()["auto"] is None
+    engine = open_engine("dann", net, precision="fp32")
+    choice = auto.choose("dann", "fp32", "cpu")
+    assert engine.auto_choice == choice and engine.backend == choice.backend
+    assert engine.describe()["auto"] == choice.line()
+    with pytest.raises(Hw2rtError, match="precision auto chooses the backend too"):
+        open_engine("dann", net, backend="torch", precision="auto")
+    images = tmp_path / "images"
+    images.mkdir()
+    from PIL import Image
+    Image.new("RGB", (28, 28), (120, 30, 200)).save(images / "00001.png")
+    result = CliRunner().invoke(main, ["classify", "--images", str(images), "--out", str(tmp_path / "p.csv"),
+                                       "--precision", "fp32", "--device", "cpu"])
+    assert result.exit_code == 0, result.output
+    assert result.output.splitlines()[0] == auto.choose("dann", "fp32", "cpu").line()
