@@ -184,7 +184,7 @@ def test_bf16_is_torch_or_openvino_only(face_files, tmp_path):
     r = run("ddim", "--noise-dir", face_files / "noise", "--checkpoint", face_files / "UNet.pt",
             "--steps", "2", "--out", tmp_path / "out", "--backend", "ort", "--precision", "bf16")
     assert r.exit_code == 1 and r.output.strip().count("\n") == 0
-    assert "bf16 runs on the torch and openvino backends only" in r.output
+    assert "bf16 runs on torch and openvino, not ort" in r.output
     assert not (tmp_path / "out").exists()
 
 
