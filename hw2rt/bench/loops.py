@@ -19,7 +19,7 @@ from functools import partial
 import torch
 
 from hw2rt.bench.measure import alternate, failure, flops_per_item, summarize, sync, timed
-from hw2rt.bench.runners import DIFFUSERS, REFERENCE, RUNNERS, compute_precision, is_cuda
+from hw2rt.bench.runners import DIFFUSERS, REFERENCE, RUNNERS, compute_precision, graded_precision, is_cuda
 from hw2rt.io import mse_255, to_uint8_minmax, to_uint8_signed
 from hw2rt.models import get_spec
 from hw2rt.runtime.ddpm import guided_denoiser
@@ -285,7 +285,7 @@ def loop_scenario(scenario: str, case, engines: dict, fns: LoopFns, per_call: li
     rows, active = {}, {}
     for name in [*fns.timed, *fns.skipped]:
         base = name == DIFFUSERS
-        precision = "fp32" if base else RUNNERS[name]["precision"]
+        precision = "fp32" if base else graded_precision(name, device)
         row = scenario_row(scenario=scenario, model=model, config=case.config, dims=case.dims, batch=batch,
                            images=loop.images, steps=loop.steps, backend=name,
                            label=engine_label(name, engines.get(name)), precision=precision,

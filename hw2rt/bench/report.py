@@ -6,17 +6,18 @@ import json
 import math
 from pathlib import Path
 
-from hw2rt.bench.runners import DIFFUSERS, REFERENCE, RUNNERS
+from hw2rt.bench.runners import DIFFUSERS, PEERS, REFERENCE, RUNNERS
 from hw2rt.io import atomic_path
 from hw2rt.runtime.jobs import FAST_ETA, FAST_SAMPLER
 
 
 def fastest(rows: list, exclude=()) -> str | None:
-    """The runner with the shortest median among rows that ran, in full, and kept parity."""
+    """The hw2rt runner with the shortest median among rows that ran, in full, and kept parity (a peer,
+    `runners.PEERS`, is measured beside them, never chosen)."""
     if not rows:
         return None
     key = "median_s" if "median_s" in rows[0] else "median_ms"
-    ok = [r for r in rows if r[key] is not None and r["backend"] not in exclude
+    ok = [r for r in rows if r[key] is not None and r["backend"] not in exclude and r["backend"] not in PEERS
           and r["parity_passed"] is not False and not r.get("extrapolated")]
     return min(ok, key=lambda r: r[key])["backend"] if ok else None
 
@@ -123,7 +124,7 @@ def _goal_fp16_image_mse(result):
             "values": {f"{s['scenario']}/{s['backend']}": s["parity_value"] for s in rows}}
 
 
-PEER = "openvino-default"  # the peer a CPU user would pick instead: OpenVINO as it comes, on hw2rt's graph
+(PEER,) = PEERS  # the peer a CPU user would pick instead: OpenVINO as it comes, on hw2rt's graph (runners.py)
 
 
 def _goal_peer_1_2x(result):

@@ -21,6 +21,16 @@ RUNNERS = {
     "ort-int8": {"backend": "ort", "precision": "int8",
                  "label": "ONNX Runtime int8 (QDQ, calibrated on the loop)"},
     "trt": {"backend": "trt", "precision": "fp16", "label": "TensorRT fp16"},
+    "openvino": {"backend": "openvino", "precision": "fp32",
+                 "label": "OpenVINO fp32 (f32 inference precision)"},
+    "openvino-bf16": {"backend": "openvino", "precision": "bf16",
+                      "label": "OpenVINO bf16 (the fp32 graph, fp32 islands kept)"},
+    "openvino-int8": {"backend": "openvino", "precision": "int8",
+                      "label": "OpenVINO int8 (ort's QDQ graph and calibration)"},
+    # the peer a user would pick, not an hw2rt path: OpenVINO's own plugin settings on the fp32 graph (no
+    # precision hint: bf16 on a bf16 CPU, no islands); its precision is what the plugin chose
+    "openvino-default": {"backend": "openvino", "precision": "fp32", "defaults": True,
+                         "label": "peer: OpenVINO, default settings, fp32 graph (not an hw2rt path)"},
     "torch+graphs": {"backend": "torch", "precision": "fp32", "graphs": True,
                      "label": "torch fp32, CUDA graphs"},
     "bf16+graphs": {"backend": "torch", "precision": "bf16", "graphs": True,
@@ -44,6 +54,8 @@ RUNNERS = {
              "label": "--backend auto --precision fp16"},
 }
 REFERENCE = "torch"  # every ratio and parity figure is against torch eager fp32
+# what a user would run instead of hw2rt: measured beside its runners, never chosen as a goal's fastest
+PEERS = ("openvino-default",)
 # the external baseline of the loops: the plain module driven by diffusers' DDIMScheduler
 DIFFUSERS = "diffusers"
 
@@ -65,6 +77,15 @@ def unavailable(name: str, device) -> str | None:
             return "TensorRT needs a CUDA GPU"
     if r["backend"] == "torch" and r["precision"] == "fp16" and not cuda:
         return "torch fp16 runs on CUDA only"
+    if r["backend"] == "openvino":
+        if cuda:
+            return "OpenVINO runs on the CPU here (its GPU plugin is Intel graphics)"
+        if importlib.util.find_spec("openvino") is None:
+            return "openvino is not installed"
+        from hw2rt.engines.openvino import has_bf16
+
+        if r["precision"] == "bf16" and not has_bf16():
+            return "this CPU has no bf16 hardware (AVX512-BF16/AMX): OpenVINO would run fp32"
     if r["backend"] == "ort" and cuda:
         from hw2rt.engines.ort import available_providers
 
@@ -88,7 +109,18 @@ def compute_precision(name: str, device) -> str:
     r = RUNNERS[name]
     if backend_of(name, device) == "ort" and r["precision"] == "fp16" and not is_cuda(device):
         return "fp32"  # the CPU EP casts fp16 nodes it has no kernel for to fp32 (engines/ort.py)
+    if r.get("defaults"):  # the plugin's choice: bf16 where the CPU has it
+        from hw2rt.engines.openvino import has_bf16
+
+        return "bf16" if has_bf16() else "fp32"
     return r["precision"]
+
+
+def graded_precision(name: str, device) -> str:
+    """The precision whose parity budget grades runner `name`: its own, or for a runner at OpenVINO's
+    defaults, the precision the plugin computes in."""
+    r = RUNNERS[name]
+    return compute_precision(name, device) if r.get("defaults") else r["precision"]
 
 
 def open_runner(name: str, model: str, net, *, device, threads: int | None = None, cache_dir=None,
@@ -101,4 +133,5 @@ def open_runner(name: str, model: str, net, *, device, threads: int | None = Non
     r = RUNNERS[name]
     return open_engine(model, net, backend=r["backend"], precision=r["precision"], device=device,
                        graphs=r.get("graphs", False), threads=threads, compile=r.get("compile", False),
-                       cache_dir=cache_dir, dims=dims or None, memory_format=r.get("memory_format"))
+                       cache_dir=cache_dir, dims=dims or None, memory_format=r.get("memory_format"),
+                       defaults=r.get("defaults", False))

@@ -11,7 +11,7 @@ from pathlib import Path
 
 from hw2rt.bench.loops import Loop, digit_loop_fns, engine_label, loop_line, loop_skip, scenario_row
 from hw2rt.bench.measure import PeakMemory, alternate, failure, flops_per_item, linear_fit, summarize, timed
-from hw2rt.bench.runners import REFERENCE, RUNNERS, compute_precision
+from hw2rt.bench.runners import REFERENCE, RUNNERS, compute_precision, graded_precision
 from hw2rt.models import get_spec
 from hw2rt.runtime.jobs import classify_job
 from hw2rt.verify.parity import BUDGETS, compare_outputs
@@ -41,7 +41,8 @@ def sweep(case, engines: dict, suite, *, device, peaks: dict, log) -> list:
         for name, engine in engines.items():
             r = RUNNERS[name]
             point[name] = _empty_row(model=case.model, config=case.config, dims=case.dims, batch=batch,
-                                     backend=name, label=engine_label(name, engine), precision=r["precision"],
+                                     backend=name, label=engine_label(name, engine),
+                                     precision=graded_precision(name, device),
                                      compute_precision=compute_precision(name, device))
             if isinstance(engine, str):  # it failed to open: the reason
                 point[name]["skipped"] = engine
@@ -135,7 +136,7 @@ def dann_folder_scenario(engines: dict, per_call: list, images: int, suite, devi
             # parity is the budgeted check.
             row = scenario_row(scenario="dann_folder", model="dann", config={}, dims={}, batch=batch,
                                 images=images, steps=None, backend=name, label=RUNNERS[name]["label"],
-                                precision=RUNNERS[name]["precision"], parity_metric="label_agreement",
+                                precision=graded_precision(name, device), parity_metric="label_agreement",
                                 skipped=loop_skip(name, calls.get(name), suite))
             rows.append(row)
             if row["skipped"] is None:

@@ -135,6 +135,30 @@ def check_feeds(inputs: tuple, feeds: Mapping, *, max_batch: int | None = None,
     return out
 
 
+def graph_spec(path, meta: dict, model: str | None = None):
+    """The ModelSpec of the hw2rt export at `path`, from its metadata (`meta`: the hw2rt keys, prefix
+    removed); a graph that is not hw2rt's, or holds another model than `model`, is a one-line error."""
+    from hw2rt.models import get_spec
+
+    if "model" not in meta:
+        raise Hw2rtError(f"{path}: not an hw2rt export (no hw2rt metadata); export it with hw2rt first")
+    if model is not None and meta["model"] != model:
+        raise Hw2rtError(f"{path}: holds a {meta['model']} graph, but this needs a {model}")
+    try:
+        return get_spec(meta["model"])
+    except Hw2rtError as exc:
+        raise Hw2rtError(f"{path}: {exc}") from None
+
+
+def check_graph_io(path, spec, inputs: list, outputs: list):
+    """A graph's inputs and outputs, as its backend reads them ([(name, torch dtype, rank)]), against the
+    spec's: the I/O contract every engine over an exported graph keeps."""
+    for kind, got, want in (("inputs", inputs, spec.inputs), ("outputs", outputs, spec.outputs)):
+        want_sig = [(s.name, s.dtype, len(s.shape)) for s in want]
+        if list(got) != want_sig:
+            raise Hw2rtError(f"{path}: graph {kind} {list(got)} do not match the {spec.name} spec {want_sig}")
+
+
 def named_dims(inputs: tuple, feeds: dict) -> dict:
     """The sizes of the named axes in feeds (validated: one size per name)."""
     return {d: int(n) for s in inputs for n, d in zip(feeds[s.name].shape, s.shape) if isinstance(d, str)}

@@ -17,10 +17,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from hw2rt.engines.base import Engine, output_shapes
+from hw2rt.engines.base import Engine, check_graph_io, graph_spec, output_shapes
 from hw2rt.errors import Hw2rtError, first_line
 from hw2rt.export import META_PREFIX
-from hw2rt.models import get_spec
 
 _ORT_TYPES = {"tensor(float)": torch.float32, "tensor(float16)": torch.float16, "tensor(int64)": torch.int64,
               "tensor(int32)": torch.int32}
@@ -109,23 +108,11 @@ class OrtEngine(Engine):
                 if k.startswith(META_PREFIX)}
         if meta.get("precision") == "fp8":  # the one rewrite that is wrong for fp8 (export/fp8.py)
             session = _session(path, threads, providers, disabled_optimizers=["ReluQuantRewrite"])
-        if "model" not in meta:
-            raise Hw2rtError(f"{path}: not an hw2rt export (no hw2rt metadata); export it with hw2rt first")
-        if model is not None and meta["model"] != model:
-            raise Hw2rtError(f"{path}: holds a {meta['model']} graph, but this needs a {model}")
+        spec = graph_spec(path, meta, model)
         if meta.get("precision") == "int8" and device.type == "cpu":
             _warn_if_it_saturates(path, meta)
-        try:
-            spec = get_spec(meta["model"])
-        except Hw2rtError as exc:
-            raise Hw2rtError(f"{path}: {exc}") from None
-        for kind, got, want in (("inputs", session.get_inputs(), spec.inputs),
-                                ("outputs", session.get_outputs(), spec.outputs)):
-            got_sig = [(a.name, _ORT_TYPES.get(a.type), len(a.shape)) for a in got]
-            want_sig = [(s.name, s.dtype, len(s.shape)) for s in want]
-            if got_sig != want_sig:
-                raise Hw2rtError(f"{path}: graph {kind} {got_sig} do not match the {spec.name} spec "
-                                 f"{want_sig}")
+        check_graph_io(path, spec, *([(a.name, _ORT_TYPES.get(a.type), len(a.shape)) for a in got]
+                                     for got in (session.get_inputs(), session.get_outputs())))
         super().__init__(spec.name, spec.inputs, spec.outputs, device=device,
                          precision=meta.get("precision", "fp32"), max_batch=max_batch, source=str(path))
         self.path = path

@@ -129,6 +129,43 @@ class _Session:
         return dict(zip(names, self.sess.run(names, self.inputs)))
 
 
+class _OpenVinoSession:
+    """The candidate graph as `engine` (an OpenVinoEngine) compiles it: its inference precision, fp32 islands
+    and threads, with the tensors of one fetch made outputs (a compile per fetch). Exposing a tensor stops
+    the plugin fusing through it, and under bf16 the plugin keeps a graph output's producers back to the
+    last convolution/matmul in fp32: the bf16 figures are of convolutions and matmuls in bf16 with what lies
+    between them in fp32, an approximation of the engine's run."""
+
+    def __init__(self, engine, feeds: dict, threads: int | None):
+        from hw2rt.engines.openvino import core
+
+        self.engine = engine
+        model = core().read_model(str(engine.path))
+        self.types = {n: out.get_element_type().get_type_name() for op in model.get_ops()
+                      for out in op.outputs() for n in out.get_names()}
+        missing = [p.get_any_name() for p in model.inputs if p.get_any_name() not in feeds]
+        if missing:
+            raise Hw2rtError(f"localize: no feed for the graph input(s) {', '.join(missing)}")
+        self.inputs = {p.get_any_name(): _numpy(feeds[p.get_any_name()]) for p in model.inputs}
+
+    def floating(self, names) -> list:
+        return [n for n in names if self.types.get(n, "") in ("f32", "f16", "bf16")]
+
+    def fetch(self, names: list) -> dict:
+        import tempfile
+        from pathlib import Path
+
+        from hw2rt.engines.openvino import core, mark_islands
+
+        with tempfile.TemporaryDirectory(prefix="hw2rt-localize-") as work:
+            model, _ = mark_islands(core().read_model(str(self.engine.path)), self.engine.islands, Path(work))
+            model.add_outputs(names)
+            compiled = core().compile_model(model, "CPU", self.engine.config)
+        request = compiled.create_infer_request()
+        request.infer(self.inputs)
+        return {n: np.array(request.get_tensor(n).data) for n in names}
+
+
 def _numpy(v) -> np.ndarray:
     return v.detach().cpu().numpy() if hasattr(v, "detach") else np.asarray(v)
 
@@ -147,9 +184,11 @@ def compare_tensor(cand: np.ndarray, ref: np.ndarray, rel_budget: float) -> dict
 
 
 def localize(candidate, reference, feeds: dict, *, rel_budget: float, threads: int | None = None,
-             chunk: int = 64) -> dict:
+             chunk: int = 64, engine=None) -> dict:
     """candidate, reference: paths or onnx.ModelProto; feeds: {input name: torch tensor or numpy}.
     `chunk`: how many tensors of each graph are fetched per run (memory; each run recomputes what they need).
+    `engine`: an OpenVinoEngine of the candidate graph: its tensors as OpenVINO computes them (its precision,
+    islands and threads; `_OpenVinoSession`) instead of ONNX Runtime's, unoptimized.
 
     Returns {"candidate", "reference", "budget_rel", "compared", "unmatched",
     "first_divergent": {"node", "op", "output", "max_abs", "rel"} or None,
@@ -158,7 +197,8 @@ def localize(candidate, reference, feeds: dict, *, rel_budget: float, threads: i
     ref, ref_name = _load(reference)
     mapping = match_tensors(cand, ref)
     computed = [o for n in cand.graph.node if n.op_type != "Constant" for o in n.output if o]
-    cand_sess = _Session(cand, feeds, computed, threads)
+    cand_sess = _OpenVinoSession(engine, feeds, threads) if engine is not None else _Session(
+        cand, feeds, computed, threads)
     floating = cand_sess.floating(computed)
     matched = [o for o in floating if o in mapping]
     ref_sess = _Session(ref, feeds, list(dict.fromkeys(mapping[o] for o in matched)), threads)

@@ -240,13 +240,14 @@ def localize_report(reference: Engine, candidate: Engine, *, batch: int, seed: i
     from hw2rt.verify.localize import localize
 
     graph = getattr(candidate, "path", None)
-    if graph is None or candidate.backend != "ort":
+    if graph is None or candidate.backend not in ("ort", "openvino"):
         return {"skipped": f"the {candidate.backend} engine has no ONNX graph to localize in",
                 "first_divergent": None}
     reference_graph = cached_onnx(reference.model, resolve_source(reference.model, reference.module),
                                   precision="fp32", cache_dir=cache_dir).path
     feeds = get_spec(reference.model).example_inputs(batch, seed, **(dims or {}))
-    return localize(graph, reference_graph, feeds, rel_budget=rel_budget, threads=threads)
+    return localize(graph, reference_graph, feeds, rel_budget=rel_budget, threads=threads,
+                    engine=candidate if candidate.backend == "openvino" else None)
 
 
 def open_pair(model: str, checkpoint=None, *, backend: str = "auto", precision: str = "fp32", device="auto",

@@ -10,6 +10,7 @@ import torch
 import hw2rt.engines.weights as engines_pkg  # where cached_onnx calls export_onnx
 from hw2rt.checkpoints import file_sha256, save_checkpoint
 from hw2rt.engines import OrtEngine, TorchEngine, check_feeds, open_engine
+from hw2rt.engines.openvino import OpenVinoEngine
 from hw2rt.errors import Hw2rtError
 from hw2rt.models import get_spec
 from hw2rt.verify.parity import run_parity
@@ -125,7 +126,7 @@ def test_requests_a_backend_cannot_serve():
         open_engine("digit_classifier", net, backend="tensorflow")
     with pytest.raises(Hw2rtError, match="unknown precision"):
         open_engine("digit_classifier", net, backend="torch", precision="int4")
-    with pytest.raises(Hw2rtError, match="runs on the ort .or trt. backend, not torch"):
+    with pytest.raises(Hw2rtError, match="runs on the ort .or trt, openvino. backend, not torch"):
         open_engine("digit_classifier", net, backend="torch", precision="int8")
     if importlib.util.find_spec("tensorrt") is None:
         with pytest.raises(Hw2rtError, match="TensorRT"):
@@ -143,10 +144,11 @@ def test_requests_a_backend_cannot_serve():
 @pytest.fixture(scope="module")
 def digit_engines(exported):
     net, path = exported("digit_unet")
-    return {"torch": TorchEngine(net, "digit_unet"), "ort": OrtEngine(path, model="digit_unet")}
+    return {"torch": TorchEngine(net, "digit_unet"), "ort": OrtEngine(path, model="digit_unet"),
+            "openvino": OpenVinoEngine(path, model="digit_unet", threads=1)}
 
 
-@pytest.mark.parametrize("backend", ["torch", "ort"])
+@pytest.mark.parametrize("backend", ["torch", "ort", "openvino"])
 def test_bad_feeds_are_clear_errors(digit_engines, backend):
     engine = digit_engines[backend]
     good = get_spec("digit_unet").example_inputs(2)
@@ -187,12 +189,14 @@ def test_numpy_feeds_positional_call_and_max_batch(digit_engines, exported):
         small.run(good)
 
 
-def test_face_size_error_names_the_engine(exported):
+@pytest.mark.parametrize("engine_class", [OrtEngine, OpenVinoEngine])
+def test_face_size_error_names_the_engine(exported, engine_class):
     _, path = exported("face_unet")
-    engine = OrtEngine(path)
+    engine = engine_class(path)
     bad = get_spec("face_unet").example_inputs(1, height=40, width=40)  # not a multiple of 32
-    # refused by the spec's constraint before onnxruntime sees it
-    with pytest.raises(Hw2rtError, match=r"face_unet \(ort .*height 40 cannot be served.*multiple of 32"):
+    # refused by the spec's constraint before the runtime sees it
+    message = rf"face_unet \({engine.backend} .*height 40 cannot be served.*multiple of 32"
+    with pytest.raises(Hw2rtError, match=message):
         engine.run(bad)
 
 

@@ -12,6 +12,7 @@ from hw2rt.bench.suites import make_suite
 from hw2rt.checkpoints import resolve_checkpoint
 from hw2rt.cli.jobs import _open_engine
 from hw2rt.engines import GraphedEngine, open_engine, resolve_source
+from hw2rt.engines.openvino import has_bf16
 from hw2rt.engines.torch import fp32_islands
 from hw2rt.errors import Hw2rtError
 from hw2rt.verify import parity
@@ -23,7 +24,8 @@ DIMS = {"face_unet": {"height": 32, "width": 32}, "digit_unet": {}}
 # (backend, precision) -> the runner of bench's suites (the GPU check is the gpu suite) that opens the
 # same engine as the commands with --device cpu, and on a GPU (where every command runs behind CUDA graphs).
 CPU_RUNNERS = {("torch", "fp32"): "torch", ("torch", "bf16"): "bf16", ("ort", "fp32"): "ort",
-               ("ort", "fp16"): "ort-fp16"}
+               ("ort", "fp16"): "ort-fp16", ("openvino", "fp32"): "openvino",
+               ("openvino", "bf16"): "openvino-bf16"}
 CUDA_RUNNERS = {("torch", "fp16"): "fp16+graphs", ("torch", "bf16"): "bf16+graphs",
                 ("trt", "fp16"): "trt+graphs"}
 
@@ -47,6 +49,8 @@ def _has_tensorrt() -> bool:
                          [("cpu", *k) for k in CPU_RUNNERS] + [("cuda", *k) for k in CUDA_RUNNERS])
 def test_commands_parity_bench_and_gpu_check_open_the_same_engine(model, device, backend, precision):
     runner = (CPU_RUNNERS if device == "cpu" else CUDA_RUNNERS)[(backend, precision)]
+    if (backend, precision) == ("openvino", "bf16") and not has_bf16():
+        pytest.skip("bf16 on openvino needs a CPU with bf16 hardware (AVX512-BF16 or AMX)")
     suite = make_suite("cpu" if device == "cpu" else "gpu")
     assert runner in suite.backends or runner in make_suite("quick").backends
     if device == "cuda" and not (CUDA and (backend != "trt" or _has_tensorrt())):
@@ -67,8 +71,9 @@ def test_commands_parity_bench_and_gpu_check_open_the_same_engine(model, device,
     }
     d = _same(engines)
     assert d["backend"] == backend and d["precision"] == precision and d["graphs"] is (device == "cuda")
-    assert d["engine"] == {"torch": "TorchEngine", "ort": "OrtEngine", "trt": "TrtEngine"}[backend]
-    if backend == "torch":
+    assert d["engine"] == {"torch": "TorchEngine", "ort": "OrtEngine", "trt": "TrtEngine",
+                           "openvino": "OpenVinoEngine"}[backend]
+    if backend in ("torch", "openvino"):  # both follow the one island list
         assert d["islands"] == list(fp32_islands(model, precision))
         assert ("time" in d["islands"]) is (model == "face_unet" and precision == "fp16")
 
