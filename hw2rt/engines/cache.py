@@ -121,7 +121,7 @@ def onnx_key_parts(model: str, config: dict, source_sha256: str, precision: str,
                    dims: dict) -> dict:
     """Everything an exported graph depends on: weights, network, precision, opset, traced sizes
     and the exporter's, torch's, onnx's and hw2rt's versions."""
-    from hw2rt.export import exporter_versions
+    from hw2rt.export.onnx_export import exporter_versions
 
     return {"kind": "onnx", "model": model, "config": config, "source_sha256": source_sha256,
             "precision": precision, "opset": int(opset), "dims": dims, **exporter_versions()}

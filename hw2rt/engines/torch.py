@@ -179,7 +179,7 @@ class TorchEngine(Engine):
         self.compiled = bool(compile)
         if compile is True and self.device.type == "cpu":
             from hw2rt.engines.compiled import CompiledModule
-            from hw2rt.export import state_dict_sha256
+            from hw2rt.export.onnx_export import state_dict_sha256
 
             self._forward = CompiledModule(self.module, model, weights_sha256=state_dict_sha256(net),
                                            precision=precision, islands=self.islands,

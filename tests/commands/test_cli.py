@@ -21,16 +21,16 @@ def test_every_engine_command_defaults_to_auto_and_offers_the_vocabulary():
     for command in ("ddim", "interp", "ddpm", "classify", "parity"):
         out = CliRunner().invoke(main, [command, "--help"], terminal_width=200).output
         assert "--backend [" + "|".join(options.BACKENDS) + "]" in out, command
-        assert "--precision [" + "|".join(options.PRECISIONS) + "]" in out, command
+        assert "--precision [" + "|".join((*options.PRECISIONS, "auto")) + "]" in out, command
         backend_help = out[out.index("--backend"):out.index("--precision")]
-        assert "default: auto" in backend_help and "fastest backend" in backend_help, command
+        assert "default: auto" in backend_help and "the fastest measured" in backend_help, command
 
 
 def test_engine_commands_leave_the_precision_to_open_engine(monkeypatch, tmp_path):
     """No --precision: the command passes None, so `open_engine` picks (fp16 where auto chose a CUDA device,
     else fp32): a GPU user's plain command gets the fp16 path the GPU check measures, not fp32."""
     from hw2rt import engines
-    from hw2rt.engines.open import default_precision
+    from hw2rt.engines.auto import choose
 
     seen = []
 
@@ -41,8 +41,8 @@ def test_engine_commands_leave_the_precision_to_open_engine(monkeypatch, tmp_pat
     monkeypatch.setattr(engines, "open_engine", fake_open_engine)
     CliRunner().invoke(main, ["ddpm", "--out", str(tmp_path / "d"), "--per-digit", "1"])
     assert seen == [None]
-    assert default_precision("torch", torch.device("cuda"), None, auto=True) == "fp16"
-    assert default_precision("ort", torch.device("cpu"), None, auto=True) == "fp32"
+    assert choose("digit_unet", None, torch.device("cuda")).precision == "fp16"
+    assert choose("digit_unet", None, torch.device("cpu")).precision == "fp32"
 
 
 def test_usage_errors():
