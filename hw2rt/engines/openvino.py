@@ -32,7 +32,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from hw2rt.engines.base import Engine, check_graph_io, graph_spec
+from hw2rt.engines.base import Engine, check_graph_io, graph_spec, output_shapes
 from hw2rt.engines.cache import get_or_build
 from hw2rt.errors import Hw2rtError
 from hw2rt.export import META_PREFIX
@@ -144,6 +144,24 @@ def _reshape_trailing_unsqueezes(model, scopes: tuple) -> int:
     return done
 
 
+def _residual_sums(model, scopes: tuple) -> set:
+    """The Adds outside the islands that sum an island convolution's output (a ResBlock's residual): the
+    CPU plugin fuses a convolution with the sum that follows it, and fused across the precision boundary
+    (an fp32 convolution into a bf16 sum) it loses the output's shape under dynamic dimensions (the face
+    UNet's eps came back [0, 3, 0, 0], OpenVINO 2026.4). Marked with the island, the sum runs in fp32."""
+    sums = set()
+    for op in model.get_ordered_ops():
+        if op.get_type_name() != "Convolution" or not _in_island(op.get_friendly_name(), scopes):
+            continue
+        for target in op.output(0).get_target_inputs():  # the bias Add, part of the island, then the sum
+            node = target.get_node()
+            after = [t.get_node() for t in node.output(0).get_target_inputs()] if (
+                node.get_type_name() == "Add" and _in_island(node.get_friendly_name(), scopes)) else [node]
+            sums |= {n.get_friendly_name() for n in after
+                     if n.get_type_name() == "Add" and not _in_island(n.get_friendly_name(), scopes)}
+    return sums
+
+
 def mark_islands(model, islands, workdir: Path):
     """`model` with every node of the module `islands` marked to stay fp32 under a bf16 inference precision
     (see the module docstring); returns (the marked model, how many nodes were marked)."""
@@ -152,6 +170,7 @@ def mark_islands(model, islands, workdir: Path):
     if not scopes:
         return model, 0
     _reshape_trailing_unsqueezes(model, scopes)
+    sums = _residual_sums(model, scopes)
     xml, binary = workdir / "islands.xml", workdir / "islands.bin"
     ov.save_model(model, str(xml), compress_to_fp16=False)
     tree = ET.parse(xml)
@@ -159,7 +178,7 @@ def mark_islands(model, islands, workdir: Path):
     for layer in tree.getroot().iter("layer"):
         if layer.get("type") in ("Parameter", "Result", "Const"):
             continue
-        if not _in_island(layer.get("name", ""), scopes):
+        if not _in_island(layer.get("name", ""), scopes) and layer.get("name") not in sums:
             continue
         rt = layer.find("rt_info")
         if rt is None:
@@ -244,7 +263,8 @@ class OpenVinoEngine(Engine):
         ov = _ov()
         parts = {"kind": "openvino", "model": model, "graph_sha256": graph_sha256 or file_sha256(path),
                  "precision": "default" if defaults else precision, "islands": list(self.islands),
-                 "mark": {**KEEP_FP32, "unsqueeze_to_reshape": True} if self.islands else None,
+                 "mark": ({**KEEP_FP32, "unsqueeze_to_reshape": True, "residual_sums": True}
+                          if self.islands else None),
                  "config": {k: v for k, v in self.config.items() if k != "INFERENCE_NUM_THREADS"},
                  "openvino": ov.get_version(), "cpu": cpu_capabilities(),
                  "cpu_name": core().get_property("CPU", "FULL_DEVICE_NAME")}
@@ -291,8 +311,14 @@ class OpenVinoEngine(Engine):
             self.request.infer(arrays)
         except Exception as exc:  # noqa: BLE001 -- OpenVINO raises RuntimeError for everything
             raise Hw2rtError(f"{self.name}: OpenVINO failed: {_why(exc)}") from None
-        return {s.name: torch.from_numpy(np.array(self.request.get_tensor(s.name).data)).to(s.dtype)
-                for s in self.outputs}
+        out = {s.name: torch.from_numpy(np.array(self.request.get_tensor(s.name).data)).to(s.dtype)
+               for s in self.outputs}
+        # a plugin that loses a shape (it has: see _residual_sums) must not hand on a wrong-sized result
+        for name, shape in output_shapes(self.inputs, self.outputs, feeds).items():
+            if tuple(out[name].shape) != tuple(shape):
+                raise Hw2rtError(f"{self.name}: OpenVINO returned {name} of shape {tuple(out[name].shape)}, "
+                                 f"expected {tuple(shape)} (a plugin error)")
+        return out
 
     def close(self):
         self.request = self.compiled = None

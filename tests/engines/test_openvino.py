@@ -78,9 +78,10 @@ def test_island_scopes_are_the_exporters_module_scopes(exported):
 
 @BF16
 def test_bf16_islands_run_in_fp32(exported, monkeypatch):
-    """The face UNet's timestep embedding (island "time"): its phase nodes run f32 in OpenVINO's runtime model
-    under a bf16 inference precision, and at large timesteps (where bf16 loses t's last bits) the per-call
-    error against torch fp32 is smaller with the island than without."""
+    """An island on the face UNet's timestep embedding ("time", the fp16 policy's): its phase nodes run f32
+    in OpenVINO's runtime model under a bf16 inference precision, and at large timesteps (where bf16 loses
+    t's last bits) the per-call error against torch fp32 is smaller with the island than without."""
+    monkeypatch.setitem(torch_engine.FP32_ISLANDS["bf16"], "face_unet", ("time",))
     net, path = exported("face_unet")
     feeds = {"x": torch.randn(8, 3, 32, 32, generator=torch.Generator().manual_seed(0)),
              "t": torch.tensor([999, 981, 951, 901, 777, 613, 517, 1])}
@@ -91,13 +92,31 @@ def test_bf16_islands_run_in_fp32(exported, monkeypatch):
         assert ran[f"/time/time.0/{node}"] == "f32", ran
     error = compare_outputs(ref, with_islands.run(feeds), 1.0)["eps"]["required_rtol"]
 
-    monkeypatch.setitem(torch_engine.FP32_ISLANDS, "face_unet", ())  # the engine follows fp32_islands
+    monkeypatch.setitem(torch_engine.FP32_ISLANDS["bf16"], "face_unet", ())  # the engine follows fp32_islands
     without = OpenVinoEngine(path, model="face_unet", precision="bf16", threads=1)
     assert without.islands == () and island_precisions(without) == {}
     ran = {n: p for n, p in _runtime_precisions(without).items() if n.startswith("/time/time.0/")}
     assert ran["/time/time.0/Mul"] == "bf16"
     error_without = compare_outputs(ref, without.run(feeds), 1.0)["eps"]["required_rtol"]
     assert error < 0.8 * error_without, (error, error_without)
+
+
+def test_bf16_face_islands_inside_resblocks_keep_the_output_shape(exported):
+    """The face UNet's bf16 islands include ResBlock convolutions whose output a bf16 residual sum adds: the
+    plugin fuses the two and, across the precision boundary, lost the output's shape ([0, 3, 0, 0]); the
+    sums are marked with the islands (_residual_sums), and the output is checked against the spec."""
+    net, path = exported("face_unet")
+    engine = OpenVinoEngine(path, model="face_unet", precision="bf16", threads=1)
+    assert "up21.resblocks.conv2" in engine.islands
+    feeds = {"x": torch.randn(2, 3, 32, 32, generator=torch.Generator().manual_seed(0)),
+             "t": torch.tensor([999, 10])}
+    out = engine.run(feeds)
+    assert out["eps"].shape == (2, 3, 32, 32)
+    ran = island_precisions(engine)
+    assert {p for n, p in ran.items() if n.startswith("/up21/resblocks/conv2/")} == {"f32"}, ran
+    budget = BUDGETS["bf16"]["per_call_rel_max_abs"]
+    stats = compare_outputs(TorchEngine(net, "face_unet").run(feeds), out, budget)
+    assert stats["eps"]["passed"], stats
 
 
 def _runtime_precisions(engine) -> dict:
