@@ -32,6 +32,7 @@ def test_every_rule_names_a_backend_that_serves_its_precision():
             assert precision not in options.QUANTIZED or rule.backend != "torch"
     for model, passed in auto.GATES_PASSED.items():
         assert model in options.MODELS and "fp32" in passed and set(passed) <= set(options.PRECISIONS)
+        assert all(b is auto.ANY or set(b) <= set(options.BACKENDS) for b in passed.values())
 
 
 @pytest.mark.parametrize("kind", [*auto.CPU_RULES, "other"])
@@ -57,9 +58,10 @@ def test_precision_auto_is_the_fastest_precision_whose_gate_passed(monkeypatch):
         "fp32": auto.Rule("ort", {"digit_unet": 400.0, "face_unet": 900.0, "dann": 100.0}),
         "bf16": auto.Rule("openvino", {"digit_unet": 60.0, "face_unet": 950.0}),
         "int8": auto.Rule("openvino", {"digit_unet": 170.0, "face_unet": 500.0, "dann": 50.0})})
-    monkeypatch.setitem(auto.GATES_PASSED, "digit_unet", ("fp32", "int8", "bf16"))
-    monkeypatch.setitem(auto.GATES_PASSED, "face_unet", ("fp32", "bf16", "int8"))
-    monkeypatch.setitem(auto.GATES_PASSED, "dann", ("fp32", "bf16"))
+    any_ = auto.ANY
+    monkeypatch.setitem(auto.GATES_PASSED, "digit_unet", {"fp32": any_, "int8": any_, "bf16": any_})
+    monkeypatch.setitem(auto.GATES_PASSED, "face_unet", {"fp32": any_, "bf16": any_, "int8": any_})
+    monkeypatch.setitem(auto.GATES_PASSED, "dann", {"fp32": any_, "bf16": any_})
     assert picked("digit_unet", "auto", "cpu", kind="amx") == ("openvino", "bf16")
     # per network: the face's bf16 is slower than its fp32 here, and int8 faster than both
     assert picked("face_unet", "auto", "cpu", kind="amx") == ("openvino", "int8")
@@ -67,6 +69,12 @@ def test_precision_auto_is_the_fastest_precision_whose_gate_passed(monkeypatch):
     line = auto.choose("face_unet", "auto", "cpu", kind="amx").line()
     assert line.startswith("auto: openvino int8 (AMX; the fastest precision") and "fp32, bf16, int8" in line
     assert picked("digit_unet", "auto", "cpu", kind="other") == ("ort", "fp32")  # no timings
+    # a gate passed on one backend only: the kind's fastest backend for it is not taken when it missed
+    monkeypatch.setitem(auto.GATES_PASSED, "face_unet", {"fp32": any_, "bf16": ("torch",)})
+    monkeypatch.setitem(auto.CPU_RULES["amx"], "bf16", auto.Rule("openvino", {"face_unet": 100.0}))
+    assert picked("face_unet", "auto", "cpu", kind="amx") == ("ort", "fp32")  # bf16 on torch: not timed
+    choice = auto.choose("face_unet", "bf16", "cpu", kind="amx")
+    assert (choice.backend, choice.precision) == ("torch", "bf16") and "openvino bf16 misses" in choice.line()
     assert picked("digit_unet", None, "cpu", kind="amx") == ("ort", "fp32")  # the default: fp32
 
 
