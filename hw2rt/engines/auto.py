@@ -117,6 +117,8 @@ def choose(model: str, precision: str | None, device="cpu", *, onnx_file: bool =
     rule = rules.get(precision)
     if rule is None:
         return Choice(FALLBACK[precision], precision, False, f"{label}: no rule for {precision}")
+    if rule.backend == "openvino" and importlib.util.find_spec("openvino") is None:
+        return Choice(FALLBACK[precision], precision, False, f"{label}: openvino is not installed")
     if not _passes(model, precision, rule):  # the kind's fastest backend misses this network's gate
         backend = passed[precision][0]
         return Choice(backend, precision, False, f"{label}; {rule.backend} {precision} misses the bundled "

@@ -96,3 +96,11 @@ def test_open_engine_records_and_the_command_prints_its_choice(tmp_path):
                                        "--precision", "fp32", "--device", "cpu"])
     assert result.exit_code == 0, result.output
     assert result.output.splitlines()[0] == auto.choose("dann", "fp32", "cpu").line()
+
+
+def test_an_install_without_openvino_falls_back(monkeypatch):
+    """The GPU machine's package set has no openvino: a rule naming it falls back to FALLBACK, saying so."""
+    real = auto.importlib.util.find_spec
+    monkeypatch.setattr(auto.importlib.util, "find_spec", lambda name: None if name == "openvino" else real(name))
+    choice = auto.choose("digit_unet", "int8", "cpu", kind="amx")
+    assert (choice.backend, choice.precision) == ("ort", "int8") and "openvino is not installed" in choice.line()
