@@ -31,7 +31,8 @@ def compiled_key_parts(model: str, weights_sha256: str, precision: str, islands:
     from hw2rt.device import cpu_flags
     from hw2rt.export.onnx_export import hw2rt_version
 
-    return {"kind": "aoti", "model": model, "source_sha256": weights_sha256, "precision": precision,
+    return {"kind": "aoti", "inputs": "layout-canonical", "model": model, "source_sha256": weights_sha256,
+            "precision": precision,
             "islands": list(islands), "memory_format": memory_format, "shapes": [list(s) for s in shapes],
             "torch": torch.__version__, "hw2rt": hw2rt_version(), "threads": torch.get_num_threads(),
             "cpu_capability": torch.backends.cpu.get_cpu_capability(),
@@ -46,10 +47,16 @@ class CompiledModule:
         self.module, self.model, self.weights_sha256 = module, model, weights_sha256
         self.precision, self.islands, self.memory_format = precision, islands, memory_format
         self.cache_dir = cache_dir
+        # fp32 runs the module as given (NCHW); fp16/bf16 in the engine's activation layout
+        self.layout = (torch.channels_last if precision != "fp32" and memory_format == "channels_last"
+                       else torch.contiguous_format)
         self.packages = {}  # non-batch shapes -> the loaded package
         self.entries = {}  # non-batch shapes -> its CacheEntry (hit or built: what tests and bench read)
 
     def __call__(self, *args):
+        # a package is compiled for its example's strides: every call is handed that layout
+        args = tuple(a.contiguous(memory_format=self.layout) if a.dim() == 4 else a.contiguous()
+                     for a in args)
         shapes = tuple(tuple(a.shape[1:]) for a in args)
         if shapes not in self.packages:
             self.packages[shapes] = self._load(args, shapes)
@@ -75,8 +82,7 @@ class CompiledModule:
         batch = torch.export.Dim("batch", min=1, max=MAX_BATCH)
         # a batch of 1 would let export specialise the batch axis: trace at 2 or more
         example = tuple(a.expand(max(2, a.shape[0]), *a.shape[1:]).contiguous(
-            memory_format=torch.channels_last if a.dim() == 4 and self.memory_format == "channels_last"
-            else torch.contiguous_format) for a in args)
+            memory_format=self.layout if a.dim() == 4 else torch.contiguous_format) for a in args)
         with torch.inference_mode(False), torch.no_grad():
             program = torch.export.export(self.module, example, dynamic_shapes=[{0: batch}] * len(example))
         torch._inductor.aoti_compile_and_package(program, package_path=str(path),

@@ -35,3 +35,15 @@ def test_a_compiled_bf16_engine_is_built_once_then_loaded_and_matches_eager(tmp_
     (hit,) = again._forward.entries.values()
     assert not hit.built and hit.reason == "hit" and hit.path == entry.path
     assert again.describe()["compiled"] is True
+
+
+def test_a_compiled_fp32_engine_takes_either_layout(tmp_path):
+    """A package is compiled for its example's strides: a channels-last batch (the DANN folder loader's view)
+    and an NCHW one give the eager module's outputs."""
+    net, spec = small_net("dann"), get_spec("dann")
+    feeds = spec.example_inputs(4, seed=0)
+    compiled = TorchEngine(net, "dann", compile=True, cache_dir=tmp_path)
+    reference = TorchEngine(net, "dann").run(feeds)
+    channels_last = {k: v.contiguous(memory_format=torch.channels_last) for k, v in feeds.items()}
+    for batch in (feeds, channels_last):
+        assert all(s["passed"] for s in compare_outputs(reference, compiled.run(batch), 1e-4).values())
