@@ -89,11 +89,15 @@ def faces(work: Path, env: dict, steps: int, size: int) -> dict:
 
 
 def digits(work: Path, env: dict) -> dict:
-    out = {"script": run(["bash", str(ROOT / "scripts" / "hw2_1.sh"), work / "script"], env)}
-    words = (ROOT / "scripts" / "hw2_1.sh").read_text().split("exec", 1)[1].split()
+    words = [w for w in (ROOT / "scripts" / "hw2_1.sh").read_text().split("exec", 1)[1].split() if w != "\\"]
     args = words[words.index("--per-digit"): words.index("--backend")]
-    out["fp32"] = run([HW2RT, "ddpm", "--out", work / "fp32", *args, *FP32], env)
-    for name in ("script", "fp32"):
+    fp32 = [HW2RT, "ddpm", "--out", work / "fp32", *args, *FP32]
+    warm = [HW2RT, "ddpm", "--out", work / "warm", "--per-digit", "1", *args[2:]]
+    for extra in (["--backend", "auto", "--precision", "auto"], FP32):  # the caches filled (int8: calibrated)
+        run([*warm, *extra], env)
+    out = {"script": run(["bash", str(ROOT / "scripts" / "hw2_1.sh"), work / "script"], env)}
+    out["fp32"] = run(fp32, env)
+    for name in ("script", "fp32"):  # the bundled grader, as `hw2rt eval-digits` grades
         r = subprocess.run([HW2RT, "eval-digits", "--images", work / name], capture_output=True, text=True,
                            env=env, check=True)
         out[name]["grader"] = r.stdout.strip().splitlines()[-1]
