@@ -230,3 +230,31 @@ def test_a_failing_section_is_recorded_and_the_json_written_after_each(tmp_path,
     # A budget too small for a section skips it, and says why.
     tight = suites.run_bench(suite, budget_s=1, log=lambda *_: None)["sections"]
     assert tight["dann: per call"]["status"] == "skipped" and "budget" in tight["dann: per call"]["reason"]
+
+
+def test_the_peer_goal_counts_int8_on_the_loop_by_its_per_call_budget():
+    """The fastest hw2rt path against OpenVINO's defaults: int8's loop image MSE is not its gate (the task
+    grade is), so on the loop it counts where its call kept int8's per-call budget; a row over budget never
+    counts; auto's choice for that precision is reported."""
+    from hw2rt.bench.report import _goal_peer_1_2x
+    from hw2rt.engines.auto import choose
+
+    def call(backend, ms, ok=True):
+        return {"model": "digit_unet", "batch": 20, "backend": backend, "median_ms": ms, "parity_passed": ok,
+                "peak_fraction": 0.5, "compute_precision": "x"}
+
+    def loop(backend, s, ok=True):
+        return {"scenario": "digit_ddim_loop", "backend": backend, "median_s": s, "parity_passed": ok,
+                "peak_fraction": 0.5, "compute_precision": "x"}
+
+    result = {"env": {"device": "cpu"},
+              "per_call": [call("torch", 600), call("openvino-default", 260), call("ort-int8", 200),
+                           call("bf16", 100, ok=False)],
+              "scenarios": [loop("torch", 3.2), loop("openvino-default", 1.3),
+                            loop("ort-int8", 1.0, ok=False)]}
+    goal = _goal_peer_1_2x(result)
+    assert goal["figures"]["per_call"]["backend"] == goal["figures"]["loop"]["backend"] == "ort-int8"
+    assert goal["value"] == pytest.approx(1.3) and goal["met"] is True
+    assert goal["auto"] == choose("digit_unet", "int8", "cpu").line()
+    result["per_call"][2]["parity_passed"] = False  # int8 over its per-call budget: neither row counts
+    assert "no hw2rt row" in _goal_peer_1_2x(result)
