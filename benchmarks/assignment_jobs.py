@@ -100,7 +100,7 @@ def digits(work: Path, env: dict) -> dict:
     for name in ("script", "fp32"):  # the bundled grader, as `hw2rt eval-digits` grades
         r = subprocess.run([HW2RT, "eval-digits", "--images", work / name], capture_output=True, text=True,
                            env=env, check=True)
-        out[name]["grader"] = r.stdout.strip().splitlines()[-1]
+        out[name]["grader"] = r.stdout.strip().splitlines()[0]  # "accuracy 0.9870 (987/1000)"
     out["speedup"] = out["fp32"]["seconds"] / out["script"]["seconds"]
     return out
 
