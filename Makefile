@@ -26,7 +26,7 @@ demo: setup
 # One pytest worker per core (pytest-xdist), a test file per worker so module fixtures are made once;
 # tests/conftest.py pins each worker to one torch thread and its own export cache.
 test: setup
-	$(PY) -m pytest -q -n auto --dist loadfile
+	$(PY) -m pytest -q -n auto --dist loadfile --durations=15
 
 bench: setup
 	$(VENV)/bin/hw2rt bench --suite cpu --json benchmarks/bench.json --md benchmarks/RESULTS.md \
