@@ -16,7 +16,8 @@ back to FALLBACK (ONNX Runtime; bf16, which has no ONNX Runtime path, on torch).
 
 `--precision auto` is the fastest precision whose gate the bundled model of that network passed
 (GATES_PASSED: the digit job's task gate, the face job's image MSE 0.3, the classifier's label
-agreement; figures in hw2rt/assets/MODEL_CARDS.md). A user's own checkpoint is assumed to behave like
+agreement; figures in hw2rt/assets/MODEL_CARDS.md), less those in MARGINAL (passed, but too close to the
+budget to choose for a user: the face UNet's bf16). A user's own checkpoint is assumed to behave like
 the bundled one: `hw2rt parity` checks it. On a CUDA device both mean what they meant before: TensorRT
 when installed, else the CUDA EP, else torch, in fp16 (the fp16 graph passed every gate).
 """
