@@ -117,14 +117,15 @@ def _in_island(name: str, scopes: tuple) -> bool:
     return any(name.startswith(s) for s in scopes)
 
 
-def _reshape_trailing_unsqueezes(model, scopes: tuple) -> int:
-    """Island Unsqueezes that append axes become Reshapes ([0] * rank + [1] * new axes, special zero), which
-    the plugin keeps as they are, mark included. Returns how many."""
+def _reshape_trailing_unsqueezes(model, marked) -> int:
+    """Unsqueezes to be marked (`marked(name)`) that append axes become Reshapes ([0] * rank + [1] * new
+    axes, special zero), which the plugin keeps as they are, mark included; a run of them becomes one
+    Reshape (the plugin merges consecutive Reshapes into a new, unmarked node). Returns how many."""
     ov = _ov()
     ops = ov.opset13
-    done = 0
+    done, made = 0, {}
     for op in model.get_ordered_ops():
-        if op.get_type_name() != "Unsqueeze" or not _in_island(op.get_friendly_name(), scopes):
+        if op.get_type_name() != "Unsqueeze" or not marked(op.get_friendly_name()):
             continue
         rank = op.get_input_partial_shape(0).rank
         axes = op.input_value(1).get_node()
@@ -133,9 +134,14 @@ def _reshape_trailing_unsqueezes(model, scopes: tuple) -> int:
         r, new = rank.get_length(), sorted(int(a) for a in np.ravel(axes.get_data()))
         if [a if a >= 0 else a + r + len(new) for a in new] != list(range(r, r + len(new))):
             continue
-        shape = ops.constant(np.array([0] * r + [1] * len(new), np.int64))
-        reshape = ops.reshape(op.input_value(0), shape, special_zero=True)
+        source, ones = op.input_value(0), len(new)
+        before = made.get(source.get_node().get_friendly_name())
+        if before is not None and len(source.get_target_inputs()) == 1:  # this run's previous Unsqueeze
+            source, r, ones = before[0], before[1], before[2] + ones
+        shape = ops.constant(np.array([0] * r + [1] * ones, np.int64))
+        reshape = ops.reshape(source, shape, special_zero=True)
         reshape.set_friendly_name(op.get_friendly_name())
+        made[op.get_friendly_name()] = (source, r, ones)
         names = op.output(0).get_names()
         op.output(0).replace(reshape.output(0))
         reshape.output(0).get_tensor().set_names(names)  # the ONNX tensor's name stays (localize finds it)
@@ -144,33 +150,82 @@ def _reshape_trailing_unsqueezes(model, scopes: tuple) -> int:
     return done
 
 
-def _residual_sums(model, scopes: tuple) -> set:
-    """The Adds outside the islands that sum an island convolution's output (a ResBlock's residual): the
-    CPU plugin fuses a convolution with the sum that follows it, and fused across the precision boundary
-    (an fp32 convolution into a bf16 sum) it loses the output's shape under dynamic dimensions (the face
-    UNet's eps came back [0, 3, 0, 0], OpenVINO 2026.4). Marked with the island, the sum runs in fp32."""
-    sums = set()
+def _matmuls_as_convolutions(model, scopes: tuple) -> int:
+    """Island MatMuls of a 2-D input by a constant (a Linear: the face UNet's timestep projections) become
+    1x1 Convolutions between two Reshapes, which the plugin keeps in fp32 under the mark; as MatMuls it
+    fuses them with their bias into FullyConnected nodes that run bf16 whatever the mark. Returns how many."""
+    ov = _ov()
+    ops = ov.opset13
+    done = 0
     for op in model.get_ordered_ops():
-        if op.get_type_name() != "Convolution" or not _in_island(op.get_friendly_name(), scopes):
+        if op.get_type_name() != "MatMul" or not _in_island(op.get_friendly_name(), scopes):
             continue
-        for target in op.output(0).get_target_inputs():  # the bias Add, part of the island, then the sum
-            node = target.get_node()
-            after = [t.get_node() for t in node.output(0).get_target_inputs()] if (
-                node.get_type_name() == "Add" and _in_island(node.get_friendly_name(), scopes)) else [node]
-            sums |= {n.get_friendly_name() for n in after
-                     if n.get_type_name() == "Add" and not _in_island(n.get_friendly_name(), scopes)}
-    return sums
+        weight = op.input_value(1).get_node()
+        attrs = op.get_attributes()
+        rank = op.get_input_partial_shape(0).rank
+        if (weight.get_type_name() != "Constant" or attrs.get("transpose_a") or not rank.is_static
+                or rank.get_length() != 2):
+            continue
+        w = weight.get_data()
+        w = w if attrs.get("transpose_b") else w.T  # [out, in]
+        name = op.get_friendly_name()
+        x = ops.reshape(op.input_value(0), ops.constant(np.array([0, 0, 1, 1], np.int64)), special_zero=True)
+        conv = ops.convolution(x, ops.constant(np.ascontiguousarray(w[:, :, None, None])), [1, 1], [0, 0],
+                               [0, 0], [1, 1])
+        y = ops.reshape(conv, ops.constant(np.array([0, 0], np.int64)), special_zero=True)
+        for node, suffix in ((x, "/to_nchw"), (conv, "/as_conv"), (y, "")):
+            node.set_friendly_name(name + suffix)
+        names = op.output(0).get_names()
+        op.output(0).replace(y.output(0))
+        y.output(0).get_tensor().set_names(names)
+        done += 1
+    model.validate_nodes_and_infer_types()
+    return done
 
 
-def mark_islands(model, islands, workdir: Path):
-    """`model` with every node of the module `islands` marked to stay fp32 under a bf16 inference precision
-    (see the module docstring); returns (the marked model, how many nodes were marked)."""
+def weighted_scopes(model: str) -> tuple:
+    """The node-name prefixes of `model`'s modules with weights of their own (torch's policy casts their
+    inputs down to bf16 outside the islands)."""
+    from hw2rt.models.registry import build_model
+
+    with torch.device("meta"):
+        net = build_model(model)
+    return island_scopes(name for name, m in net.named_modules()
+                         if next(m.parameters(recurse=False), None) is not None
+                         or next(m.buffers(recurse=False), None) is not None)
+
+
+def _promoted(model, scopes: tuple, weighted: tuple) -> set:
+    """The nodes outside the islands that torch's bf16 policy runs in fp32: those outside every module with
+    weights (sums, activations, concatenations, reshapes) with an fp32 float input, the way torch promotes
+    bf16 with fp32 (an island's output, the network's input). A ResBlock's residual sum of an island
+    convolution is one; left bf16, the plugin also fused it into the fp32 convolution and lost the output's
+    shape (the face UNet's eps came back [0, 3, 0, 0], OpenVINO 2026.4)."""
+    f32 = _ov().Type.f32
+    fp32, promoted = set(), set()
+    for op in model.get_ordered_ops():
+        kind, name = op.get_type_name(), op.get_friendly_name()
+        if kind == "Parameter" or _in_island(name, scopes):
+            fp32.add(name)
+        elif kind not in ("Constant", "Result") and not _in_island(name, weighted) and any(
+                v.get_element_type() == f32 and v.get_node().get_friendly_name() in fp32
+                for v in op.input_values()):
+            fp32.add(name)
+            promoted.add(name)
+    return promoted
+
+
+def mark_islands(model, name: str, islands, workdir: Path):
+    """`model` (the graph of network `name`) with every node of the module `islands`, and those torch's policy
+    promotes to fp32 beside them, marked to stay fp32 under a bf16 inference precision (see the module
+    docstring); returns (the marked model, how many nodes were marked)."""
     ov = _ov()
     scopes = island_scopes(islands)
     if not scopes:
         return model, 0
-    _reshape_trailing_unsqueezes(model, scopes)
-    sums = _residual_sums(model, scopes)
+    _matmuls_as_convolutions(model, scopes)
+    promoted = _promoted(model, scopes, weighted_scopes(name))
+    _reshape_trailing_unsqueezes(model, lambda node: _in_island(node, scopes) or node in promoted)
     xml, binary = workdir / "islands.xml", workdir / "islands.bin"
     ov.save_model(model, str(xml), compress_to_fp16=False)
     tree = ET.parse(xml)
@@ -178,7 +233,7 @@ def mark_islands(model, islands, workdir: Path):
     for layer in tree.getroot().iter("layer"):
         if layer.get("type") in ("Parameter", "Result", "Const"):
             continue
-        if not _in_island(layer.get("name", ""), scopes) and layer.get("name") not in sums:
+        if not _in_island(layer.get("name", ""), scopes) and layer.get("name") not in promoted:
             continue
         rt = layer.find("rt_info")
         if rt is None:
@@ -263,7 +318,8 @@ class OpenVinoEngine(Engine):
         ov = _ov()
         parts = {"kind": "openvino", "model": model, "graph_sha256": graph_sha256 or file_sha256(path),
                  "precision": "default" if defaults else precision, "islands": list(self.islands),
-                 "mark": ({**KEEP_FP32, "unsqueeze_to_reshape": True, "residual_sums": True}
+                 "mark": ({**KEEP_FP32, "rewrites": ["matmuls as 1x1 convolutions", "torch's promotion",
+                                                      "marked unsqueezes as one reshape"]}
                           if self.islands else None),
                  "config": {k: v for k, v in self.config.items() if k != "INFERENCE_NUM_THREADS"},
                  "openvino": ov.get_version(), "cpu": cpu_capabilities(),
@@ -272,7 +328,7 @@ class OpenVinoEngine(Engine):
 
         def build(tmp: Path):
             with tempfile.TemporaryDirectory(prefix="hw2rt-openvino-") as work:
-                marked, n = mark_islands(graph, self.islands, Path(work))
+                marked, n = mark_islands(graph, model, self.islands, Path(work))
                 if self.islands and not n:
                     raise Hw2rtError(f"{path}: no node of the fp32 islands {', '.join(self.islands)} in "
                                      "the graph")
@@ -313,7 +369,7 @@ class OpenVinoEngine(Engine):
             raise Hw2rtError(f"{self.name}: OpenVINO failed: {_why(exc)}") from None
         out = {s.name: torch.from_numpy(np.array(self.request.get_tensor(s.name).data)).to(s.dtype)
                for s in self.outputs}
-        # a plugin that loses a shape (it has: see _residual_sums) must not hand on a wrong-sized result
+        # a plugin that loses a shape (it has: see _promoted) must not hand on a wrong-sized result
         for name, shape in output_shapes(self.inputs, self.outputs, feeds).items():
             if tuple(out[name].shape) != tuple(shape):
                 raise Hw2rtError(f"{self.name}: OpenVINO returned {name} of shape {tuple(out[name].shape)}, "

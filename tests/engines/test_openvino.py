@@ -101,10 +101,13 @@ def test_bf16_islands_run_in_fp32(exported, monkeypatch):
     assert error < 0.8 * error_without, (error, error_without)
 
 
-def test_bf16_face_islands_inside_resblocks_keep_the_output_shape(exported):
-    """The face UNet's bf16 islands include ResBlock convolutions whose output a bf16 residual sum adds: the
-    plugin fuses the two and, across the precision boundary, lost the output's shape ([0, 3, 0, 0]); the
-    sums are marked with the islands (_residual_sums), and the output is checked against the spec."""
+@BF16
+def test_bf16_face_islands_inside_resblocks_run_as_torch_runs_them(exported):
+    """The face UNet's bf16 islands include ResBlock convolutions whose output a residual sum adds: the
+    plugin fuses the two and, across the precision boundary, lost the output's shape ([0, 3, 0, 0]); sums
+    with an fp32 input run fp32, as torch promotes them (_promoted), and the output is checked against the
+    spec. The islands' timestep projections (Linear) run fp32 too (as FullyConnected they ran bf16 whatever
+    the mark), and a convolution outside the islands runs bf16."""
     net, path = exported("face_unet")
     engine = OpenVinoEngine(path, model="face_unet", precision="bf16", threads=1)
     assert "up21.resblocks.conv2" in engine.islands
@@ -114,6 +117,10 @@ def test_bf16_face_islands_inside_resblocks_keep_the_output_shape(exported):
     assert out["eps"].shape == (2, 3, 32, 32)
     ran = island_precisions(engine)
     assert {p for n, p in ran.items() if n.startswith("/up21/resblocks/conv2/")} == {"f32"}, ran
+    assert {p for n, p in ran.items() if n.startswith("/up21/resblocks/time/time.1/")} == {"f32"}, ran
+    every = _runtime_precisions(engine)
+    assert every["/up21/resblocks/Add"] == "f32"  # conv1's output (bf16) + the fp32 timestep projection
+    assert every["/up21/resblocks/conv1/Conv"] == "bf16"
     budget = BUDGETS["bf16"]["per_call_rel_max_abs"]
     stats = compare_outputs(TorchEngine(net, "face_unet").run(feeds), out, budget)
     assert stats["eps"]["passed"], stats
