@@ -1,7 +1,9 @@
 """The assignment's jobs on a CPU, run as a user runs them (issue 29, item 5): `scripts/hw2_1.sh` (1,000
 digits) and `scripts/hw2_2.sh` (10 faces, 256x256, 50 DDIM steps, the full-size face UNet), each as the
 script runs it (`--backend auto --precision auto`: what engines/auto.py chooses on this CPU) and as the
-fp32 reference path (`--backend ort --precision fp32`), with the machine's default threads (none named).
+fp32 reference path (`--backend ort --precision fp32`), the faces also in bf16 asked for by name
+(`--backend auto --precision bf16`) and on torch eager fp32, with the machine's default threads (none
+named).
 
     python benchmarks/assignment_jobs.py --json benchmarks/assignment_jobs.json
     python benchmarks/assignment_jobs.py --face-steps 5     # time 5 steps, extrapolate to 50 (labelled)
@@ -30,6 +32,8 @@ from PIL import Image
 ROOT = Path(__file__).resolve().parents[1]
 HW2RT = str(Path(sys.executable).parent / "hw2rt")
 FP32 = ["--backend", "ort", "--precision", "fp32"]
+BF16 = ["--backend", "auto", "--precision", "bf16"]  # the faces: bf16 by name, whatever its gate said
+TORCH = ["--backend", "torch", "--precision", "fp32"]  # the faces: torch eager fp32, the goal's yardstick
 
 
 def run(cmd: list, env: dict) -> dict:
@@ -70,7 +74,7 @@ def image_mse(a: Path, b: Path) -> float:
 def faces(work: Path, env: dict, steps: int, size: int) -> dict:
     unet, noise = face_inputs(work, size)
     out = {}
-    for name, extra in (("script", None), ("fp32", FP32)):
+    for name, extra in (("script", None), ("fp32", FP32), ("bf16", BF16), ("torch", TORCH)):
         cmd = [HW2RT, "ddim", "--noise-dir", noise, "--out", work / name, "--checkpoint", unet, "--eta", "0",
                "--steps", str(steps), *(extra or ["--backend", "auto", "--precision", "auto"])]
         at = cmd.index("--steps") + 1
@@ -82,9 +86,12 @@ def faces(work: Path, env: dict, steps: int, size: int) -> dict:
             job_s = float(re.search(r" in ([0-9.]+) s", out[name]["stdout"]).group(1))
             out[name].update({"steps_run": steps, "job_s": job_s, "per_step_s": job_s / steps,
                               "seconds_50_extrapolated": out[name]["seconds"] + (50 - steps) * job_s / steps})
-    out["image_mse_255"] = image_mse(work / "script", work / "fp32")
-    out["speedup"] = (out["fp32"].get("seconds_50_extrapolated", out["fp32"]["seconds"])
-                      / out["script"].get("seconds_50_extrapolated", out["script"]["seconds"]))
+    def seconds(name):
+        return out[name].get("seconds_50_extrapolated", out[name]["seconds"])
+
+    for name in ("script", "bf16", "torch"):
+        out[name]["image_mse_255"] = image_mse(work / name, work / "fp32")
+        out[name]["speedup"] = seconds("fp32") / seconds(name)
     return out
 
 

@@ -13,10 +13,14 @@ Rules:
   exporter scoped "/time/...") with OpenVINO's own mark, the rt_info `ov::disable_fp16_compression` sets
   (DisablePrecisionConversion), which the CPU plugin reads as "keep this node's original precision" under
   a bf16 inference precision. Python cannot make that attribute, so the marked model goes through
-  OpenVINO's IR (XML), whose reader does. The mark is not copied when the plugin replaces a node: an
-  Unsqueeze it rewrites into a Reshape would round its input to bf16, so island Unsqueezes of trailing
-  axes are made Reshapes first; MatMul + Add that it fuses into FullyConnected run bf16 whatever the mark
-  (`island_precisions` reads what each island node ran in from the runtime model).
+  OpenVINO's IR (XML), whose reader does. Beside the islands, the nodes torch's policy runs in fp32 are
+  marked: outside every module with weights, an op with an fp32 input (an island's output, the network's
+  input) is promoted, as torch promotes bf16 with fp32 (`_promoted`). The mark is not copied when the
+  plugin replaces a node, so what it would replace is rewritten first: marked Unsqueezes of trailing axes
+  become one Reshape, island MatMuls by a constant (Linear) become 1x1 Convolutions (as FullyConnected
+  they ran bf16 whatever the mark). Some stay out of reach (`island_precisions` reads what each island node
+  ran in from the runtime model): a bf16 convolution fused with the fp32 residual sum after it, nearest
+  upsampling, attention.
 - One stream, the latency hint, INFERENCE_NUM_THREADS = threads when given. The compiled model is cached
   under `<cache>/openvino` (cache.py: keyed by the graph's SHA-256, precision, islands, the settings,
   OpenVINO's version and the CPU; the blob is re-hashed on every load, so a stale or corrupt one is

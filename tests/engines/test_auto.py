@@ -99,6 +99,16 @@ def test_this_repository_s_rules_on_zen4():
     assert picked("digit_unet", None, "cpu", kind="amx") == ("ort", "fp32")  # the default: fp32
 
 
+def test_this_repository_s_rules_on_sapphire_rapids():
+    """What the recorded rules give on the AMX machine they were measured on (RESULTS.md, "auto's rules")."""
+    assert picked("digit_unet", "auto", "cpu", kind="amx") == ("openvino", "bf16")  # 64 ms, int8 126
+    assert picked("face_unet", "auto", "cpu", kind="amx") == ("ort", "fp32")  # bf16 is MARGINAL
+    assert picked("face_unet", "bf16", "cpu", kind="amx") == ("torch", "bf16")  # openvino missed the gate
+    assert picked("dann", "auto", "cpu", kind="amx") == ("ort", "fp32")
+    assert picked("digit_unet", "int8", "cpu", kind="amx") == ("openvino", "int8")
+    assert auto.choose("digit_unet", "auto", "cpu", kind="amx").line().startswith("auto: openvino bf16 (AMX;")
+
+
 def test_open_engine_records_and_the_command_prints_its_choice(tmp_path):
     net = small_net("dann")
     engine = open_engine("dann", net, backend="torch")
@@ -120,10 +130,13 @@ def test_open_engine_records_and_the_command_prints_its_choice(tmp_path):
 
 
 def test_an_install_without_openvino_falls_back(monkeypatch):
-    """The GPU machine's package set has no openvino: a rule naming it falls back to FALLBACK, saying so."""
+    """The GPU machine's package set has no openvino: a rule naming it falls back to FALLBACK, saying so, or
+    to the other backend measured."""
     real = auto.importlib.util.find_spec
     monkeypatch.setattr(auto.importlib.util, "find_spec",
                         lambda name: None if name == "openvino" else real(name))
+    assert picked("digit_unet", "int8", "cpu", kind="amx") == ("ort", "int8")  # measured beside it
+    monkeypatch.setitem(auto.CPU_RULES["amx"], "int8", [auto.Rule("openvino", {"digit_unet": 126.0})])
     choice = auto.choose("digit_unet", "int8", "cpu", kind="amx")
     assert (choice.backend, choice.precision) == ("ort", "int8")
     assert "or is installed" in choice.line()
