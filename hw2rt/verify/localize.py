@@ -158,8 +158,8 @@ class _OpenVinoSession:
         from hw2rt.engines.openvino import core, mark_islands
 
         with tempfile.TemporaryDirectory(prefix="hw2rt-localize-") as work:
-            model, _ = mark_islands(core().read_model(str(self.engine.path)), self.engine.name, self.engine.islands,
-                                    Path(work))
+            graph = core().read_model(str(self.engine.path))
+            model, _ = mark_islands(graph, self.engine.name, self.engine.islands, Path(work))
             model.add_outputs(names)
             compiled = core().compile_model(model, "CPU", self.engine.config)
         request = compiled.create_infer_request()
