@@ -100,7 +100,7 @@ def open_engine(model: str, source=None, *, backend: str = "auto", precision: st
                          f"bf16 ONNX graph); use --backend torch or openvino, or fp32/fp16 on {backend}")
     if backend == "openvino" and precision is not None and precision not in options.OPENVINO_PRECISIONS:
         raise Hw2rtError(f"the openvino backend runs {', '.join(options.OPENVINO_PRECISIONS)}, not "
-                         f"{precision} (no fp16 arithmetic in its x86 CPU plugin); use --precision bf16 "
+                         f"{precision} (no fast fp16 in its x86 CPU plugin); use --precision bf16 "
                          f"or fp32 on openvino, or --backend ort for the {precision} graph's numerics")
     if precision in options.QUANTIZED and backend == "torch":
         raise Hw2rtError(f"{precision} is a quantized ONNX graph: it runs on the ort (or trt, openvino) "

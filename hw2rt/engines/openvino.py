@@ -8,7 +8,8 @@ Rules:
   the CPU has bf16 hardware (OPTIMIZATION_CAPABILITIES lists BF16: AVX512-BF16 or AMX); elsewhere OpenVINO
   would run fp32 under the bf16 name, so it is refused. int8 is the QDQ graph the ort backend runs (the same
   calibration, export/int8.py), its unquantized nodes in f32. fp16 and fp8 graphs are refused: the CPU
-  plugin has no fp16 arithmetic on x86, and `ort` runs those graphs' numerics.
+  plugin has no fast fp16 on x86 (on AVX512-FP16, Sapphire Rapids, its f16 ran the face UNet at 0.8x torch
+  fp32, RESULTS.md), and `ort` runs those graphs' numerics.
 - bf16 keeps hw2rt's fp32 islands (`engines/torch.fp32_islands`, module names: "time" covers the nodes the
   exporter scoped "/time/...") with OpenVINO's own mark, the rt_info `ov::disable_fp16_compression` sets
   (DisablePrecisionConversion), which the CPU plugin reads as "keep this node's original precision" under
