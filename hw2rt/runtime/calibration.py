@@ -85,4 +85,6 @@ def record_calibration(engine, recipe: dict) -> list:
         jobs.sample_faces(rec, x, steps=recipe["steps"], eta=recipe["eta"], batch_size=len(x), progress=False)
         return rec.feeds
     x = _folder_images(recipe["folder"], recipe["images"]).float() / 255.0  # as the classify job feeds them
-    return [{"x": x[i:i + recipe["batch"]]} for i in range(0, len(x), recipe["batch"])]
+    # batches of one size (ONNX Runtime's histogram calibrators stack them: a shorter last batch crashed it)
+    batch = max(d for d in range(1, recipe["batch"] + 1) if len(x) % d == 0)
+    return [{"x": x[i:i + batch]} for i in range(0, len(x), batch)]

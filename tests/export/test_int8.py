@@ -210,6 +210,25 @@ def test_classifier_calibration_is_keyed_by_the_folder(tmp_path):
     assert [len(f["x"]) for f in feeds] == [40]  # one batch of up to 64
 
 
+def test_a_folder_whose_count_64_does_not_divide_calibrates_in_equal_batches(tmp_path):
+    """100 images were batches of 64 and 36, which ONNX Runtime's percentile calibrator could not stack (a
+    ValueError from inside it): the batches are now one size, every image used, and the graph builds."""
+    from PIL import Image
+
+    folder = tmp_path / "target"
+    folder.mkdir()
+    rng = np.random.default_rng(0)
+    for i in range(100):
+        Image.fromarray(rng.integers(0, 256, (28, 28, 3), dtype=np.uint8)).save(folder / f"{i:05d}.png")
+    net = random_model("dann")
+    feeds = record_calibration(TorchEngine(net, "dann"), calibration_recipe("dann", folder))
+    assert [len(f["x"]) for f in feeds] == [50, 50]
+    engine = open_engine("dann", net, backend="ort", precision="int8", calibration_images=folder,
+                         cache_dir=tmp_path / "cache")
+    assert engine.precision == "int8"
+    assert engine.run({"x": torch.rand(3, 3, 28, 28)})["log_probs"].shape == (3, 10)
+
+
 def test_the_engine_cache_keys_int8_by_its_calibration(fast_recipes, digit_net, tmp_path, monkeypatch):
     def int8():
         return open_engine("digit_unet", digit_net, backend="ort", precision="int8", cache_dir=tmp_path,
