@@ -1,25 +1,25 @@
-"""What `--backend auto` (and `--precision auto`) open: the fastest engine measured on this kind of
-machine, chosen by recorded rules, the same choice every run (so the same files), said in one line.
+"""What `--backend auto` (and `--precision auto`) open: the fastest engine measured on this kind of machine,
+chosen by recorded rules, the same choice every run (so the same files), said in one line.
 
 CPU kinds, by the instructions that decide which precision is fast (`cpu_kind`, from /proc/cpuinfo):
     amx          AMX tiles for bf16/int8 (Intel Sapphire Rapids and later)
     avx512-bf16  AVX512-BF16 dot products and VNNI, no AMX (AMD Zen 4, Zen 5)
     avx2         AVX2 and FMA only (AMD Zen 3): bf16 is emulated, several times slower than fp32
     other        never measured: ONNX Runtime, as before these rules
-CPU_RULES[kind][precision] lists the backends worth choosing for that precision on that kind, each with
-its per-call times on the cpu suite's networks (1 thread; benchmarks/RESULTS.md, "auto's rules"). For a
-network the fastest one measured on it is taken (else the fastest on the digit UNet), skipping a backend
-whose numerics missed that network's gate (GATES_PASSED: OpenVINO's bf16 on the face UNet); the same times
-order the precisions for `--precision auto`, per network (the face UNet's bf16 keeps 67 modules in fp32,
-the digit UNet's none: one network's order is not another's). A precision a kind has no rule for falls
-back to FALLBACK (ONNX Runtime; bf16, which has no ONNX Runtime path, on torch).
+CPU_RULES[kind][precision] lists the backends worth choosing for that precision on that kind, each with its
+per-call times on the cpu suite's networks (1 thread; benchmarks/RESULTS.md, "auto's rules"). For a network
+the fastest one measured on it is taken (else the fastest on the digit UNet), skipping a backend whose
+numerics missed that network's gate (GATES_PASSED: OpenVINO's bf16 on the face UNet off AMX); the same
+times order the precisions for `--precision auto`, per network (the face UNet's bf16 keeps 67 modules in
+fp32, the digit UNet's none: one network's order is not another's). A precision a kind has no rule for
+falls back to FALLBACK (ONNX Runtime; bf16, which has no ONNX Runtime path, on torch).
 
 `--precision auto` is the fastest precision whose gate the bundled model of that network passed
-(GATES_PASSED: the digit job's task gate, the face job's image MSE 0.3, the classifier's label
-agreement; figures in hw2rt/assets/MODEL_CARDS.md), less those in MARGINAL (passed, but too close to the
-budget to choose for a user: the face UNet's bf16). A user's own checkpoint is assumed to behave like
-the bundled one: `hw2rt parity` checks it. On a CUDA device both mean what they meant before: TensorRT
-when installed, else the CUDA EP, else torch, in fp16 (the fp16 graph passed every gate).
+(GATES_PASSED: the digit job's task gate, the face job's image MSE 0.3, the classifier's label agreement;
+figures in hw2rt/assets/MODEL_CARDS.md), on a backend not in MARGINAL (passed, but too close to the budget
+to choose for a user: torch's bf16 on the face UNet). A user's own checkpoint is assumed to behave like the
+bundled one: `hw2rt parity` checks it. On a CUDA device both mean what they meant before: TensorRT when
+installed, else the CUDA EP, else torch, in fp16 (the fp16 graph passed every gate).
 """
 import importlib.util
 from dataclasses import dataclass
@@ -69,7 +69,8 @@ KIND_LABELS = {"amx": "AMX", "avx512-bf16": "AVX512-BF16", "avx2": "AVX2 only",
                "other": "a CPU kind never measured"}
 
 # The precisions whose gate each bundled model passed (hw2rt/assets/MODEL_CARDS.md has the figures).
-# precision -> the backends that passed it (ANY: every backend that runs it; the numerics are the graph's).
+# precision -> the backends that passed it (ANY: every backend that runs it; the numerics are the graph's),
+# a backend or (backend, CPU kind) where it passed on that kind only.
 ANY = None
 GATES_PASSED = {
     # the task gate at the job's setting (1,000 digits, DDIM 3 steps, eta 1, w 2, graded by the bundled
@@ -79,15 +80,18 @@ GATES_PASSED = {
     "digit_unet": {"fp32": ANY, "int8": ANY, "bf16": ANY},
     # image MSE <= 0.3 on the face job's loop: torch bf16 with its 67 islands 0.236 at parity's default (0.286
     # on the AMX machine), 0.219 (64x64) and 0.221 (256x256) on held-out noise (2026-12-06); openvino bf16
-    # with the same islands 0.45-0.57 (its plugin runs attention, upsampling and some sums in bf16 whatever
-    # the mark); int8 fails on every backend (ort 26.0, openvino 26.5)
-    "face_unet": {"fp32": ANY, "bf16": ("torch",)},
+    # with the same islands, on the AMX machine: 0.134 at parity's default, 0.205 at the demo's, 0.164 (64x64)
+    # and 0.137 (256x256) on held-out noise (2026-12-06, after the marking's fixes;
+    # on Zen 4 it missed before them, not rerun there);
+    # int8 fails on every backend (ort 26.0, openvino 26.5)
+    "face_unet": {"fp32": ANY, "bf16": ("torch", ("openvino", "amx"))},
     "dann": {"fp32": ANY},
     "digit_classifier": {"fp32": ANY},
 }
-# Passed, but too close to the budget for `--precision auto` to choose it: the face UNet's bf16 gave 0.38 in
-# the demo's parity (its own 32x32, DDIM 50, 2 images; 2026-12-06). Asked for by name, it runs on torch.
-MARGINAL = {"face_unet": ("bf16",)}
+# Passed on these backends, but too close to the budget for `--precision auto` to choose them there: torch's
+# bf16 on the face UNet gave 0.38 in the demo's parity (its own 32x32, DDIM 50, 2 images; 2026-12-06;
+# openvino's 0.205). Asked for by name, they run.
+MARGINAL = {"face_unet": {"bf16": ("torch",)}}
 
 
 @dataclass(frozen=True)
@@ -128,24 +132,28 @@ def choose(model: str, precision: str | None, device="cpu", *, onnx_file: bool =
         return Choice(backend, precision, False, "an ONNX file")
     rules = CPU_RULES.get(kind, {})
     if precision == "auto":
-        passed = [p for p in GATES_PASSED[model] if p not in MARGINAL.get(model, ())]
-        timed = {p: r for p in passed if (r := _best(model, p, rules.get(p, []))) and model in r.ms}
+        timed = {p: r for p in GATES_PASSED[model]
+                 if (r := _best(model, p, rules.get(p, []), kind, marginal=False)) and model in r.ms}
         precision = min(timed, key=lambda p: timed[p].ms[model]) if timed else "fp32"
-        label += f"; the fastest precision the bundled {model} passed its gate in: {', '.join(passed)}"
+        passed = ", ".join(GATES_PASSED[model])
+        label += f"; the fastest precision the bundled {model} passed its gate in: {passed}"
+        if precision in timed:
+            return Choice(timed[precision].backend, precision, timed[precision].compile, label)
     precision = precision or "fp32"
     measured = rules.get(precision, [])
-    rule = _best(model, precision, measured)
+    rule = _best(model, precision, measured, kind)
     if rule is None:
         why = "no rule" if not measured else "no backend measured for it passed the gate or is installed"
         return Choice(FALLBACK[precision], precision, False, f"{label}: {why} for {precision}")
     return Choice(rule.backend, precision, rule.compile, label)
 
 
-def _best(model: str, precision: str, measured: list) -> Rule | None:
+def _best(model: str, precision: str, measured: list, kind: str, marginal: bool = True) -> Rule | None:
     """The fastest of a precision's measured backends that may serve `model` (installed; its gate passed on
-    that backend where it is gated per backend): by the time on `model` where measured, else on the digit
-    UNet (the kind's order)."""
-    usable = [r for r in measured if _passes(model, precision, r)
+    that backend and CPU kind where it is gated per backend; not MARGINAL there unless `marginal`): by the
+    time on `model` where measured, else on the digit UNet (the kind's order)."""
+    usable = [r for r in measured if _passes(model, precision, r, kind)
+              and (marginal or r.backend not in MARGINAL.get(model, {}).get(precision, ()))
               and (r.backend != "openvino" or importlib.util.find_spec("openvino") is not None)]
     on_model = [r for r in usable if model in r.ms]
     if on_model:
@@ -153,11 +161,11 @@ def _best(model: str, precision: str, measured: list) -> Rule | None:
     return min(usable, key=lambda r: r.ms.get("digit_unet", float("inf")), default=None)
 
 
-def _passes(model: str, precision: str, rule: Rule) -> bool:
-    """Whether `rule`'s backend may serve `model` at `precision`: not gated, or gated on any backend, or on
-    this one."""
+def _passes(model: str, precision: str, rule: Rule, kind: str) -> bool:
+    """Whether `rule`'s backend may serve `model` at `precision` on CPU kind `kind`: not gated, or gated on
+    any backend, or on this one (on this kind, where the gate names one)."""
     backends = GATES_PASSED[model].get(precision, ANY)
-    return backends is ANY or rule.backend in backends
+    return backends is ANY or rule.backend in backends or (rule.backend, kind) in backends
 
 
 def _trt_available() -> bool:

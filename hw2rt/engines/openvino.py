@@ -15,13 +15,16 @@ Rules:
   (DisablePrecisionConversion), which the CPU plugin reads as "keep this node's original precision" under
   a bf16 inference precision. Python cannot make that attribute, so the marked model goes through
   OpenVINO's IR (XML), whose reader does. Beside the islands, the nodes torch's policy runs in fp32 are
-  marked: outside every module with weights, an op with an fp32 input (an island's output, the network's
-  input) is promoted, as torch promotes bf16 with fp32 (`_promoted`). The mark is not copied when the
-  plugin replaces a node, so what it would replace is rewritten first: marked Unsqueezes of trailing axes
-  become one Reshape, island MatMuls by a constant (Linear) become 1x1 Convolutions (as FullyConnected
-  they ran bf16 whatever the mark). Some stay out of reach (`island_precisions` reads what each island node
-  ran in from the runtime model): a bf16 convolution fused with the fp32 residual sum after it, nearest
-  upsampling, attention.
+  marked, found as torch's type promotion finds them (`_promoted`): an op with an fp32 input outside every
+  module with weights (an island's output, the network's input), and a cast of integers with what reads it
+  inside one (the face UNet's sinusoidal timestep embedding). The mark is not copied when the plugin
+  replaces a node, so what it would replace is rewritten first into what it keeps: marked Unsqueezes of
+  trailing axes become one Reshape, island MatMuls by a constant (Linear) 1x1 Convolutions (as
+  FullyConnected they ran bf16), marked SiLUs x * (0.5 + 0.5 tanh(x / 2)) (its own Swish ran bf16), marked
+  nearest upsamplings depthwise transposed convolutions of ones (its Interpolate ran bf16).
+  `island_precisions` reads what each island node ran in from the runtime model. What the plugin does
+  differently from torch is on the safe side: a bf16 convolution fused with the fp32 residual sum after
+  it returns f32, where torch rounds the convolution's output first.
 - One stream, the latency hint, INFERENCE_NUM_THREADS = threads when given. The compiled model is cached
   under `<cache>/openvino` (cache.py: keyed by the graph's SHA-256, precision, islands, the settings,
   OpenVINO's version and the CPU; the blob is re-hashed on every load, so a stale or corrupt one is
@@ -188,6 +191,75 @@ def _matmuls_as_convolutions(model, scopes: tuple) -> int:
     return done
 
 
+def _replace(op, node) -> None:
+    """`node` takes `op`'s place: its consumers and its tensor names (localize finds tensors by name)."""
+    names = op.output(0).get_names()
+    op.output(0).replace(node.output(0))
+    node.output(0).get_tensor().set_names(names)
+
+
+def _silus_as_tanh(model, marked) -> int:
+    """Marked SiLUs, x * Sigmoid(x), become x * (0.5 + 0.5 * tanh(x / 2)), the same function: the plugin
+    fuses x * Sigmoid(x) into a Swish node of its own, which drops the mark and ran bf16 (the input of every
+    fp32 convolution after a GroupNorm island was rounded to bf16). Returns how many."""
+    ops = _ov().opset13
+    done = 0
+    for op in model.get_ordered_ops():
+        if op.get_type_name() != "Multiply" or not marked(op.get_friendly_name()):
+            continue
+        for x, gate in ((op.input_value(0), op.input_value(1)), (op.input_value(1), op.input_value(0))):
+            sigmoid = gate.get_node()
+            if sigmoid.get_type_name() == "Sigmoid" and sigmoid.input_value(0) == x:
+                break
+        else:
+            continue
+        name, half = op.get_friendly_name(), ops.constant(np.array(0.5, np.float32))
+        scaled = ops.multiply(x, half)
+        tanh = ops.tanh(scaled)
+        gate = ops.add(ops.multiply(tanh, half), half)
+        silu = ops.multiply(x, gate)
+        for node, suffix in ((scaled, "/half"), (tanh, "/tanh"), (gate.input_value(0).get_node(), "/scale"),
+                             (gate, "/gate"), (silu, "")):
+            node.set_friendly_name(name + suffix)
+        _replace(op, silu)
+        done += 1
+    model.validate_nodes_and_infer_types()
+    return done
+
+
+def _upsamplings_as_deconvolutions(model, marked) -> int:
+    """Marked nearest upsamplings by whole factors (torch's nn.Upsample: Interpolate, asymmetric, floor)
+    become depthwise transposed convolutions of ones, kernel = stride = the factor: the same values. The
+    plugin replaces Interpolate (opset 11 by opset 4) and splits a Tile, either way dropping the mark; they
+    ran bf16, rounding the input of the fp32 convolution after them. Returns how many."""
+    ops = _ov().opset13
+    done = 0
+    for op in model.get_ordered_ops():
+        if op.get_type_name() != "Interpolate" or not marked(op.get_friendly_name()):
+            continue
+        attrs, scales = op.get_attributes(), op.input_value(1).get_node()
+        shape = op.get_input_partial_shape(0)
+        torch_nearest = {"mode": "nearest", "shape_calculation_mode": "scales",
+                         "coordinate_transformation_mode": "asymmetric", "nearest_mode": "floor"}
+        if (any(attrs.get(k) != v for k, v in torch_nearest.items()) or any(attrs.get("pads_begin", []))
+                or any(attrs.get("pads_end", [])) or op.get_input_size() != 2
+                or scales.get_type_name() != "Constant" or shape.rank.get_length() != 4
+                or not shape[1].is_static):
+            continue
+        factors = np.ravel(scales.get_data())
+        if len(factors) != 4 or list(factors[:2]) != [1, 1] or any(f != int(f) or f < 1 for f in factors[2:]):
+            continue
+        kh, kw = int(factors[2]), int(factors[3])
+        ones = ops.constant(np.ones((shape[1].get_length(), 1, 1, kh, kw), np.float32))
+        deconv = ops.group_convolution_backprop_data(op.input_value(0), ones, [kh, kw], None, [0, 0], [0, 0],
+                                                     [1, 1])
+        deconv.set_friendly_name(op.get_friendly_name())
+        _replace(op, deconv)
+        done += 1
+    model.validate_nodes_and_infer_types()
+    return done
+
+
 def weighted_scopes(model: str) -> tuple:
     """The node-name prefixes of `model`'s modules with weights of their own (torch's policy casts their
     inputs down to bf16 outside the islands)."""
@@ -200,20 +272,41 @@ def weighted_scopes(model: str) -> tuple:
                          or next(m.buffers(recurse=False), None) is not None)
 
 
+def _scope(name: str, scopes: tuple) -> str | None:
+    """The innermost of `scopes` that `name` is in, or None."""
+    return max((s for s in scopes if name.startswith(s)), key=len, default=None)
+
+
+def _cast_from_integers(op) -> bool:
+    """A cast of integers to f32: torch's default dtype, fp32 whatever the policy."""
+    return (op.get_type_name() == "Convert" and op.get_output_element_type(0) == _ov().Type.f32
+            and not op.get_input_element_type(0).is_real())
+
+
 def _promoted(model, scopes: tuple, weighted: tuple) -> set:
-    """The nodes outside the islands that torch's bf16 policy runs in fp32: those outside every module with
-    weights (sums, activations, concatenations, reshapes) with an fp32 float input, the way torch promotes
-    bf16 with fp32 (an island's output, the network's input). A ResBlock's residual sum of an island
-    convolution is one; left bf16, the plugin also fused it into the fp32 convolution and lost the output's
-    shape (the face UNet's eps came back [0, 3, 0, 0], OpenVINO 2026.4)."""
+    """The nodes outside the islands that torch's bf16 policy runs in fp32, found as torch's type promotion
+    finds them. A module with weights casts the float inputs it reads down to bf16, so inside one only what
+    it computes from integers is fp32: a cast of integers (to torch's default dtype) and what reads that
+    within the same module (the face UNet's sinusoidal embedding of the timestep `t`: left bf16, t = 999
+    rounded to 1000 and every phase with it). Outside every module with weights (sums, activations,
+    concatenations, reshapes) an op with an fp32 float input is fp32 (an island's output, the network's
+    input). A ResBlock's residual sum of an island convolution is one; left bf16, the plugin also fused it
+    into the fp32 convolution and lost the output's shape (the face UNet's eps came back [0, 3, 0, 0],
+    OpenVINO 2026.4)."""
     f32 = _ov().Type.f32
     fp32, promoted = set(), set()
     for op in model.get_ordered_ops():
         kind, name = op.get_type_name(), op.get_friendly_name()
         if kind == "Parameter" or _in_island(name, scopes):
             fp32.add(name)
-        elif kind not in ("Constant", "Result") and not _in_island(name, weighted) and any(
+            continue
+        if kind in ("Constant", "Result"):
+            continue
+        module = _scope(name, weighted)
+        if _cast_from_integers(op) or any(
                 v.get_element_type() == f32 and v.get_node().get_friendly_name() in fp32
+                and (module is None or v.get_node().get_friendly_name() in promoted
+                     and _scope(v.get_node().get_friendly_name(), weighted) == module)
                 for v in op.input_values()):
             fp32.add(name)
             promoted.add(name)
@@ -228,8 +321,12 @@ def mark_islands(model, name: str, islands, workdir: Path):
     scopes = island_scopes(islands)
     if not scopes:
         return model, 0
+    weighted = weighted_scopes(name)
     _matmuls_as_convolutions(model, scopes)
-    promoted = _promoted(model, scopes, weighted_scopes(name))
+    promoted = _promoted(model, scopes, weighted)
+    kept = lambda node: _in_island(node, scopes) or node in promoted
+    if _silus_as_tanh(model, kept) + _upsamplings_as_deconvolutions(model, kept):
+        promoted = _promoted(model, scopes, weighted)  # with the rewrites' new nodes
     _reshape_trailing_unsqueezes(model, lambda node: _in_island(node, scopes) or node in promoted)
     xml, binary = workdir / "islands.xml", workdir / "islands.bin"
     ov.save_model(model, str(xml), compress_to_fp16=False)
@@ -324,6 +421,8 @@ class OpenVinoEngine(Engine):
         parts = {"kind": "openvino", "model": model, "graph_sha256": graph_sha256 or file_sha256(path),
                  "precision": "default" if defaults else precision, "islands": list(self.islands),
                  "mark": ({**KEEP_FP32, "rewrites": ["matmuls as 1x1 convolutions", "torch's promotion",
+                                                      "casts from integers fp32", "silus as tanh",
+                                                      "upsamplings as deconvolutions",
                                                       "marked unsqueezes as one reshape"]}
                           if self.islands else None),
                  "config": {k: v for k, v in self.config.items() if k != "INFERENCE_NUM_THREADS"},
