@@ -47,8 +47,7 @@ CPU_RULES = {
     # (digit UNet / face UNet / DANN); OpenVINO fp32 394 / 1108 / 85 and compiled torch 382 / - / 80.5 are
     # 5-8% ahead of ORT on the digits in this run, 5% and not measured in the 07:44 one: inside the noise,
     # ORT kept; compiled torch bf16 64.7 / - / 24.4 ties OpenVINO's bf16 (the DANN's bf16 is not gated).
-    # On the faces torch's and OpenVINO's bf16 tie (623 / 634): `--precision bf16` takes torch, `--precision
-    # auto` OpenVINO's (torch's is MARGINAL there).
+    # On the faces torch's and OpenVINO's bf16 tie (623 / 634): OpenVINO's is taken, torch's is MARGINAL.
     "amx": {"fp32": [Rule("ort", {"digit_unet": 416.7, "face_unet": 1014.8, "dann": 84.5})],
             "bf16": [Rule("openvino", {"digit_unet": 62.5, "face_unet": 633.7, "dann": 25.9}),
                      Rule("torch", {"digit_unet": 86.4, "face_unet": 622.8, "dann": 38.6})],
@@ -93,7 +92,7 @@ GATES_PASSED = {
 }
 # Passed on these backends, but too close to the budget for `--precision auto` to choose them there: torch's
 # bf16 on the face UNet gave 0.38 in the demo's parity (its own 32x32, DDIM 50, 2 images; 2026-12-06;
-# openvino's 0.205). Asked for by name, they run.
+# openvino's 0.205). Asked for by name, they serve only where no other backend passed.
 MARGINAL = {"face_unet": {"bf16": ("torch",)}}
 
 
@@ -153,11 +152,13 @@ def choose(model: str, precision: str | None, device="cpu", *, onnx_file: bool =
 
 def _best(model: str, precision: str, measured: list, kind: str, marginal: bool = True) -> Rule | None:
     """The fastest of a precision's measured backends that may serve `model` (installed; its gate passed on
-    that backend and CPU kind where it is gated per backend; not MARGINAL there unless `marginal`): by the
-    time on `model` where measured, else on the digit UNet (the kind's order)."""
+    that backend and CPU kind where it is gated per backend): by the time on `model` where measured, else on
+    the digit UNet (the kind's order). A MARGINAL backend only where no other passed, and never unless
+    `marginal`."""
     usable = [r for r in measured if _passes(model, precision, r, kind)
-              and (marginal or r.backend not in MARGINAL.get(model, {}).get(precision, ()))
               and (r.backend != "openvino" or importlib.util.find_spec("openvino") is not None)]
+    steady = [r for r in usable if r.backend not in MARGINAL.get(model, {}).get(precision, ())]
+    usable = steady if steady or not marginal else usable
     on_model = [r for r in usable if model in r.ms]
     if on_model:
         return min(on_model, key=lambda r: r.ms[model])
