@@ -131,35 +131,45 @@ class _Session:
 
 class _OpenVinoSession:
     """The candidate graph as `engine` (an OpenVinoEngine) compiles it: its inference precision, fp32 islands
-    and threads, with the tensors of one fetch made outputs (a compile per fetch). Exposing a tensor stops
-    the plugin fusing through it, and under bf16 the plugin keeps a graph output's producers back to the
-    last convolution/matmul in fp32: the bf16 figures are of convolutions and matmuls in bf16 with what lies
-    between them in fp32, an approximation of the engine's run."""
+    (the graph marked, and rewritten where the marking rewrites it, as the engine's) and threads, with the
+    tensors of one fetch made outputs (a compile per fetch). A tensor the rewrites removed (the first of two
+    Unsqueezes merged into one Reshape) is not compared. Exposing a tensor stops the plugin fusing through
+    it, and under bf16 the plugin keeps a graph output's producers back to the last convolution/matmul in
+    fp32: the bf16 figures are of convolutions and matmuls in bf16 with what lies between them in fp32, an
+    approximation of the engine's run."""
 
     def __init__(self, engine, feeds: dict, threads: int | None):
-        from hw2rt.engines.openvino import core
+        import tempfile
 
         self.engine = engine
-        model = core().read_model(str(engine.path))
-        self.types = {n: out.get_element_type().get_type_name() for op in model.get_ops()
-                      for out in op.outputs() for n in out.get_names()}
-        missing = [p.get_any_name() for p in model.inputs if p.get_any_name() not in feeds]
-        if missing:
-            raise Hw2rtError(f"localize: no feed for the graph input(s) {', '.join(missing)}")
-        self.inputs = {p.get_any_name(): _numpy(feeds[p.get_any_name()]) for p in model.inputs}
+        with tempfile.TemporaryDirectory(prefix="hw2rt-localize-") as work:
+            model = self._marked(work)
+            self.types = {n: out.get_element_type().get_type_name() for op in model.get_ops()
+                          for out in op.outputs() for n in out.get_names()}
+            missing = [p.get_any_name() for p in model.inputs if p.get_any_name() not in feeds]
+            if missing:
+                raise Hw2rtError(f"localize: no feed for the graph input(s) {', '.join(missing)}")
+            self.inputs = {p.get_any_name(): _numpy(feeds[p.get_any_name()]) for p in model.inputs}
+
+    def _marked(self, work):
+        """The engine's graph as it compiles it (read from `work`'s IR files while they exist)."""
+        from pathlib import Path
+
+        from hw2rt.engines.openvino import core, mark_islands
+
+        graph = core().read_model(str(self.engine.path))
+        return mark_islands(graph, self.engine.model, self.engine.islands, Path(work))[0]
 
     def floating(self, names) -> list:
         return [n for n in names if self.types.get(n, "") in ("f32", "f16", "bf16")]
 
     def fetch(self, names: list) -> dict:
         import tempfile
-        from pathlib import Path
 
-        from hw2rt.engines.openvino import core, mark_islands
+        from hw2rt.engines.openvino import core
 
         with tempfile.TemporaryDirectory(prefix="hw2rt-localize-") as work:
-            graph = core().read_model(str(self.engine.path))
-            model, _ = mark_islands(graph, self.engine.name, self.engine.islands, Path(work))
+            model = self._marked(work)
             model.add_outputs(names)
             compiled = core().compile_model(model, "CPU", self.engine.config)
         request = compiled.create_infer_request()

@@ -298,6 +298,24 @@ def test_localize_compares_the_tensors_openvino_computes():
         assert bf16["compared"] == fp32["compared"] and max(r["rel"] for r in bf16["nodes"]) > 1e-3
 
 
+@BF16
+def test_localize_runs_the_marked_graph_of_a_network_with_islands(exported):
+    """The face UNet's bf16 has islands: localize re-marks the graph as the engine does (the network's own
+    weighted modules found by its model name), so the timestep embedding's tensors are fp32-exact while the
+    bf16 convolutions carry bf16's rounding."""
+    from hw2rt.verify.localize import localize
+
+    _, path = exported("face_unet")
+    engine = OpenVinoEngine(path, model="face_unet", precision="bf16", threads=1)
+    feeds = get_spec("face_unet").example_inputs(2, 0, **DIMS["face_unet"])
+    report = localize(path, path, feeds, rel_budget=BUDGETS["bf16"]["per_call_rel_max_abs"], threads=1,
+                      engine=engine, chunk=4096)  # one fetch: one compile
+    assert report["compared"] > 100
+    rel = {r["node"]: r["rel"] for r in report["nodes"]}
+    assert rel["/time/time.0/Sin"] < 1e-5 and rel["/time/time.0/Cos"] < 1e-5, rel
+    assert rel["/down2/resblocks/conv1/Conv"] > 1e-3, rel
+
+
 def test_bench_runners_open_the_engines_and_the_peer_is_never_a_goal():
     from hw2rt.bench import report, runners
     from hw2rt.bench.suites import make_suite
