@@ -125,6 +125,13 @@ def _in_island(name: str, scopes: tuple) -> bool:
     return any(name.startswith(s) for s in scopes)
 
 
+def _replace(op, node) -> None:
+    """`node` takes `op`'s place: its consumers and its tensor names (localize finds tensors by name)."""
+    names = op.output(0).get_names()
+    op.output(0).replace(node.output(0))
+    node.output(0).get_tensor().set_names(names)
+
+
 def _reshape_trailing_unsqueezes(model, marked) -> int:
     """Unsqueezes to be marked (`marked(name)`) that append axes become Reshapes ([0] * rank + [1] * new
     axes, special zero), which the plugin keeps as they are, mark included; a run of them becomes one
@@ -150,9 +157,7 @@ def _reshape_trailing_unsqueezes(model, marked) -> int:
         reshape = ops.reshape(source, shape, special_zero=True)
         reshape.set_friendly_name(op.get_friendly_name())
         made[op.get_friendly_name()] = (source, r, ones)
-        names = op.output(0).get_names()
-        op.output(0).replace(reshape.output(0))
-        reshape.output(0).get_tensor().set_names(names)  # the ONNX tensor's name stays (localize finds it)
+        _replace(op, reshape)
         done += 1
     model.validate_nodes_and_infer_types()
     return done
@@ -183,19 +188,10 @@ def _matmuls_as_convolutions(model, scopes: tuple) -> int:
         y = ops.reshape(conv, ops.constant(np.array([0, 0], np.int64)), special_zero=True)
         for node, suffix in ((x, "/to_nchw"), (conv, "/as_conv"), (y, "")):
             node.set_friendly_name(name + suffix)
-        names = op.output(0).get_names()
-        op.output(0).replace(y.output(0))
-        y.output(0).get_tensor().set_names(names)
+        _replace(op, y)
         done += 1
     model.validate_nodes_and_infer_types()
     return done
-
-
-def _replace(op, node) -> None:
-    """`node` takes `op`'s place: its consumers and its tensor names (localize finds tensors by name)."""
-    names = op.output(0).get_names()
-    op.output(0).replace(node.output(0))
-    node.output(0).get_tensor().set_names(names)
 
 
 def _silus_as_tanh(model, marked) -> int:
@@ -327,7 +323,7 @@ def mark_islands(model, name: str, islands, workdir: Path):
     kept = lambda node: _in_island(node, scopes) or node in promoted
     if _silus_as_tanh(model, kept) + _upsamplings_as_deconvolutions(model, kept):
         promoted = _promoted(model, scopes, weighted)  # with the rewrites' new nodes
-    _reshape_trailing_unsqueezes(model, lambda node: _in_island(node, scopes) or node in promoted)
+    _reshape_trailing_unsqueezes(model, kept)
     xml, binary = workdir / "islands.xml", workdir / "islands.bin"
     ov.save_model(model, str(xml), compress_to_fp16=False)
     tree = ET.parse(xml)
