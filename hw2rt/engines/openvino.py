@@ -125,8 +125,13 @@ def _in_island(name: str, scopes: tuple) -> bool:
     return any(name.startswith(s) for s in scopes)
 
 
-def _replace(op, node) -> None:
-    """`node` takes `op`'s place: its consumers and its tensor names (localize finds tensors by name)."""
+def _replace(op, node, parts: dict | None = None) -> None:
+    """`node` takes `op`'s place: its name, its consumers and its tensor names (localize finds tensors by
+    name); `parts` ({suffix: node}), the rewrite's other nodes, are named after it."""
+    name = op.get_friendly_name()
+    for suffix, part in (parts or {}).items():
+        part.set_friendly_name(name + suffix)
+    node.set_friendly_name(name)
     names = op.output(0).get_names()
     op.output(0).replace(node.output(0))
     node.output(0).get_tensor().set_names(names)
@@ -155,7 +160,6 @@ def _reshape_trailing_unsqueezes(model, marked) -> int:
             source, r, ones = before[0], before[1], before[2] + ones
         shape = ops.constant(np.array([0] * r + [1] * ones, np.int64))
         reshape = ops.reshape(source, shape, special_zero=True)
-        reshape.set_friendly_name(op.get_friendly_name())
         made[op.get_friendly_name()] = (source, r, ones)
         _replace(op, reshape)
         done += 1
@@ -181,14 +185,11 @@ def _matmuls_as_convolutions(model, scopes: tuple) -> int:
             continue
         w = weight.get_data()
         w = w if attrs.get("transpose_b") else w.T  # [out, in]
-        name = op.get_friendly_name()
         x = ops.reshape(op.input_value(0), ops.constant(np.array([0, 0, 1, 1], np.int64)), special_zero=True)
         conv = ops.convolution(x, ops.constant(np.ascontiguousarray(w[:, :, None, None])), [1, 1], [0, 0],
                                [0, 0], [1, 1])
         y = ops.reshape(conv, ops.constant(np.array([0, 0], np.int64)), special_zero=True)
-        for node, suffix in ((x, "/to_nchw"), (conv, "/as_conv"), (y, "")):
-            node.set_friendly_name(name + suffix)
-        _replace(op, y)
+        _replace(op, y, {"/to_nchw": x, "/as_conv": conv})
         done += 1
     model.validate_nodes_and_infer_types()
     return done
@@ -209,15 +210,12 @@ def _silus_as_tanh(model, marked) -> int:
                 break
         else:
             continue
-        name, half = op.get_friendly_name(), ops.constant(np.array(0.5, np.float32))
+        half = ops.constant(np.array(0.5, np.float32))
         scaled = ops.multiply(x, half)
         tanh = ops.tanh(scaled)
-        gate = ops.add(ops.multiply(tanh, half), half)
-        silu = ops.multiply(x, gate)
-        for node, suffix in ((scaled, "/half"), (tanh, "/tanh"), (gate.input_value(0).get_node(), "/scale"),
-                             (gate, "/gate"), (silu, "")):
-            node.set_friendly_name(name + suffix)
-        _replace(op, silu)
+        scale = ops.multiply(tanh, half)
+        gate = ops.add(scale, half)
+        _replace(op, ops.multiply(x, gate), {"/half": scaled, "/tanh": tanh, "/scale": scale, "/gate": gate})
         done += 1
     model.validate_nodes_and_infer_types()
     return done
@@ -249,7 +247,6 @@ def _upsamplings_as_deconvolutions(model, marked) -> int:
         ones = ops.constant(np.ones((shape[1].get_length(), 1, 1, kh, kw), np.float32))
         deconv = ops.group_convolution_backprop_data(op.input_value(0), ones, [kh, kw], None, [0, 0], [0, 0],
                                                      [1, 1])
-        deconv.set_friendly_name(op.get_friendly_name())
         _replace(op, deconv)
         done += 1
     model.validate_nodes_and_infer_types()
