@@ -27,13 +27,15 @@ Rules:
   it returns f32, where torch rounds the convolution's output first.
 - One stream, the latency hint, INFERENCE_NUM_THREADS = threads when given. The compiled model is cached
   under `<cache>/openvino` (cache.py: keyed by the graph's SHA-256, precision, islands, the settings,
-  OpenVINO's version and the CPU; the blob is re-hashed on every load, so a stale or corrupt one is
-  rebuilt, never imported: OpenVINO imports a corrupted blob without complaint).
+  OpenVINO's version, the CPU and oneDNN's instruction-set ceiling, ONEDNN_MAX_CPU_ISA; the blob is
+  re-hashed on every load, so a stale or corrupt one is rebuilt, never imported: OpenVINO imports a
+  corrupted blob without complaint).
 - `defaults=True`: OpenVINO as a user would run it, the plugin's own settings on hw2rt's fp32 graph (no
   precision hint: bf16 on a bf16 CPU; threads still honoured). A peer to compare against, not an hw2rt
   path: the engine's precision is what the plugin chose.
 """
 import logging
+import os
 import xml.etree.ElementTree as ET
 from pathlib import Path
 
@@ -51,6 +53,9 @@ HINTS = {"fp32": "f32", "bf16": "bf16", "int8": "f32"}  # int8: the QDQ graph's 
 _TYPES = {"f32": torch.float32, "f16": torch.float16, "i64": torch.int64, "i32": torch.int32}
 # OpenVINO's fp32 mark (transformations/rt_info/disable_fp16_compression.hpp) as its IR writes it
 KEEP_FP32 = {"name": "DisablePrecisionConversion", "version": "0", "value": "dynamic:f16"}
+# oneDNN's instruction-set ceiling, which the plugin's kernels honour (AMX off under AVX512_CORE_BF16) and
+# its OPTIMIZATION_CAPABILITIES do not show: part of a compiled model's cache key
+ISA_LIMITS = ("ONEDNN_MAX_CPU_ISA", "DNNL_MAX_CPU_ISA")
 
 
 def _ov():
@@ -420,7 +425,8 @@ class OpenVinoEngine(Engine):
                           if self.islands else None),
                  "config": {k: v for k, v in self.config.items() if k != "INFERENCE_NUM_THREADS"},
                  "openvino": ov.get_version(), "cpu": cpu_capabilities(),
-                 "cpu_name": core().get_property("CPU", "FULL_DEVICE_NAME")}
+                 "cpu_name": core().get_property("CPU", "FULL_DEVICE_NAME"),
+                 "isa_limit": {k: os.environ[k] for k in ISA_LIMITS if k in os.environ}}
         made = {}
 
         def build(tmp: Path):

@@ -183,6 +183,21 @@ def test_int8_runs_the_qdq_graph_ort_runs(fast_recipes, tmp_path):
     assert all(s["passed"] for s in same.values()), same
 
 
+def test_an_instruction_set_ceiling_is_part_of_the_cache_key(tmp_path, monkeypatch):
+    """ONEDNN_MAX_CPU_ISA changes the kernels the plugin compiles (AMX's or AVX512-BF16's) while the CPU's
+    name and capabilities stay the same: a model compiled under one ceiling is not imported under another."""
+    net = small_net("digit_classifier")
+    monkeypatch.delenv("ONEDNN_MAX_CPU_ISA", raising=False)
+    first = open_engine("digit_classifier", net, backend="openvino", threads=1, cache_dir=tmp_path)
+    monkeypatch.setenv("ONEDNN_MAX_CPU_ISA", "AVX512_CORE_BF16")
+    limited = open_engine("digit_classifier", net, backend="openvino", threads=1, cache_dir=tmp_path)
+    assert limited.cache_entry.built and limited.cache_entry.path != first.cache_entry.path
+    assert json.loads(limited.cache_entry.manifest.read_text())["parts"]["isa_limit"] == {
+        "ONEDNN_MAX_CPU_ISA": "AVX512_CORE_BF16"}
+    again = open_engine("digit_classifier", net, backend="openvino", threads=1, cache_dir=tmp_path)
+    assert again.cache_entry.reason == "hit" and again.cache_entry.path == limited.cache_entry.path
+
+
 def test_cache_hit_threads_and_a_corrupt_blob_rebuilt(tmp_path):
     net = small_net("digit_classifier")
     first = open_engine("digit_classifier", net, backend="openvino", threads=1, cache_dir=tmp_path)
