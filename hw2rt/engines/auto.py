@@ -43,8 +43,8 @@ class Rule:
 CPU_RULES = {
     # Intel Xeon, Sapphire Rapids (lscpu family 6 model 207: AMX-BF16/INT8), 2026-12-06 09:46, `make bench`
     # (a host whose speed jumps between two levels from call to call: a run at 09:25 landed its digits in the
-    # slow level and was discarded; the 07:44 run gave the same order within each precision, most times
-    # 10-37% higher): torch eager fp32 471 / 1235 / 260 ms
+    # slow level and was discarded; the 07:44 run gives the same rules, most times 10-37% higher): torch
+    # eager fp32 471 / 1235 / 260 ms
     # (digit UNet / face UNet / DANN); OpenVINO fp32 394 / 1108 / 85 and compiled torch 382 / - / 80.5 are
     # 5-8% ahead of ORT on the digits in this run, 5% and not measured in the 07:44 one: inside the noise,
     # ORT kept; compiled torch bf16 64.7 / - / 24.4 ties OpenVINO's bf16 (the DANN's bf16 is not gated).
