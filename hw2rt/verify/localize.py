@@ -155,7 +155,8 @@ class _OpenVinoSession:
         """The engine's graph as it compiles it (read from `work`'s IR files while they exist)."""
         from pathlib import Path
 
-        from hw2rt.engines.openvino import core, mark_islands
+        from hw2rt.engines.openvino import core
+        from hw2rt.engines.openvino_islands import mark_islands
 
         graph = core().read_model(str(self.engine.path))
         return mark_islands(graph, self.engine.model, self.engine.islands, Path(work))[0]

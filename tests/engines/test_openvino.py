@@ -13,7 +13,8 @@ import hw2rt.engines.torch as torch_engine
 from hw2rt.checkpoints import file_sha256
 from hw2rt.cli import main
 from hw2rt.engines import TorchEngine, open_engine
-from hw2rt.engines.openvino import OpenVinoEngine, has_bf16, island_precisions, island_scopes
+from hw2rt.engines.openvino import OpenVinoEngine, has_bf16
+from hw2rt.engines.openvino_islands import island_precisions, island_scopes
 from hw2rt.errors import Hw2rtError
 from hw2rt.models import get_spec
 from hw2rt.runtime import calibration
