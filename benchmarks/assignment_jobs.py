@@ -1,5 +1,6 @@
 """The assignment's jobs on a CPU, run as a user runs them (issue 29, item 5): `scripts/hw2_1.sh` (1,000
-digits) and `scripts/hw2_2.sh` (10 faces, 256x256, 50 DDIM steps, the full-size face UNet), each as the
+digits), `scripts/hw2_2.sh` (10 faces, 256x256, 50 DDIM steps, the full-size face UNet) and
+`scripts/hw2_3.sh` (DANN labels of the stand-in USPS-like and SVHN-like folders), each as the
 script runs it (`--backend auto --precision auto`: what engines/auto.py chooses on this CPU) and as the
 fp32 reference path (`--backend ort --precision fp32`), the faces also in bf16 asked for by name
 (`--backend auto --precision bf16`) and on torch eager fp32, with the machine's default threads (none
@@ -7,13 +8,16 @@ named).
 
     python benchmarks/assignment_jobs.py --json benchmarks/assignment_jobs.json
     python benchmarks/assignment_jobs.py --face-steps 5     # time 5 steps, extrapolate to 50 (labelled)
+    python benchmarks/assignment_jobs.py --jobs dann --json benchmarks/assignment_jobs_dann.json
 
 The faces' UNet.pt is the full-size FaceUNet (base 128) with seeded random, damped weights (speed does
 not depend on training; the damping keeps the trajectory from being chaotic, so the image MSE between the
 two paths means something). Each path runs once at 1 step first (the export and compile caches filled, as
 for a user's second run). With --face-steps below 50 both face runs take that many steps and the 50-step
 time is extrapolated from the job's own time per step (one engine call per step: linear), and the row
-says so. The digits use the bundled digit UNet and grader: the script's own default.
+says so. The digits use the bundled digit UNet and grader: the script's own default. The DANN job labels
+the folders `hw2rt data synth` makes (USPS-like 1,797 images, SVHN-like 2,000) with the bundled DANNs;
+label agreement with fp32 and the accuracy on each folder's labelled test images are reported.
 """
 import argparse
 import json
@@ -112,6 +116,35 @@ def digits(work: Path, env: dict) -> dict:
     return out
 
 
+def labels(csv: Path) -> dict:
+    rows = csv.read_text().split()[1:]  # image_name,label
+    return dict(row.split(",") for row in rows)
+
+
+def dann(work: Path, env: dict) -> dict:
+    data = work / "sd"
+    if not data.is_dir():
+        subprocess.run([HW2RT, "data", "synth", "--out", data, "--n-mnistm", "100", "--n-svhn", "2000",
+                        "--n-faces", "10"], capture_output=True, env=env, check=True)
+    out = {}
+    for domain in ("usps", "svhn"):
+        folder = data / "digits" / domain / "data"
+        script = ["bash", str(ROOT / "scripts" / "hw2_3.sh"), folder, work / f"{domain}_script.csv"]
+        fp32 = [HW2RT, "classify", "--images", folder, "--out", work / f"{domain}_fp32.csv", *FP32]
+        for cmd in (script, fp32):  # the caches filled, as on a second run
+            run(cmd, env)
+        runs = {"script": run(script, env), "fp32": run(fp32, env)}
+        truth = labels(data / "digits" / domain / "test.csv")
+        got = {name: labels(work / f"{domain}_{name}.csv") for name in runs}
+        for name, r in runs.items():
+            r["accuracy_test"] = sum(got[name][k] == v for k, v in truth.items()) / len(truth)
+        same = sum(got["script"][k] == v for k, v in got["fp32"].items())
+        runs["script"]["agreement"] = same / len(got["fp32"])
+        runs["speedup"] = runs["fp32"]["seconds"] / runs["script"]["seconds"]
+        out[domain] = runs
+    return out
+
+
 def main():
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--json", type=Path, default=None)
@@ -131,7 +164,14 @@ def main():
     for job in args.jobs.split(","):
         work = args.work / job
         work.mkdir(parents=True, exist_ok=True)
-        result[job] = faces(work, env, args.face_steps, args.size) if job == "faces" else digits(work, env)
+        if job == "faces":
+            result[job] = faces(work, env, args.face_steps, args.size)
+        elif job == "digits":
+            result[job] = digits(work, env)
+        elif job == "dann":
+            result[job] = dann(work, env)
+        else:
+            raise SystemExit(f"unknown job {job!r}: choose from digits, faces, dann")
         print(json.dumps({job: result[job]}, indent=2))
         if args.json:
             args.json.write_text(json.dumps(result, indent=2) + "\n")

@@ -47,7 +47,7 @@ CPU_RULES = {
     # eager fp32 471 / 1235 / 260 ms
     # (digit UNet / face UNet / DANN); OpenVINO fp32 394 / 1108 / 85 and compiled torch 382 / - / 80.5 are
     # 5-8% ahead of ORT on the digits in this run, 5% and not measured in the 07:44 one: inside the noise,
-    # ORT kept; compiled torch bf16 64.7 / - / 24.4 ties OpenVINO's bf16 (the DANN's bf16 is not gated).
+    # ORT kept; compiled torch bf16 64.7 / - / 24.4 ties OpenVINO's bf16.
     # On the faces torch's and OpenVINO's bf16 tie (623 / 634): OpenVINO's is taken, torch's is MARGINAL.
     "amx": {"fp32": [Rule("ort", {"digit_unet": 416.7, "face_unet": 1014.8, "dann": 84.5})],
             "bf16": [Rule("openvino", {"digit_unet": 62.5, "face_unet": 633.7, "dann": 25.9}),
@@ -57,10 +57,11 @@ CPU_RULES = {
     # AMD EPYC Zen 4 (family 25 model 17), 2026-12-06, `make bench` (digit batch 20; face 64x64 batch 4;
     # dann batch 512): torch eager fp32 591 / 1405 ms; OpenVINO fp32 521 / 1226 and compiled torch
     # 523 are within 5% of ORT; OpenVINO int8 204 / 529 trails ORT int8; OpenVINO's bf16 misses the face's
-    # gate (per call 5.0e-2 there, budget 3e-2), torch's passes it.
-    "avx512-bf16": {"fp32": [Rule("ort", {"digit_unet": 530.3, "face_unet": 1245.1})],
-                    "bf16": [Rule("openvino", {"digit_unet": 259.7, "face_unet": 907.0}),
-                             Rule("torch", {"digit_unet": 279.7, "face_unet": 973.0})],
+    # gate (per call 5.0e-2 there, budget 3e-2), torch's passes it. DANN: ORT 103.6, OpenVINO fp32 110.2,
+    # compiled torch bf16 62.7 (within 5% of OpenVINO's bf16).
+    "avx512-bf16": {"fp32": [Rule("ort", {"digit_unet": 530.3, "face_unet": 1245.1, "dann": 103.6})],
+                    "bf16": [Rule("openvino", {"digit_unet": 259.7, "face_unet": 907.0, "dann": 60.9}),
+                             Rule("torch", {"digit_unet": 279.7, "face_unet": 973.0, "dann": 69.9})],
                     "int8": [Rule("ort", {"digit_unet": 201.9, "face_unet": 415.2})]},
     # AMD EPYC Zen 3 (family 25 model 1), 2026-12-02: OpenVINO fp32 ran at 0.86-0.93x ONNX Runtime.
     # torch bf16 (emulated): 7.9 s. int8 on today's graph was never timed on this kind: no rule.
@@ -86,9 +87,14 @@ GATES_PASSED = {
     # with the same islands, on the AMX machine: 0.134 at parity's default, 0.205 at the demo's, 0.164 (64x64)
     # and 0.137 (256x256) on held-out noise, ten-image jobs at 32x32 0.18-0.26 (2026-12-06, after the
     # marking's fixes; on Zen 4 it missed before them, not rerun there); int8 fails on every backend (ort
-    # 26.0, openvino 26.5)
+    # 26.0, openvino 26.5; one int8 step among fifty costs 0.1-0.3 where it does least harm, 2-32 elsewhere:
+    # RESULTS.md, "int8 cannot hold the face budget")
     "face_unet": {"fp32": ANY, "bf16": ("torch", ("openvino", "amx"))},
-    "dann": {"fp32": ANY},
+    # the label gate on the stand-in target folders (USPS-like 1,797 images, SVHN-like 2,000): bf16 on torch
+    # and openvino, both models, agreement 0.997 (usps 0.9972, svhn 0.9970), accuracy unchanged (0.696,
+    # 0.580), the AMX machine, 2026-12-06. int8 is not gated: it calibrates on the target folder, and the
+    # DANN is memory-bound (RESULTS.md)
+    "dann": {"fp32": ANY, "bf16": ANY},
     "digit_classifier": {"fp32": ANY},
 }
 # Passed on these backends, but too close to the budget for `--precision auto` to choose them there: torch's
