@@ -178,7 +178,7 @@ class OpenVinoEngine(Engine):
 
         def build(tmp: Path):
             with tempfile.TemporaryDirectory(prefix="hw2rt-openvino-") as work:
-                marked, n = mark_islands(graph, model, self.islands, Path(work))
+                marked, n = mark_islands(graph, model, self.islands, Path(work), core())
                 if self.islands and not n:
                     raise Hw2rtError(f"{path}: no node of the fp32 islands {', '.join(self.islands)} in "
                                      "the graph")

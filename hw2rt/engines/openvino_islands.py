@@ -24,16 +24,11 @@ import torch
 
 
 def _ov():
-    """The openvino module (engines/openvino.py refuses its absence in one line)."""
-    from hw2rt.engines.openvino import _ov as load
+    """The openvino package (imported when first needed; engines/openvino.py refuses its absence in one
+    line before anything here runs)."""
+    import openvino
 
-    return load()
-
-
-def _core():
-    from hw2rt.engines.openvino import core
-
-    return core()
+    return openvino
 
 
 # OpenVINO's fp32 mark (transformations/rt_info/disable_fp16_compression.hpp) as its IR writes it
@@ -243,10 +238,11 @@ def _promoted(model, scopes: tuple, weighted: tuple) -> set:
     return promoted
 
 
-def mark_islands(model, name: str, islands, workdir: Path):
+def mark_islands(model, name: str, islands, workdir: Path, core):
     """`model` (the graph of network `name`) with every node of the module `islands`, and those torch's policy
     promotes to fp32 beside them, marked to stay fp32 under a bf16 inference precision (see the module
-    docstring); returns (the marked model, how many nodes were marked)."""
+    docstring), read back through `core` (the process's OpenVINO Core); returns (the marked model, how many
+    nodes were marked)."""
     ov = _ov()
     scopes = island_scopes(islands)
     if not scopes:
@@ -274,7 +270,7 @@ def mark_islands(model, name: str, islands, workdir: Path):
         ET.SubElement(rt, "attribute", KEEP_FP32)
         marked += 1
     tree.write(xml)
-    return _core().read_model(str(xml), str(binary)), marked
+    return core.read_model(str(xml), str(binary)), marked
 
 
 def island_precisions(engine) -> dict:

@@ -159,7 +159,7 @@ class _OpenVinoSession:
         from hw2rt.engines.openvino_islands import mark_islands
 
         graph = core().read_model(str(self.engine.path))
-        return mark_islands(graph, self.engine.model, self.engine.islands, Path(work))[0]
+        return mark_islands(graph, self.engine.model, self.engine.islands, Path(work), core())[0]
 
     def floating(self, names) -> list:
         return [n for n in names if self.types.get(n, "") in ("f32", "f16", "bf16")]
